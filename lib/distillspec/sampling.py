@@ -1,0 +1,85 @@
+"""Sampling settings and the warp from logits to the distribution a token is drawn from (shared by p and q)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from .errors import DistillSpecError, require
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """greedy=True picks the argmax (one-hot distribution); otherwise temperature, then top-k, then top-p."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if self.greedy:
+            return
+        require(
+            self.temperature > 0,
+            f"temperature={self.temperature} must be > 0 when sampling; use SamplingConfig(greedy=True) "
+            "for greedy decoding.",
+        )
+        require(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]; use 1.0 to disable nucleus sampling.")
+        require(
+            isinstance(self.top_k, int) and self.top_k >= 0, f"top_k={self.top_k} must be an int >= 0 (0 = off)."
+        )
+
+    def warpers(self) -> list:
+        """The transformers logits warpers, in the order generate() applies them."""
+        out = []
+        if self.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k > 0:
+            out.append(TopKLogitsWarper(self.top_k))
+        if self.top_p < 1.0:
+            out.append(TopPLogitsWarper(self.top_p))
+        return out
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [..., V] -> the distribution tokens are sampled from [..., V] (one-hot argmax when greedy)."""
+        if self.greedy:
+            return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+        flat = logits.reshape(-1, logits.shape[-1])
+        for warper in self.warpers():
+            flat = warper(None, flat)
+        return torch.softmax(flat, dim=-1).reshape(logits.shape)
+
+
+GREEDY = SamplingConfig(greedy=True)
+
+
+def as_sampling(sampling) -> SamplingConfig:
+    """Accept a SamplingConfig, 'greedy', or a dict of SamplingConfig fields."""
+    if isinstance(sampling, SamplingConfig):
+        return sampling
+    if sampling == "greedy":
+        return GREEDY
+    if isinstance(sampling, dict):
+        unknown = set(sampling) - set(SamplingConfig.__dataclass_fields__)
+        require(not unknown, f"Unknown sampling options {sorted(unknown)}; use temperature, top_p, top_k, greedy.")
+        return SamplingConfig(**sampling)
+    raise DistillSpecError(
+        f"sampling={sampling!r} is not understood: pass 'greedy', a dict like {{'temperature': 0.6, 'top_p': 0.95}}, "
+        "or a SamplingConfig."
+    )
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last axis (0 log 0 = 0)."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of probs [N, V] (unnormalised is fine) -> [N], by inverse CDF: one uniform per row,
+    so it is fast on CPU (multinomial and exponential races draw V numbers per row)."""
+    cdf = probs.cumsum(-1)  # [N, V]
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)

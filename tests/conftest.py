@@ -1,0 +1,45 @@
+"""Shared fixtures: offline switches, the real data directory, the real tokenizer and teacher, tiny models."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DISTILLSPEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert (SHARED_DATA / "gsm8k" / "test.jsonl").is_file(), (
+        f"Real test data not found at {SHARED_DATA}: the tests read ../shared/data (or $DISTILLSPEC_SHARED_DATA)."
+    )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from distillspec.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct, loaded once per session."""
+    from distillspec.models import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    """A tiny Qwen3-style target and a noisy copy as draft: partial acceptance (alpha around 0.3-0.5)."""
+    from distillspec.tiny import perturbed_copy, tiny_model
+
+    target = tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=32)
+    return target, perturbed_copy(target, 0.03, seed=3)
