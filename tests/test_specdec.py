@@ -272,3 +272,14 @@ def test_real_teacher_with_derived_draft_is_exact(teacher, shared_data):
                                target_tokenizer=tok, draft_tokenizer=tok)
     assert res.sequences == refs
     assert 0 < res.metrics.alpha_tok < 1
+
+
+def test_without_bonus_tokens_greedy_stays_exact(tiny_pair, greedy_case):
+    """bonus=False (SKD rollouts): a full block ends on the last draft token; greedy output is unchanged."""
+    target, draft = tiny_pair
+    prompts, eos, refs = greedy_case
+    res = speculative_generate(target, draft, prompts, gamma=3, max_new_tokens=40, eos_token_id=eos, bonus=False)
+    assert res.sequences == refs
+    same = speculative_generate(target, target, _prompts([4, 9]), gamma=3, max_new_tokens=12, eos_token_id=[],
+                                bonus=False)
+    assert (same.steps_df()["emitted"] == 3).all()

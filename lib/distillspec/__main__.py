@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from .errors import DistillSpecError
 
@@ -34,6 +35,21 @@ def _cmd_eval(args) -> None:
     print(f"records: {', '.join(str(p) for p in paths.values())}")
 
 
+def _cmd_run(args) -> None:
+    """The whole study (notebooks 01-04 via papermill) for one preset; resumes unless --force."""
+    from .pipeline import run_pipeline
+    from .steps import RunPaths
+
+    started = time.perf_counter()
+    run_dir = run_pipeline(args.config, run_dir=args.run_dir, force=args.force, publish_dir=args.publish)
+    paths = RunPaths(run_dir)
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    print(f"results table: {paths.results}")
+    print(f"figures:       {paths.figures}")
+    if args.publish:
+        print(f"published to:  {Path(args.publish).resolve()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distillspec", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -53,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(func=_cmd_eval)
+    run = sub.add_parser("run", help="the whole study for a config preset (papermill, resumable)")
+    run.add_argument("--config", required=True, help="a preset from configs/")
+    run.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    run.add_argument("--force", action="store_true", help="rerun every step from scratch")
+    run.add_argument("--publish", default=None, help="copy figures and the results table here (e.g. figures)")
+    run.set_defaults(func=_cmd_run)
     args = ap.parse_args(argv)
     try:
         args.func(args)

@@ -160,7 +160,10 @@ def load_prompts(
     chunk = 256
     for start in range(0, len(raw), chunk):
         texts = raw[start : start + chunk][spec.text_field]
-        ok = [bool(t and t.strip()) for t in texts]
+        empty = [raw[start + i]["row"] for i, t in enumerate(texts) if not (t and t.strip())]
+        require(not empty, f"{task} {split} rows {empty[:5]} have an empty '{spec.text_field}': no prompt to "
+                "build. Remove those rows from the data.")
+        ok = [True] * len(texts)
         if length_filter:
             lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             ok = [o and length <= max_article_tokens for o, length in zip(ok, lengths)]
@@ -183,6 +186,14 @@ def load_prompts(
     if keep_reference:
         columns["reference"] = subset[spec.reference_field]
     return datasets.Dataset.from_dict(columns)
+
+
+def check_prompt_rows(ds) -> None:
+    """Every row must carry a non-empty chat prompt (list of messages ending in user text)."""
+    require(len(ds) > 0, "The prompt dataset is empty: nothing to train or evaluate on.")
+    require("prompt" in ds.column_names, f"The dataset has no 'prompt' column; found {ds.column_names}.")
+    bad = [i for i, m in enumerate(ds["prompt"]) if not m or not isinstance(m, list) or not m[-1].get("content")]
+    require(not bad, f"Dataset rows {bad[:5]} have no prompt (empty messages or empty text); fix or drop them.")
 
 
 def render_prompts(tokenizer, prompts) -> list[list[int]]:

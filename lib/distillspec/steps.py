@@ -1,0 +1,219 @@
+"""The study's steps, one function per notebook, so notebooks stay thin and everything here is testable.
+
+A run directory holds: data/ (prompt sets), drafts/<name>/ (trainer output, student/), records/ (per-token and
+per-step Parquet per draft), summary.csv, results.md, figures/*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .analysis import acceptance_by_entropy, format_table, summary_table
+from .atomic import write_json, write_parquet, write_text
+from .config import Config
+from .data import load_prompts, load_raw, render_prompts, task_spec
+from .errors import require
+from .evaluate import expected_acceptance
+from .models import draft_from_teacher, load_model, load_tokenizer
+from .sampling import SamplingConfig
+from .specdec import speculative_generate
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def train_prompts(self) -> Path:
+        return self.root / "data" / "train_prompts.jsonl"
+
+    @property
+    def eval_prompts(self) -> Path:
+        return self.root / "data" / "eval_prompts.jsonl"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data" / "summary.json"
+
+    def draft_dir(self, name: str) -> Path:
+        return self.root / "drafts" / name
+
+    def student(self, name: str) -> Path:
+        return self.draft_dir(name) / "student"
+
+    def tokens(self, name: str) -> Path:
+        return self.root / "records" / f"{name}_tokens.parquet"
+
+    def steps(self, name: str) -> Path:
+        return self.root / "records" / f"{name}_steps.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+
+def run_names(cfg: Config) -> dict[str, dict]:
+    """Training runs of the study: one per divergence, plus the extra runs (e.g. tvd, skd), by name."""
+    runs = {d: {"divergence": d, "sampling": "on_policy"} for d in cfg.divergences}
+    for extra in cfg.extra_runs:
+        extra = dict(extra)
+        name = extra.pop("name")
+        runs[name] = {"divergence": extra.get("divergence", cfg.divergence), "sampling": "on_policy", **extra}
+    return runs
+
+
+def _save_prompts(ds: datasets.Dataset, path: Path) -> None:
+    write_text("".join(json.dumps(r) + "\n" for r in ds.to_list()), path)
+
+
+def load_prompt_file(path: Path) -> datasets.Dataset:
+    require(path.is_file(), f"{path} is missing: run 01_data (or the pipeline) first.")
+    return datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+
+
+def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
+    """01: the training and held-out evaluation prompt sets (disjoint splits) and their statistics."""
+    paths = RunPaths(Path(run_dir))
+    tok = load_tokenizer(cfg.teacher)
+    train = load_prompts(cfg.task, cfg.train_split, cfg.n_train, source=cfg.data_source, seed=cfg.data_seed,
+                         tokenizer=tok, max_article_tokens=cfg.max_article_tokens)
+    held_out = load_prompts(cfg.task, cfg.eval_split, cfg.n_eval, source=cfg.data_source, seed=cfg.data_seed,
+                            tokenizer=tok, max_article_tokens=cfg.max_article_tokens)
+    _save_prompts(train, paths.train_prompts)
+    _save_prompts(held_out, paths.eval_prompts)
+    summary = {
+        "task": cfg.task, "train_split": cfg.train_split, "eval_split": cfg.eval_split,
+        "n_train": len(train), "n_eval": len(held_out),
+        "train_prompt_tokens": [len(x) for x in render_prompts(tok, train)],
+        "eval_prompt_tokens": [len(x) for x in render_prompts(tok, held_out)],
+        "example_prompt": tok.decode(render_prompts(tok, held_out.select([0]))[0]),
+    }
+    if cfg.task == "cnndm":  # the length filter's effect on the evaluation split
+        raw = load_raw(cfg.task, cfg.eval_split, cfg.data_source)
+        field = task_spec(cfg.task).text_field
+        lengths = [len(x) for x in tok(raw[field], add_special_tokens=False)["input_ids"]]
+        summary["article_tokens_before_filter"] = lengths
+        summary["kept_by_filter"] = int(sum(n <= cfg.max_article_tokens for n in lengths))
+    write_json(summary, paths.data_summary)
+    return summary
+
+
+def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
+    """02: distil one draft (overrides: divergence, beta, sampling, ...); resumable from its checkpoints."""
+    from .distill import distill
+
+    paths = RunPaths(Path(run_dir))
+    run_cfg = cfg.replace(**overrides)
+    return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
+
+
+def _target_tokens_per_s(target, tok, prompts, batch, max_new, sampling: SamplingConfig, seed: int) -> float:
+    """Target-only decoding (generate with KV cache) on the same prompts and batch size, for the speedup."""
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        enc = tok.pad({"input_ids": prompts[i : i + batch]}, return_tensors="pt").to(target.device)
+        torch.manual_seed(seed + i)
+        out = target.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                              top_k=0, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    return tokens / (time.perf_counter() - start)
+
+
+def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
+    """03: batched SD of the undistilled baseline and each distilled draft against the target on the held-out
+    prompts; writes per-token/per-step records per draft and summary.csv (one row per draft)."""
+    paths = RunPaths(Path(run_dir))
+    target, tok = load_model(cfg.teacher)
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
+    max_new, batch = cfg.task_max_new_tokens, cfg.eval_batch_size
+    names = names if names is not None else list(run_names(cfg))
+    drafts = {BASELINE: None, **{n: paths.student(n) for n in names}}
+    for name, path in drafts.items():
+        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
+    target_tps = _target_tokens_per_s(target, tok, prompts, batch, max_new, sampling, cfg.seed)
+    rows = []
+    for name, path in tqdm(drafts.items(), desc="drafts"):
+        draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
+                 else load_model(path)[0])
+        token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
+        for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}", leave=False):
+            res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
+                                       max_new_tokens=max_new, sampling=sampling, eos_token_id=tok.eos_token_id,
+                                       seed=cfg.seed + start, target_tokenizer=tok, draft_tokenizer=tok)
+            t, s = res.tokens_df(), res.steps_df()
+            t["row"] += start
+            s["row"] += start
+            token_frames.append(t)
+            step_frames.append(s)
+            wall += res.metrics.wall_s
+            new_tokens += res.metrics.new_tokens
+        write_parquet(pd.concat(token_frames, ignore_index=True), paths.tokens(name))
+        write_parquet(pd.concat(step_frames, ignore_index=True), paths.steps(name))
+        report = expected_acceptance(target, draft, tok, prompts, max_new_tokens=max_new,
+                                     temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                     batch_size=batch, progress=False)
+        rows.append({"draft": name, "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
+                     "speedup": new_tokens / wall / target_tps,
+                     "teacher_scored_expected_accept": report.expected_accept})
+    speed = pd.DataFrame(rows)
+    write_parquet(speed, paths.root / "speed.parquet")
+    return speed
+
+
+def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
+    paths = RunPaths(Path(run_dir))
+    tokens, steps = {}, {}
+    for n in names:
+        require(paths.tokens(n).is_file(), f"No records for draft '{n}' in {paths.root}: run 03 first.")
+        tokens[n], steps[n] = pd.read_parquet(paths.tokens(n)), pd.read_parquet(paths.steps(n))
+    return tokens, steps
+
+
+def analyze(cfg: Config, run_dir: str | Path, seed: int = 0):
+    """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, and the per-bin acceptance table."""
+    paths = RunPaths(Path(run_dir))
+    speed = pd.read_parquet(paths.root / "speed.parquet")
+    names = speed["draft"].tolist()
+    tokens, steps = load_records(run_dir, names)
+    speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
+    table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
+    write_text(table.to_csv(index=False), paths.summary)
+    bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
+    write_text(bins.to_csv(index=False), paths.root / "entropy_bins.csv")
+    header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
+              f"T={cfg.task_temperature}, top_p={cfg.top_p}, {cfg.task_max_new_tokens} new tokens, "
+              f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
+    write_text(header + format_table(table), paths.results)
+    return table, bins, tokens
+
+
+def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
+    figs = RunPaths(Path(run_dir)).figures
+    return {"entropy": figs / f"acceptance_vs_entropy_{cfg.task}.png",
+            "training": figs / f"training_curves_{cfg.task}.png"}
+
+
+__all__ = ["BASELINE", "RunPaths", "analyze", "evaluate_drafts", "figure_paths", "load_prompt_file",
+           "load_records", "prepare_data", "run_names", "train_draft", "np"]

@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from distillspec.analysis import (
+    acceptance_by_entropy,
+    assign_bins,
+    bin_inspector,
+    entropy_bin_edges,
+    ratio_bootstrap,
+    summary_table,
+    wilson_interval,
+)
+
+
+def _records(rate_fn, n=6000, seed=0, draft_rows=40):
+    """Synthetic verified positions: teacher entropy log-uniform in [0.01, 10], accepted with prob rate_fn(H)."""
+    rng = np.random.default_rng(seed)
+    h = np.exp(rng.uniform(np.log(0.01), np.log(10), n))
+    acc = rng.random(n) < rate_fn(h)
+    return pd.DataFrame({"row": rng.integers(0, draft_rows, n), "step": np.arange(n), "token": 5, "accepted": acc,
+                         "p": 0.5, "q": 0.5, "target_entropy": h, "expected_accept": rate_fn(h)})
+
+
+def test_log_spaced_edges_and_assignment():
+    edges = entropy_bin_edges(np.array([0.01, 0.1, 1.0, 10.0]), 3)
+    np.testing.assert_allclose(edges, [0.01, 0.1, 1.0, 10.0])
+    assert assign_bins(np.array([0.0, 0.01, 0.05, 0.1, 9.9, 10.0]), edges).tolist() == [0, 0, 0, 1, 2, 2]
+
+
+def test_per_bin_acceptance_recovers_known_rates_and_filters_small_bins():
+    tokens = {"a": _records(lambda h: np.where(h < 1, 0.8, 0.3)), "b": _records(lambda h: 0.5 + 0 * h, seed=1)}
+    edges = np.array([0.01, 0.1, 1.0, 10.0])
+    bins = acceptance_by_entropy(tokens, edges=edges, min_count=100)
+    a = bins[bins.draft == "a"].set_index("bin")["accept_rate"]
+    assert a[0] == pytest.approx(0.8, abs=0.04) and a[1] == pytest.approx(0.8, abs=0.04)
+    assert a[2] == pytest.approx(0.3, abs=0.04)
+    assert bins[bins.draft == "b"]["accept_rate"].between(0.45, 0.55).all()
+    assert (bins["ci_lo"] <= bins["accept_rate"]).all() and (bins["accept_rate"] <= bins["ci_hi"]).all()
+    counts = bins[bins.draft == "a"]["n"].tolist()
+    filtered = acceptance_by_entropy(tokens, edges=edges, min_count=max(counts))
+    assert (filtered["n"] >= max(counts)).all() and len(filtered) < len(bins)
+
+
+def test_bootstrap_ci_covers_the_true_rate_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    true, hits, trials = 0.6, 0, 200
+    for t in range(trials):
+        proposed = rng.integers(5, 40, size=30)  # 30 prompts of different lengths
+        accepted = rng.binomial(proposed, true)
+        _, lo, hi = ratio_bootstrap(accepted, proposed, n_boot=400, seed=t)
+        hits += lo <= true <= hi
+    assert 0.88 <= hits / trials <= 0.99
+
+
+def test_wilson_interval_known_value():
+    lo, hi = wilson_interval(np.array([50]), np.array([100]))
+    assert lo[0] == pytest.approx(0.4038, abs=1e-3) and hi[0] == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_summary_table_counts():
+    steps = pd.DataFrame({"row": [0, 0, 1], "step": [0, 1, 0], "proposed": [5, 5, 5], "accepted": [5, 1, 0],
+                          "emitted": [6, 2, 1]})
+    tokens = pd.DataFrame({"expected_accept": [0.5, 0.7]})
+    t = summary_table({"d": steps}, {"d": tokens}, gamma=5, n_boot=200).iloc[0]
+    assert t["alpha_tok"] == pytest.approx(6 / 15)
+    assert t["alpha_pos"] == pytest.approx(6 / (5 + 2 + 1))
+    assert t["tau"] == pytest.approx(9 / 3)
+    assert t["n_prompts"] == 2 and t["n_tokens"] == 9
+
+
+def test_widget_callback_updates_for_the_chosen_bin():
+    tokens = {"a": _records(lambda h: np.where(h < 1, 0.8, 0.3)), "b": _records(lambda h: 0.5 + 0 * h, seed=1)}
+    bins = acceptance_by_entropy(tokens, n_bins=4, min_count=50)
+    panel, update = bin_inspector(tokens, bins)
+    slider, dropdown = panel.children[0].children
+    view = panel.children[1]
+    last_bin = slider.options[-1]
+    slider.value = last_bin  # observers call update()
+    lo = bins[bins.bin == last_bin]["lo"].iloc[0]
+    assert f"{lo:.3g}" in view.value and "examples from <b>a</b>" in view.value
+    before = view.value
+    dropdown.value = "b"
+    assert "examples from <b>b</b>" in view.value and view.value != before

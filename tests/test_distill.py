@@ -1,0 +1,113 @@
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from distillspec import DistillSpecError
+from distillspec.config import Config
+from distillspec.data import load_prompts, render_prompts
+from distillspec.distill import distill, load_pair, read_log
+from distillspec.evaluate import expected_acceptance
+from distillspec.tiny import tiny_model
+
+TINY = "configs/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(shared_data):
+    return Config.from_yaml(TINY, data_source=str(shared_data))
+
+
+def _held_out_acceptance(cfg, teacher, student, tok):
+    prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, cfg.n_eval, source=cfg.data_source,
+                                               seed=99))
+    return expected_acceptance(teacher, student, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
+                               temperature=cfg.task_temperature, top_p=cfg.top_p, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("divergence,sampling", [("fkl", "on_policy"), ("rkl", "on_policy"), ("jsd", "on_policy"),
+                                                 ("tvd", "on_policy"), ("jsd", "skd")])
+def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, sampling):
+    cfg = tiny_cfg.replace(divergence=divergence, sampling=sampling)
+    teacher, student, tok = load_pair(cfg)
+    before = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
+    result = distill(cfg, tmp_path / divergence, pair=(teacher, student, tok))
+    log = read_log(result.log_path).dropna(subset=["loss"])
+    assert len(log) == cfg.max_steps // cfg.logging_steps
+    assert log["loss"].iloc[-2:].mean() < log["loss"].iloc[:2].mean()
+    after = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
+    assert after > before + 0.02, (before, after)
+    assert {"teacher_entropy", "expected_accept"} <= set(log.columns)
+    if sampling == "skd":
+        assert "skd_kept" in log.columns
+    assert (result.student_dir / "model.safetensors").is_file()
+
+
+class _StopAt(TrainerCallback):
+    """Simulates an interruption (Ctrl-C) once training reaches `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(max_steps=6, save_steps=2, logging_steps=1)
+    pair = load_pair(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, tmp_path, pair=pair, callbacks=[_StopAt(5)])
+    assert (tmp_path / "checkpoint-4").is_dir() and not (tmp_path / "student").exists()
+    result = distill(cfg, tmp_path, pair=pair)
+    assert result.resumed_from.endswith("checkpoint-4")
+    log = read_log(result.log_path).dropna(subset=["loss"])
+    assert sorted(set(log["step"])) == [1, 2, 3, 4, 5, 6]
+    assert (result.student_dir / "config.json").is_file()
+
+
+def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
+    with pytest.raises(DistillSpecError, match="Unknown divergence 'kl'"):
+        tiny_cfg.replace(divergence="kl")
+    with pytest.raises(DistillSpecError, match=r"beta=1.2 must be in \[0, 1\]"):
+        tiny_cfg.replace(beta=1.2)
+    with pytest.raises(DistillSpecError, match="Unknown config keys \\['divergense'\\]"):
+        Config.from_dict({"divergense": "rkl"})
+    with pytest.raises(DistillSpecError, match="sampling='offline'"):
+        tiny_cfg.replace(sampling="offline")
+    teacher, student, tok = load_pair(tiny_cfg)
+    small = tiny_model("llama", vocab_size=1000)
+    with pytest.raises(DistillSpecError, match="output layer has 1000 rows but the tokenizer has 49152"):
+        distill(tiny_cfg, tmp_path / "a", pair=(teacher, small, tok))
+    with pytest.raises(DistillSpecError, match="dataset is empty"):
+        distill(tiny_cfg, tmp_path / "b", pair=(teacher, student, tok), dataset=Dataset.from_dict({"prompt": []}))
+    rows = Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": ""}]]})
+    with pytest.raises(DistillSpecError, match=r"Dataset rows \[1\] have no prompt"):
+        distill(tiny_cfg, tmp_path / "c", pair=(teacher, student, tok), dataset=rows)
+    empty_dir = tmp_path / "data" / "gsm8k"
+    empty_dir.mkdir(parents=True)
+    (empty_dir / "train.jsonl").write_text('{"question": "  ", "answer": "1"}\n')
+    with pytest.raises(DistillSpecError, match="have an empty 'question'"):
+        distill(tiny_cfg.replace(data_source=str(tmp_path / "data")), tmp_path / "d", pair=(teacher, student, tok))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
+def test_presets_load():
+    for name in ("tiny", "offline_gsm8k", "offline_cnndm", "qwen3_gsm8k", "smollm_cnndm"):
+        cfg = Config.from_yaml(f"configs/{name}.yaml")
+        assert cfg.name == name
+    assert Config.from_yaml("configs/qwen3_gsm8k.yaml").learning_rate == 5e-5
+    assert Config.from_yaml("configs/smollm_cnndm.yaml").task_temperature == 0.7
+
+
+def test_expected_acceptance_of_identical_models_is_one(tokenizer):
+    model = tiny_model("qwen3", seed=3, init_std=0.5, hidden_size=32)
+    prompts = [tokenizer("What is 2 + 2?")["input_ids"], tokenizer("Hello")["input_ids"]]
+    rep = expected_acceptance(model, model, tokenizer, prompts, max_new_tokens=6, temperature=1.0, progress=False)
+    assert rep.expected_accept == pytest.approx(1.0, abs=1e-5)
+    assert rep.n_tokens == 12 and rep.teacher_entropy == pytest.approx(rep.draft_entropy, rel=1e-5)
+    with torch.no_grad():
+        other = tiny_model("qwen3", seed=4, init_std=0.5, hidden_size=32)
+    assert expected_acceptance(model, other, tokenizer, prompts, max_new_tokens=6, temperature=1.0,
+                               progress=False).expected_accept < 0.9

@@ -1,0 +1,88 @@
+"""The workbook end to end on the tiny preset, through the same entry point as `make run`."""
+
+import json
+import os
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from distillspec import DistillSpecError
+from distillspec.__main__ import main
+from distillspec.records import TOKEN_COLUMNS
+
+RUNS = ["fkl", "rkl", "jsd", "skd"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg.update(data_source=str(shared_data), max_steps=4, save_steps=2, logging_steps=1, n_eval=4, n_train=16,
+               max_new_tokens=12, train_max_new_tokens=8, min_bin_count=2)
+    config = root / "tiny_fast.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_dir = root / "run"
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir), "--publish", str(root / "pub")]) == 0
+    return config, run_dir, root
+
+
+def _errors(path):
+    nb = nbformat.read(path, as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def test_every_notebook_ran_without_errors(tiny_run):
+    _, run_dir, _ = tiny_run
+    names = ["01_data", *[f"02_distill_{r}" for r in RUNS], "03_specdec_eval", "04_entropy_analysis"]
+    for name in names:
+        path = run_dir / f"{name}.ipynb"
+        assert path.is_file(), name
+        assert _errors(path) == [], name
+
+
+def test_artifacts_are_well_formed(tiny_run):
+    _, run_dir, root = tiny_run
+    for draft in ["baseline", *RUNS]:
+        tokens = pd.read_parquet(run_dir / "records" / f"{draft}_tokens.parquet")
+        assert list(tokens.columns) == list(TOKEN_COLUMNS) and len(tokens) > 0
+        assert tokens["row"].nunique() == 4
+        steps = pd.read_parquet(run_dir / "records" / f"{draft}_steps.parquet")
+        assert list(steps.columns) == ["row", "step", "proposed", "accepted", "emitted"]
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert summary["draft"].tolist() == ["baseline", *RUNS]
+    for col in ("alpha_tok", "alpha_tok_lo", "alpha_tok_hi", "alpha_pos", "tau", "speedup", "n_prompts", "n_tokens"):
+        assert col in summary and summary[col].notna().all(), col
+    assert (summary["alpha_tok_lo"] <= summary["alpha_tok"]).all()
+    for png in ["acceptance_vs_entropy_gsm8k.png", "training_curves_gsm8k.png"]:
+        for where in (run_dir / "figures", root / "pub"):
+            data = (where / png).read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "| baseline |" in (root / "pub" / "results_gsm8k.md").read_text()
+    assert json.loads((run_dir / "data" / "summary.json").read_text())["n_eval"] == 4
+
+
+def test_resume_after_02_continues_at_03_without_retraining(tiny_run):
+    config, run_dir, _ = tiny_run
+    students = {r: os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") for r in RUNS}
+    notebooks = {r: os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") for r in RUNS}
+    # simulate an interruption after 02: 03 and 04 never ran
+    for p in ["speed.parquet", "results.md", "summary.csv", "03_specdec_eval.ipynb", "04_entropy_analysis.ipynb"]:
+        (run_dir / p).unlink()
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 0
+    assert (run_dir / "speed.parquet").is_file() and (run_dir / "results.md").is_file()
+    for r in RUNS:
+        assert os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") == students[r]
+        assert os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") == notebooks[r]
+
+
+def test_failing_notebook_names_itself(tmp_path, shared_data):
+    from distillspec.pipeline import run_pipeline
+
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg.update(data_source=str(tmp_path / "no-data-here"))
+    config = tmp_path / "broken.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DistillSpecError, match=r"Notebook 01_data.ipynb failed in cell .*Data directory not found"):
+        run_pipeline(config, run_dir=tmp_path / "run", log=lambda *_: None)
