@@ -26,8 +26,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+CONFIG ?= configs/offline_gsm8k.yaml
+
 run: $(STAMP)
-	$(PY) -m distillspec eval --task gsm8k --n 8 --out runs/offline_eval
+	$(PY) -m distillspec run --config $(CONFIG) --publish figures
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

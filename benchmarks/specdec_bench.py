@@ -17,35 +17,12 @@ import torch
 
 from distillspec.metrics import expected_tokens_per_step
 from distillspec.data import load_prompts, render_prompts
+from distillspec.evaluate import count_new_tokens, generate_kwargs, target_tokens_per_s
 from distillspec.models import draft_from_teacher, load_model
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
 
 SAMPLINGS = {"greedy": SamplingConfig(greedy=True), "T0.6_p0.95": SamplingConfig(temperature=0.6, top_p=0.95)}
-
-
-def _generate_kwargs(sampling: SamplingConfig) -> dict:
-    if sampling.greedy:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-
-
-def _count_new(out: torch.Tensor, prompt_width: int, eos: int) -> int:
-    """New tokens per row up to and including the first EOS (padding after EOS is not output)."""
-    total = 0
-    for row in out[:, prompt_width:].tolist():
-        total += row.index(eos) + 1 if eos in row else len(row)
-    return total
-
-
-def bench_target(target, tok, prompts, batch, max_new, sampling):
-    tokens, start = 0, time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        enc = tok.pad({"input_ids": prompts[i : i + batch]}, return_tensors="pt")
-        out = target.generate(**enc, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, **_generate_kwargs(sampling))
-        tokens += _count_new(out, enc["input_ids"].shape[1], tok.eos_token_id)
-    return tokens / (time.perf_counter() - start)
 
 
 def bench_assisted(target, draft, tok, prompts, max_new, sampling, gamma):
@@ -55,8 +32,8 @@ def bench_assisted(target, draft, tok, prompts, max_new, sampling, gamma):
         out = target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft,
                               num_assistant_tokens=gamma, num_assistant_tokens_schedule="constant",
                               max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, **_generate_kwargs(sampling))
-        tokens += _count_new(out, ids.shape[1], tok.eos_token_id)
+                              eos_token_id=tok.eos_token_id, **generate_kwargs(sampling))
+        tokens += count_new_tokens(out[:, ids.shape[1]:], tok.eos_token_id)
     return tokens / (time.perf_counter() - start)
 
 
@@ -107,7 +84,8 @@ def main():
     for name in args.samplings:
         sampling = SAMPLINGS[name]
         for batch in args.batch_sizes:
-            target_tps = bench_target(target, tok, prompts, batch, args.max_new_tokens, sampling)
+            target_tps = target_tokens_per_s(target, tok, prompts, batch_size=batch,
+                                             max_new_tokens=args.max_new_tokens, sampling=sampling)
             sd = bench_sd(target, draft, tok, prompts, batch, args.max_new_tokens, sampling, args.gamma)
             sd_tps = sd.pop("tokens_per_s")
             result["runs"].append({"sampling": name, "batch": batch, "target_tokens_per_s": target_tps,

@@ -72,3 +72,31 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
     mean = (totals / n).tolist()
     return AcceptanceReport(expected_accept=mean[0], teacher_entropy=mean[1], draft_entropy=mean[2], n_tokens=n,
                             n_prompts=len(prompts))
+
+
+def generate_kwargs(sampling) -> dict:
+    """transformers.generate arguments for a SamplingConfig (same warping as the SD decoder)."""
+    if sampling.greedy:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+
+
+def count_new_tokens(completions: torch.Tensor, eos: int) -> int:
+    """New tokens per row up to and including the first EOS (padding after EOS is not output)."""
+    return sum(row.index(eos) + 1 if eos in row else len(row) for row in completions.tolist())
+
+
+@torch.no_grad()
+def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
+                        sampling, seed: int = 0) -> float:
+    """Target-only decoding throughput (generate with KV cache) on prompts in chunks of batch_size."""
+    import time
+
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer.pad({"input_ids": prompts[i : i + batch_size]}, return_tensors="pt").to(target.device)
+        torch.manual_seed(seed + i)
+        out = target.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, **generate_kwargs(sampling))
+        tokens += count_new_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer.eos_token_id)
+    return tokens / (time.perf_counter() - start)

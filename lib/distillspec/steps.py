@@ -7,14 +7,11 @@ per-step Parquet per draft), summary.csv, results.md, figures/*.png.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .analysis import acceptance_by_entropy, format_table, summary_table
@@ -22,7 +19,7 @@ from .atomic import write_json, write_parquet, write_text
 from .config import Config
 from .data import load_prompts, load_raw, render_prompts, task_spec
 from .errors import require
-from .evaluate import expected_acceptance
+from .evaluate import expected_acceptance, target_tokens_per_s
 from .models import draft_from_teacher, load_model, load_tokenizer
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
@@ -126,20 +123,6 @@ def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
 
-def _target_tokens_per_s(target, tok, prompts, batch, max_new, sampling: SamplingConfig, seed: int) -> float:
-    """Target-only decoding (generate with KV cache) on the same prompts and batch size, for the speedup."""
-    tokens, start = 0, time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        enc = tok.pad({"input_ids": prompts[i : i + batch]}, return_tensors="pt").to(target.device)
-        torch.manual_seed(seed + i)
-        out = target.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                              top_k=0, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id)
-        for row in out[:, enc["input_ids"].shape[1] :].tolist():
-            tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-    return tokens / (time.perf_counter() - start)
-
-
 def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
     """03: batched SD of the undistilled baseline and each distilled draft against the target on the held-out
     prompts; writes per-token/per-step records per draft and summary.csv (one row per draft)."""
@@ -152,7 +135,8 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     drafts = {BASELINE: None, **{n: paths.student(n) for n in names}}
     for name, path in drafts.items():
         require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    target_tps = _target_tokens_per_s(target, tok, prompts, batch, max_new, sampling, cfg.seed)
+    target_tps = target_tokens_per_s(target, tok, prompts, batch_size=batch, max_new_tokens=max_new,
+                                     sampling=sampling, seed=cfg.seed)
     rows = []
     for name, path in tqdm(drafts.items(), desc="drafts"):
         draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
@@ -216,4 +200,4 @@ def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
 
 
 __all__ = ["BASELINE", "RunPaths", "analyze", "evaluate_drafts", "figure_paths", "load_prompt_file",
-           "load_records", "prepare_data", "run_names", "train_draft", "np"]
+           "load_records", "prepare_data", "run_names", "train_draft"]
