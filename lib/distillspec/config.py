@@ -136,8 +136,7 @@ class Config:
         require(path.is_file(), f"Config file not found: {path} (presets live in configs/).")
         data = yaml.safe_load(path.read_text()) or {}
         require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys.")
-        data = {**data, **overrides}
         source = data.get("data_source")
         if source not in (None, "hub") and not Path(source).is_absolute():  # relative to the config file
             data["data_source"] = str((path.parent / source).resolve())
-        return cls.from_dict(data)
+        return cls.from_dict({**data, **overrides})  # overrides are taken as given (relative to the cwd)
