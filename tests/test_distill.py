@@ -111,3 +111,11 @@ def test_expected_acceptance_of_identical_models_is_one(tokenizer):
         other = tiny_model("qwen3", seed=4, init_std=0.5, hidden_size=32)
     assert expected_acceptance(model, other, tokenizer, prompts, max_new_tokens=6, temperature=1.0,
                                progress=False).expected_accept < 0.9
+
+
+def test_relative_data_source_in_a_config_file_is_relative_to_that_file(shared_data):
+    from pathlib import Path
+
+    cfg = Config.from_yaml(TINY)
+    assert Path(cfg.data_source) == (Path(TINY).resolve().parent / "../../shared/data").resolve()
+    assert Config.from_yaml(TINY, data_source="rel/dir").data_source == "rel/dir"
