@@ -86,3 +86,13 @@ def test_failing_notebook_names_itself(tmp_path, shared_data):
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DistillSpecError, match=r"Notebook 01_data.ipynb failed in cell .*Data directory not found"):
         run_pipeline(config, run_dir=tmp_path / "run", log=lambda *_: None)
+
+
+def test_eval_command_writes_records(tmp_path, shared_data, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--teacher", "tiny-qwen3", "--keep-layers", "1", "--n", "2", "--max-new-tokens", "6",
+                 "--data", str(shared_data), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"tokens.parquet", "steps.parquet", "metrics.json"}
+    assert '"alpha_tok"' in capsys.readouterr().out
+    assert main(["eval", "--teacher", "tiny-qwen3", "--gamma", "0", "--data", str(shared_data),
+                 "--out", str(out)]) == 2
