@@ -85,12 +85,16 @@ def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
     rows = Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": ""}]]})
     with pytest.raises(DistillSpecError, match=r"Dataset rows \[1\] have no prompt"):
         distill(tiny_cfg, tmp_path / "c", pair=(teacher, student, tok), dataset=rows)
+    capped = tiny_model("llama", seed=1)
+    capped.config.final_logit_softcapping = 30.0
+    with pytest.raises(DistillSpecError, match="transforms its logits \\(final_logit_softcapping\\)"):
+        distill(tiny_cfg, tmp_path / "e", pair=(teacher, capped, tok))
     empty_dir = tmp_path / "data" / "gsm8k"
     empty_dir.mkdir(parents=True)
     (empty_dir / "train.jsonl").write_text('{"question": "  ", "answer": "1"}\n')
     with pytest.raises(DistillSpecError, match="have an empty 'question'"):
         distill(tiny_cfg.replace(data_source=str(tmp_path / "data")), tmp_path / "d", pair=(teacher, student, tok))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    assert not any((tmp_path / x).exists() for x in "abcde")
 
 
 def test_presets_load():

@@ -30,8 +30,7 @@ def _cmd_eval(args) -> None:
                                or spec.max_new_tokens, sampling=sampling, eos_token_id=tok.eos_token_id,
                                seed=args.seed, target_tokenizer=tok, draft_tokenizer=tok)
     paths = res.save(args.out)
-    summary = {k: v for k, v in res.metrics.as_dict().items()}
-    print(json.dumps({"seconds": time.perf_counter() - started, **summary}, indent=2))
+    print(json.dumps({"seconds": time.perf_counter() - started, **res.metrics.as_dict()}, indent=2))
     print(f"records: {', '.join(str(p) for p in paths.values())}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -177,8 +178,6 @@ def load_prompts(
         "raise the limit or check the data.",
     )
     if n is not None and len(keep) < n:
-        import warnings
-
         warnings.warn(f"Asked for {n} {task} {split} prompts, only {len(keep)} are available after filtering.")
     subset = raw.select(keep)
     ids = subset["id"] if "id" in subset.column_names else [f"{task}-{split}-{r}" for r in subset["row"]]

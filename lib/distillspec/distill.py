@@ -51,6 +51,20 @@ def train_prompts(cfg: Config, tokenizer):
                         tokenizer=tokenizer, max_article_tokens=cfg.max_article_tokens)
 
 
+_LOGIT_TRANSFORMS = ("logit_scale", "final_logit_softcapping", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
+
+
+def check_plain_logits(*models) -> None:
+    """Our loss projects hidden states with lm_head.weight directly; models that scale or soft-cap their logits
+    (Gemma, Cohere, Granite, ...) would get silently wrong distributions, so refuse them up front."""
+    for model in models:
+        cfg = model.config.get_text_config()
+        used = [k for k in _LOGIT_TRANSFORMS if getattr(cfg, k, None) not in (None, 1, 1.0)]
+        require(not used, f"{cfg.model_type} transforms its logits ({', '.join(used)}), which distillspec's loss "
+                "does not apply yet; use a model family without logit scaling/soft-capping (Llama, Qwen, SmolLM).")
+
+
 class DistillSpecTrainer(DistillationTrainer):
     """TRL's on-policy DistillationTrainer with distillspec's divergences, SD-relevant logs and SKD rollouts."""
 
@@ -174,6 +188,7 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     cfg.validate()
     teacher, student, tokenizer = pair if pair is not None else load_pair(cfg)
     check_compatible(tokenizer, tokenizer, teacher, student)
+    check_plain_logits(teacher, student)
     dataset = dataset if dataset is not None else train_prompts(cfg, tokenizer)
     check_prompt_rows(dataset)
     output_dir = Path(output_dir)
