@@ -26,9 +26,10 @@ def _held_out_acceptance(cfg, teacher, student, tok):
 
 
 @pytest.mark.parametrize("divergence,sampling", [("fkl", "on_policy"), ("rkl", "on_policy"), ("jsd", "on_policy"),
-                                                 ("tvd", "on_policy"), ("jsd", "skd")])
+                                                 ("tvd", "on_policy"), ("jsd", "skd"), ("fkl", "lmbda=0.5")])
 def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, sampling):
-    cfg = tiny_cfg.replace(divergence=divergence, sampling=sampling)
+    mix = {"lmbda": float(sampling.split("=")[1]), "sampling": "on_policy"} if "lmbda" in sampling else {}
+    cfg = tiny_cfg.replace(divergence=divergence, sampling=sampling, **mix)
     teacher, student, tok = load_pair(cfg)
     before = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
     result = distill(cfg, tmp_path / divergence, pair=(teacher, student, tok))
@@ -40,6 +41,8 @@ def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path,
     assert {"teacher_entropy", "expected_accept"} <= set(log.columns)
     if sampling == "skd":
         assert "skd_kept" in log.columns
+    if mix:  # both kinds of step happened
+        assert 0 < log["teacher_rollout"].mean() < 1
     assert (result.student_dir / "model.safetensors").is_file()
 
 
@@ -98,7 +101,7 @@ def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
 
 
 def test_presets_load():
-    for name in ("tiny", "offline_gsm8k", "offline_cnndm", "qwen3_gsm8k", "smollm_cnndm"):
+    for name in ("tiny", "offline_gsm8k", "offline_gsm8k_full", "offline_cnndm", "qwen3_gsm8k", "smollm_cnndm"):
         cfg = Config.from_yaml(f"configs/{name}.yaml")
         assert cfg.name == name
     assert Config.from_yaml("configs/qwen3_gsm8k.yaml").learning_rate == 5e-5
@@ -123,3 +126,47 @@ def test_relative_data_source_in_a_config_file_is_relative_to_that_file(shared_d
     cfg = Config.from_yaml(TINY)
     assert Path(cfg.data_source) == (Path(TINY).resolve().parent / "../../shared/data").resolve()
     assert Config.from_yaml(TINY, data_source="rel/dir").data_source == "rel/dir"
+
+
+def test_yaml_exponent_numbers_are_numbers_and_bad_numbers_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 5e-5\nmax_steps: '12'\n")  # YAML 1.1 reads 5e-5 as a string
+    cfg = Config.from_yaml(path)
+    assert cfg.learning_rate == 5e-5 and isinstance(cfg.learning_rate, float) and cfg.max_steps == 12
+    with pytest.raises(DistillSpecError, match="learning_rate='fast' must be a number"):
+        Config(learning_rate="fast")
+    with pytest.raises(DistillSpecError, match="max_steps='1.5' must be an integer"):
+        Config(max_steps="1.5")
+
+
+def test_expected_acceptance_on_target_samples_differs_from_own_samples(tokenizer):
+    teacher = tiny_model("qwen3", seed=3, init_std=0.5, hidden_size=32)
+    draft = tiny_model("qwen3", seed=4, init_std=0.5, hidden_size=32)
+    prompts = [tokenizer("What is 2 + 2?")["input_ids"]]
+    kw = dict(max_new_tokens=8, temperature=1.0, progress=False)
+    own = expected_acceptance(teacher, draft, tokenizer, prompts, **kw)
+    on_target = expected_acceptance(teacher, draft, tokenizer, prompts, sampler="target", **kw)
+    assert own.n_tokens == on_target.n_tokens == 8 and own.expected_accept != on_target.expected_accept
+    with pytest.raises(DistillSpecError, match="sampler='teacher' must be 'draft' or 'target'"):
+        expected_acceptance(teacher, draft, tokenizer, prompts, sampler="teacher", **kw)
+
+
+def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
+    """lmbda=0: every rollout is sampled from the teacher; with a near-greedy temperature it is the teacher's
+    greedy continuation, token for token, cut after EOS."""
+    from distillspec.distill import DistillSpecTrainer, training_args
+
+    cfg = tiny_cfg.replace(lmbda=0.0, temperature=1e-4, top_p=1.0)
+    teacher, student, tok = load_pair(cfg)
+    trainer = DistillSpecTrainer(model=student, teacher_model=teacher, args=training_args(cfg, tmp_path),
+                                 train_dataset=Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]),
+                                 processing_class=tok, ds_config=cfg)
+    prompts = [tok("What is 2 + 2?")["input_ids"], tok("Hi")["input_ids"]]
+    got = trainer._generate_single_turn(prompts, None, {})
+    for prompt, completion in zip(prompts, got):
+        ref = teacher.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=cfg.rollout_max_new_tokens,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+        ref = ref[: ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else ref
+        assert completion == ref
+    with pytest.raises(DistillSpecError, match=r"lmbda=1.5 must be in \[0, 1\]"):
+        cfg.replace(lmbda=1.5)

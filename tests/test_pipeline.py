@@ -63,14 +63,21 @@ def test_artifacts_are_well_formed(tiny_run):
     assert json.loads((run_dir / "data" / "summary.json").read_text())["n_eval"] == 4
 
 
-def test_resume_after_02_continues_at_03_without_retraining(tiny_run):
+def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny_run):
     config, run_dir, _ = tiny_run
     students = {r: os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") for r in RUNS}
     notebooks = {r: os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") for r in RUNS}
-    # simulate an interruption after 02: 03 and 04 never ran
-    for p in ["speed.parquet", "results.md", "summary.csv", "03_specdec_eval.ipynb", "04_entropy_analysis.ipynb"]:
+    # simulate an interruption inside 03, after the baseline's evaluation and before the last draft's finished
+    last = RUNS[-1]
+    for p in ["speed.parquet", "results.md", "summary.csv", "03_specdec_eval.ipynb", "04_entropy_analysis.ipynb",
+              f"records/{last}_speed.json"]:
         (run_dir / p).unlink()
+    baseline_records = os.path.getmtime(run_dir / "records" / "baseline_tokens.parquet")
+    last_records = os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet")
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 0
+    assert os.path.getmtime(run_dir / "records" / "baseline_tokens.parquet") == baseline_records  # kept
+    assert os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet") > last_records  # redone
+    assert pd.read_csv(run_dir / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
     assert (run_dir / "speed.parquet").is_file() and (run_dir / "results.md").is_file()
     for r in RUNS:
         assert os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") == students[r]

@@ -55,6 +55,8 @@ def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame
             "tau": tau, "tau_lo": tau_lo, "tau_hi": tau_hi,
             "predicted_tau": expected_tokens_per_step(a_pos, gamma),
             "mean_expected_accept": float(tokens[draft]["expected_accept"].mean()) if draft in tokens else np.nan,
+            "mean_expected_accept_t1": (float(tokens[draft]["expected_accept_t1"].mean()) if draft in tokens
+                                        else np.nan),
             "n_prompts": len(per_prompt), "n_tokens": int(per_prompt["emitted"].sum()),
             "n_verified": int(verified.sum()),
         }

@@ -42,6 +42,7 @@ class Config:
     beta: float = 0.5
     adaptive_beta: dict | None = None  # AdaptiveBeta kwargs: h_low, h_high, low, high, high_beta
     sampling: str = "on_policy"  # or 'skd'
+    lmbda: float = 1.0  # GKD mixing: fraction of steps on the student's own rollouts; the rest on teacher samples
     skd_top_k: int = 25
     skd_gamma: int = 4
     temperature: float | None = None  # task default (GSM8K 0.6, CNN/DM 0.7)
@@ -73,7 +74,23 @@ class Config:
     run_dir: str = "runs"
 
     def __post_init__(self):
+        self._coerce_numbers()
         self.validate()
+
+    def _coerce_numbers(self) -> None:
+        """YAML 1.1 reads `5e-5` (no dot) as a string; accept it as a number, refuse anything else clearly."""
+        for f in dataclasses.fields(self):
+            kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(f.type)
+            value = getattr(self, f.name)
+            if kind is None or value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                continue
+            try:
+                number = float(value) if isinstance(value, str) else None
+            except ValueError:
+                number = None
+            if number is None or (kind is int and not number.is_integer()):
+                raise DistillSpecError(f"{f.name}={value!r} must be {'an integer' if kind is int else 'a number'}.")
+            setattr(self, f.name, kind(number))
 
     @property
     def task_temperature(self) -> float:
@@ -100,6 +117,7 @@ class Config:
         if self.sampling == "skd":
             TopKAcceptance(self.skd_top_k)
             require(self.skd_gamma >= 1, f"skd_gamma={self.skd_gamma} must be >= 1.")
+        require(0 <= self.lmbda <= 1, f"lmbda={self.lmbda} must be in [0, 1] (1 = pure on-policy).")
         require(self.task_temperature > 0, f"temperature={self.temperature} must be > 0.")
         require(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1].")
         require(self.n_train is None or self.n_train >= 1, f"n_train={self.n_train} must be >= 1 (or null: all).")

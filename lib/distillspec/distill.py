@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .acceptance import TopKAcceptance
 from .config import Config
 from .data import check_prompt_rows, load_prompts
 from .errors import require
+from .evaluate import completion_mask
 from .losses import chunked_distill_loss
 from .models import check_compatible, draft_from_teacher, load_model, save_pretrained_atomic
 from .sampling import SamplingConfig
@@ -98,17 +100,29 @@ class DistillSpecTrainer(DistillationTrainer):
         n_valid = torch.tensor(stats.n, device=student_hidden.device)
         return loss, torch.tensor(stats.student_entropy_sum, device=student_hidden.device), n_valid
 
+    def _rollout_source(self) -> str:
+        """'student' (on-policy), 'skd' or 'teacher' for this step: with probability 1 - lmbda (GKD's mixing)
+        the step trains on teacher samples instead of the student's own (seeded by step, so resumes agree)."""
+        cfg = self.ds_config
+        if cfg.lmbda < 1 and random.Random(cfg.seed * 1_000_003 + self.state.global_step).random() >= cfg.lmbda:
+            return "teacher"
+        return "skd" if cfg.sampling == "skd" else "student"
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-        if self.ds_config.sampling != "skd":
+        source = self._rollout_source()
+        self._metrics["train"]["teacher_rollout"].append(float(source == "teacher"))
+        if source == "student":
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        if source == "teacher":
+            return self._teacher_rollout(teacher, prompt_ids)
         cfg = self.ds_config
         student = self.accelerator.unwrap_model(self.model)
         was_training = student.training
         student.eval()
         try:
             res = speculative_generate(
-                self.accelerator.unwrap_model(self.teacher_model), student, prompt_ids, gamma=cfg.skd_gamma,
-                max_new_tokens=self.max_completion_length,
+                teacher, student, prompt_ids, gamma=cfg.skd_gamma, max_new_tokens=self.max_completion_length,
                 sampling=SamplingConfig(temperature=self.temperature, top_p=self.top_p),
                 acceptance=TopKAcceptance(cfg.skd_top_k), bonus=False, eos_token_id=self.eos_token_ids,
                 record=False, seed=cfg.seed * 1_000_003 + self.state.global_step,
@@ -117,6 +131,15 @@ class DistillSpecTrainer(DistillationTrainer):
             student.train(was_training)
         self._metrics["train"]["skd_kept"].append(res.metrics.alpha_tok)
         return res.sequences
+
+    @torch.no_grad()
+    def _teacher_rollout(self, teacher, prompt_ids) -> list[list[int]]:
+        """Completions sampled from the teacher with the trainer's generation settings (supervised-KD data)."""
+        enc = self._tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
+        enc = enc.to(teacher.device)
+        out = teacher.generate(**enc, generation_config=self.generation_config)[:, enc["input_ids"].shape[1]:]
+        keep = completion_mask(out, self.eos_token_ids).bool()
+        return [row[m].tolist() for row, m in zip(out.cpu(), keep.cpu(), strict=True)]
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -42,10 +42,14 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tens
 @torch.no_grad()
 def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                         temperature: float, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-                        progress: bool = True) -> AcceptanceReport:
-    """Sample completions from the draft, score every completion position with both models, and average
-    sum min(p, q) (at temperature 1, as DistillSpec's acceptance) and the entropies."""
+                        progress: bool = True, sampler: str = "draft") -> AcceptanceReport:
+    """Sample completions from the draft (or, with sampler='target', from the teacher), score every completion
+    position with both models, and average sum min(p, q) (at temperature 1, as DistillSpec's acceptance) and the
+    entropies. On the teacher's samples this is the acceptance SD actually sees; on the draft's own samples it
+    can be gamed by a draft that collapses onto text the teacher finds predictable."""
     require(len(prompts) > 0, "No prompts to evaluate on.")
+    require(sampler in ("draft", "target"), f"sampler='{sampler}' must be 'draft' or 'target'.")
+    generator = draft if sampler == "draft" else teacher
     eos = tokenizer.eos_token_id
     device = next(draft.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64)
@@ -54,7 +58,7 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
         batch = prompts[start : start + batch_size]
         enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
         torch.manual_seed(seed + start)
-        out = draft.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+        out = generator.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         width = enc["input_ids"].shape[1]
         comp_mask = completion_mask(out[:, width:], [eos])

@@ -55,6 +55,13 @@ class RunPaths:
     def steps(self, name: str) -> Path:
         return self.root / "records" / f"{name}_steps.parquet"
 
+    def speed_row(self, name: str) -> Path:
+        return self.root / "records" / f"{name}_speed.json"
+
+    @property
+    def target_speed(self) -> Path:
+        return self.root / "records" / "target_speed.json"
+
     @property
     def summary(self) -> Path:
         return self.root / "summary.csv"
@@ -125,7 +132,8 @@ def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
 
 def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
     """03: batched SD of the undistilled baseline and each distilled draft against the target on the held-out
-    prompts; writes per-token/per-step records per draft and summary.csv (one row per draft)."""
+    prompts; writes per-token/per-step records and a speed row per draft, then speed.parquet (one row per draft).
+    Each finished draft's results are kept, so an interrupted evaluation resumes at the next draft."""
     paths = RunPaths(Path(run_dir))
     target, tok = load_model(cfg.teacher)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
@@ -135,10 +143,17 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     drafts = {BASELINE: None, **{n: paths.student(n) for n in names}}
     for name, path in drafts.items():
         require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    target_tps = target_tokens_per_s(target, tok, prompts, batch_size=batch, max_new_tokens=max_new,
-                                     sampling=sampling, seed=cfg.seed)
+    if paths.target_speed.is_file():
+        target_tps = json.loads(paths.target_speed.read_text())["tokens_per_s"]
+    else:
+        target_tps = target_tokens_per_s(target, tok, prompts, batch_size=batch, max_new_tokens=max_new,
+                                         sampling=sampling, seed=cfg.seed)
+        write_json({"tokens_per_s": target_tps, "n_prompts": len(prompts), "batch_size": batch}, paths.target_speed)
     rows = []
     for name, path in tqdm(drafts.items(), desc="drafts"):
+        if all(p.is_file() for p in (paths.speed_row(name), paths.tokens(name), paths.steps(name))):
+            rows.append(json.loads(paths.speed_row(name).read_text()))  # finished before an interruption
+            continue
         draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
                  else load_model(path)[0])
         token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
@@ -153,14 +168,18 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
             step_frames.append(s)
             wall += res.metrics.wall_s
             new_tokens += res.metrics.new_tokens
-        write_parquet(pd.concat(token_frames, ignore_index=True), paths.tokens(name))
+        token_df = pd.concat(token_frames, ignore_index=True)
+        write_parquet(token_df, paths.tokens(name))
         write_parquet(pd.concat(step_frames, ignore_index=True), paths.steps(name))
         report = expected_acceptance(target, draft, tok, prompts, max_new_tokens=max_new,
                                      temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
                                      batch_size=batch, progress=False)
-        rows.append({"draft": name, "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
-                     "speedup": new_tokens / wall / target_tps,
-                     "teacher_scored_expected_accept": report.expected_accept})
+        row = {"draft": name, "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
+               "speedup": new_tokens / wall / target_tps, "own_sample_expected_accept": report.expected_accept,
+               "own_sample_draft_entropy": report.draft_entropy,
+               "sd_expected_accept_t1": float(token_df["expected_accept_t1"].mean())}
+        write_json(row, paths.speed_row(name))  # written last: marks this draft as done
+        rows.append(row)
     speed = pd.DataFrame(rows)
     write_parquet(speed, paths.root / "speed.parquet")
     return speed
