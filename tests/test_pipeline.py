@@ -103,3 +103,14 @@ def test_eval_command_writes_records(tmp_path, shared_data, capsys):
     assert '"alpha_tok"' in capsys.readouterr().out
     assert main(["eval", "--teacher", "tiny-qwen3", "--gamma", "0", "--data", str(shared_data),
                  "--out", str(out)]) == 2
+
+
+def test_papermill_parses_every_parameter():
+    """papermill drops (and warns about) parameter lines it cannot parse; every one must parse."""
+    from papermill.inspection import inspect_notebook
+
+    expected = {"01_data": {"config_path", "run_dir"}, "03_specdec_eval": {"config_path", "run_dir"},
+                "02_distill": {"config_path", "run_dir", "run_name", "divergence", "beta", "sampling"},
+                "04_entropy_analysis": {"config_path", "run_dir"}}
+    for name, params in expected.items():
+        assert set(inspect_notebook(f"notebooks/{name}.ipynb")) == params, name
