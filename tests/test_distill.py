@@ -29,7 +29,7 @@ def _held_out_acceptance(cfg, teacher, student, tok):
                                                  ("tvd", "on_policy"), ("jsd", "skd"), ("fkl", "lmbda=0.5")])
 def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, sampling):
     mix = {"lmbda": float(sampling.split("=")[1]), "sampling": "on_policy"} if "lmbda" in sampling else {}
-    cfg = tiny_cfg.replace(divergence=divergence, sampling=sampling, **mix)
+    cfg = tiny_cfg.replace(**{"divergence": divergence, "sampling": sampling, **mix})
     teacher, student, tok = load_pair(cfg)
     before = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
     result = distill(cfg, tmp_path / divergence, pair=(teacher, student, tok))
