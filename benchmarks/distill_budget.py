@@ -69,12 +69,17 @@ def main():
     teacher, student, tok = load_pair(cfg)
     prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, args.n_eval, source=cfg.data_source,
                                                seed=cfg.data_seed, tokenizer=tok))
-    before_path = Path(args.out) / f"baseline_{cfg.task}_{args.n_eval}x{args.eval_tokens}.json"
-    if before_path.is_file():
-        before = json.loads(before_path.read_text())
+    # the undistilled draft's scores are shared by runs with the same draft and evaluation settings
+    settings = {k: getattr(cfg, k) for k in ("teacher", "student", "student_keep_layers", "student_layer_strategy",
+                                             "task", "eval_split", "data_seed", "task_temperature", "top_p", "seed")}
+    settings.update(n_eval=args.n_eval, eval_tokens=args.eval_tokens)
+    before_path = Path(args.out) / "baseline.json"
+    cached = json.loads(before_path.read_text()) if before_path.is_file() else {}
+    if cached.get("settings") == settings:
+        before = cached["scores"]
     else:
         before = score(teacher, student, tok, prompts, cfg, args)
-        write_json(before, before_path)
+        write_json({"settings": settings, "scores": before}, before_path)
     start = time.perf_counter()
     result = distill(cfg, out, resume=False, pair=(teacher, student, tok),
                      callbacks=[WallClockBudget(args.minutes * 60)])

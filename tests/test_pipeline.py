@@ -55,6 +55,8 @@ def test_artifacts_are_well_formed(tiny_run):
     for col in ("alpha_tok", "alpha_tok_lo", "alpha_tok_hi", "alpha_pos", "tau", "speedup", "n_prompts", "n_tokens"):
         assert col in summary and summary[col].notna().all(), col
     assert (summary["alpha_tok_lo"] <= summary["alpha_tok"]).all()
+    for col in ("sd_expected_accept_t1", "own_sample_expected_accept"):  # the two acceptance views of 03
+        assert summary[col].between(0, 1).all(), col
     for png in ["acceptance_vs_entropy_gsm8k.png", "training_curves_gsm8k.png"]:
         for where in (run_dir / "figures", root / "pub"):
             data = (where / png).read_bytes()
@@ -74,13 +76,18 @@ def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny
         (run_dir / p).unlink()
     baseline_records = os.path.getmtime(run_dir / "records" / "baseline_tokens.parquet")
     last_records = os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet")
+    first = RUNS[0]  # a draft retrained after its evaluation must be evaluated again
+    first_records = os.path.getmtime(run_dir / "records" / f"{first}_tokens.parquet")
+    student_config = run_dir / "drafts" / first / "student" / "config.json"
+    os.utime(student_config, (first_records + 10, first_records + 10))
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 0
     assert os.path.getmtime(run_dir / "records" / "baseline_tokens.parquet") == baseline_records  # kept
     assert os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet") > last_records  # redone
+    assert os.path.getmtime(run_dir / "records" / f"{first}_tokens.parquet") > first_records  # stale: redone
     assert pd.read_csv(run_dir / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
     assert (run_dir / "speed.parquet").is_file() and (run_dir / "results.md").is_file()
     for r in RUNS:
-        assert os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") == students[r]
+        assert os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") == students[r]  # not retrained
         assert os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") == notebooks[r]
 
 

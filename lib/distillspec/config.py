@@ -85,10 +85,10 @@ class Config:
             if kind is None or value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
                 continue
             try:
-                number = float(value) if isinstance(value, str) else None
-            except ValueError:
+                number = float(value)
+            except (TypeError, ValueError):
                 number = None
-            if number is None or (kind is int and not number.is_integer()):
+            if isinstance(value, bool) or number is None or (kind is int and not number.is_integer()):
                 raise DistillSpecError(f"{f.name}={value!r} must be {'an integer' if kind is int else 'a number'}.")
             setattr(self, f.name, kind(number))
 

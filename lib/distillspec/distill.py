@@ -100,11 +100,15 @@ class DistillSpecTrainer(DistillationTrainer):
         n_valid = torch.tensor(stats.n, device=student_hidden.device)
         return loss, torch.tensor(stats.student_entropy_sum, device=student_hidden.device), n_valid
 
+    def _step_seed(self) -> int:
+        """One seed per training step, so a resumed run makes the same rollout choices."""
+        return self.ds_config.seed * 1_000_003 + self.state.global_step
+
     def _rollout_source(self) -> str:
         """'student' (on-policy), 'skd' or 'teacher' for this step: with probability 1 - lmbda (GKD's mixing)
-        the step trains on teacher samples instead of the student's own (seeded by step, so resumes agree)."""
+        the step trains on teacher samples instead of the student's own."""
         cfg = self.ds_config
-        if cfg.lmbda < 1 and random.Random(cfg.seed * 1_000_003 + self.state.global_step).random() >= cfg.lmbda:
+        if cfg.lmbda < 1 and random.Random(self._step_seed()).random() >= cfg.lmbda:
             return "teacher"
         return "skd" if cfg.sampling == "skd" else "student"
 
@@ -125,7 +129,7 @@ class DistillSpecTrainer(DistillationTrainer):
                 teacher, student, prompt_ids, gamma=cfg.skd_gamma, max_new_tokens=self.max_completion_length,
                 sampling=SamplingConfig(temperature=self.temperature, top_p=self.top_p),
                 acceptance=TopKAcceptance(cfg.skd_top_k), bonus=False, eos_token_id=self.eos_token_ids,
-                record=False, seed=cfg.seed * 1_000_003 + self.state.global_step,
+                record=False, seed=self._step_seed(),
             )
         finally:
             student.train(was_training)

@@ -130,6 +130,14 @@ def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
 
+def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
+    """This draft's records are complete and newer than its student (a retrained draft is evaluated again)."""
+    files = (paths.speed_row(name), paths.tokens(name), paths.steps(name))
+    if not all(p.is_file() for p in files):
+        return False
+    return student is None or paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+
+
 def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
     """03: batched SD of the undistilled baseline and each distilled draft against the target on the held-out
     prompts; writes per-token/per-step records and a speed row per draft, then speed.parquet (one row per draft).
@@ -151,7 +159,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         write_json({"tokens_per_s": target_tps, "n_prompts": len(prompts), "batch_size": batch}, paths.target_speed)
     rows = []
     for name, path in tqdm(drafts.items(), desc="drafts"):
-        if all(p.is_file() for p in (paths.speed_row(name), paths.tokens(name), paths.steps(name))):
+        if _evaluated(paths, name, path):
             rows.append(json.loads(paths.speed_row(name).read_text()))  # finished before an interruption
             continue
         draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
