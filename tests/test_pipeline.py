@@ -57,11 +57,14 @@ def test_artifacts_are_well_formed(tiny_run):
     assert (summary["alpha_tok_lo"] <= summary["alpha_tok"]).all()
     for col in ("sd_expected_accept_t1", "own_sample_expected_accept"):  # the two acceptance views of 03
         assert summary[col].between(0, 1).all(), col
+    published = root / "pub" / yaml.safe_load((run_dir / "config.yaml").read_text())["name"]
     for png in ["acceptance_vs_entropy_gsm8k.png", "training_curves_gsm8k.png"]:
-        for where in (run_dir / "figures", root / "pub"):
+        for where in (run_dir / "figures", published):
             data = (where / png).read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    assert "| baseline |" in (root / "pub" / "results_gsm8k.md").read_text()
+    results = (published / "results.md").read_text()
+    assert results.count("| baseline |") == 2  # Table 1 and the expected-acceptance table
+    assert (published / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
     assert json.loads((run_dir / "data" / "summary.json").read_text())["n_eval"] == 4
 
 

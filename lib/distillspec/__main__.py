@@ -36,6 +36,7 @@ def _cmd_eval(args) -> None:
 
 def _cmd_run(args) -> None:
     """The whole study (notebooks 01-04 via papermill) for one preset; resumes unless --force."""
+    from .config import Config
     from .pipeline import run_pipeline
     from .steps import RunPaths
 
@@ -46,7 +47,8 @@ def _cmd_run(args) -> None:
     print(f"results table: {paths.results}")
     print(f"figures:       {paths.figures}")
     if args.publish:
-        print(f"published to:  {Path(args.publish).resolve()}")
+        name = Config.from_yaml(run_dir / "config.yaml").name
+        print(f"published to:  {Path(args.publish).resolve() / name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,21 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_expected_acceptance(table: pd.DataFrame) -> str:
+    """Markdown: teacher-scored expected acceptance sum_x min(p, q) at T=1, on SD output (target-distributed
+    text) and on the draft's own samples, with the draft's entropy there; a collapsed draft scores high on its
+    own samples only, which is why both are shown."""
+    lines = ["| draft | expected acceptance on SD output % | on the draft's own samples % | "
+             "draft entropy on own samples (nats) |", "|---|---|---|---|"]
+    def cell(r, col, scale, digits):  # records from an older 03 may lack a column
+        return f"{scale * r[col]:.{digits}f}" if pd.notna(r.get(col)) else "n/a"
+
+    for _, r in table.iterrows():
+        lines.append(f"| {r['draft']} | {cell(r, 'sd_expected_accept_t1', 100, 2)} | "
+                     f"{cell(r, 'own_sample_expected_accept', 100, 2)} | {cell(r, 'own_sample_draft_entropy', 1, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
 def entropy_bin_edges(entropy: np.ndarray, n_bins: int, floor: float = 1e-3) -> np.ndarray:
     """Log-spaced bin edges covering [max(min entropy, floor), max entropy]; entropies below floor go in bin 0."""
     entropy = np.asarray(entropy, float)

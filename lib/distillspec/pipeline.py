@@ -90,11 +90,10 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
 
 
 def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:
-    """Copy the figures and the results table of a finished run into publish_dir (e.g. figures/)."""
-    publish_dir.mkdir(parents=True, exist_ok=True)
+    """Copy a finished run's figures, results table and the config that made them into publish_dir/<run name>/
+    (e.g. figures/offline_gsm8k_full/), so presets of the same task do not overwrite each other."""
     paths = RunPaths(run_dir)
-    copied = []
-    for fig in figure_paths(cfg, run_dir).values():
-        copied.append(Path(shutil.copy2(fig, publish_dir / fig.name)))
-    copied.append(Path(shutil.copy2(paths.results, publish_dir / f"results_{cfg.task}.md")))
-    return copied
+    out = publish_dir / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [*figure_paths(cfg, run_dir).values(), paths.results, run_dir / "config.yaml"]
+    return [Path(shutil.copy2(src, out / src.name)) for src in sources]

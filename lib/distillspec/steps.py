@@ -14,7 +14,7 @@ import datasets
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .analysis import acceptance_by_entropy, format_table, summary_table
+from .analysis import acceptance_by_entropy, format_expected_acceptance, format_table, summary_table
 from .atomic import write_json, write_parquet, write_text
 from .config import Config
 from .data import load_prompts, load_raw, render_prompts, task_spec
@@ -216,7 +216,9 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0):
     header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
               f"T={cfg.task_temperature}, top_p={cfg.top_p}, {cfg.task_max_new_tokens} new tokens, "
               f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
-    write_text(header + format_table(table), paths.results)
+    expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
+                "\n\n" + format_expected_acceptance(table))
+    write_text(header + format_table(table) + expected, paths.results)
     return table, bins, tokens
 
 
