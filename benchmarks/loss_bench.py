@@ -1,7 +1,9 @@
 """Peak memory and time of forward+backward: chunked fused distillation loss vs the naive full-tensor version.
 
-    python benchmarks/loss_bench.py --positions 8192 --vocab 151936 --hidden 1024   # Qwen3's vocabulary
+    python benchmarks/loss_bench.py --positions 8192 --vocab 151936 --hidden 1024   # Qwen3's vocabulary (GPU)
     python benchmarks/loss_bench.py --positions 2048                                # fits a 24 GiB CPU box
+
+--chunk (default 256) is the chunked variant's positions per chunk: its peak is O(chunk x vocab).
 
 Each variant runs in a fresh subprocess so peak RSS (CPU) or peak CUDA memory is its own. Prints one JSON object.
 """
@@ -70,7 +72,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--divergence", default="jsd")
-    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--variant", choices=["naive", "chunked"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
