@@ -6,6 +6,7 @@ from distillspec.analysis import (
     acceptance_by_entropy,
     assign_bins,
     bin_inspector,
+    draft_colors,
     entropy_bin_edges,
     ratio_bootstrap,
     summary_table,
@@ -82,3 +83,10 @@ def test_widget_callback_updates_for_the_chosen_bin():
     before = view.value
     dropdown.value = "b"
     assert "examples from <b>b</b>" in view.value and view.value != before
+
+
+def test_draft_colors_are_the_same_in_every_figure():
+    a = draft_colors(["baseline", "fkl", "jsd", "skd"])
+    b = draft_colors(["skd", "jsd", "mine", "other"])  # different order, a subset, and unknown names
+    assert a["jsd"] == b["jsd"] and a["skd"] == b["skd"]
+    assert len(set(b.values())) == 4 and b["mine"] not in a.values() and b["other"] not in a.values()

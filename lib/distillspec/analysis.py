@@ -133,16 +133,31 @@ def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min
     return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
 
 
+CANONICAL_DRAFTS = ("baseline", "fkl", "rkl", "jsd", "tvd", "skd")
+
+
+def draft_colors(names) -> dict[str, str]:
+    """One matplotlib colour per draft, the same in every figure: the usual runs keep fixed colours, other names
+    take the remaining ones in order."""
+    palette = [f"C{i}" for i in range(10)]
+    colors = {n: palette[CANONICAL_DRAFTS.index(n)] for n in names if n in CANONICAL_DRAFTS}
+    free = palette[len(CANONICAL_DRAFTS):]  # never reuse a canonical run's colour
+    for i, n in enumerate(n for n in names if n not in colors):
+        colors[n] = free[i % len(free)]
+    return colors
+
+
 def plot_acceptance_vs_entropy(bins: pd.DataFrame, title: str, path=None):
     """Figure 1: acceptance vs teacher entropy (log x), one line per draft, bubble area = tokens in the bin."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     biggest = max(bins["n"].max(), 1) if len(bins) else 1
+    colors = draft_colors(bins["draft"].unique())
     for draft, d in bins.groupby("draft", sort=False):
-        line = ax.plot(d["center"], d["accept_rate"], marker="", label=draft)[0]
-        ax.scatter(d["center"], d["accept_rate"], s=20 + 400 * d["n"] / biggest, alpha=0.5, color=line.get_color())
-        ax.fill_between(d["center"], d["ci_lo"], d["ci_hi"], alpha=0.12, color=line.get_color())
+        ax.plot(d["center"], d["accept_rate"], label=draft, color=colors[draft])
+        ax.scatter(d["center"], d["accept_rate"], s=20 + 400 * d["n"] / biggest, alpha=0.5, color=colors[draft])
+        ax.fill_between(d["center"], d["ci_lo"], d["ci_hi"], alpha=0.12, color=colors[draft])
     ax.set_xscale("log")
     ax.set_xlabel("teacher entropy H(p) at T=1 (nats, log scale)")
     ax.set_ylabel("acceptance rate of verified draft tokens (alpha_pos)")
@@ -157,19 +172,20 @@ def plot_acceptance_vs_entropy(bins: pd.DataFrame, title: str, path=None):
 
 
 def plot_training_curves(logs: dict[str, pd.DataFrame], title: str, path=None):
-    """Loss and expected acceptance (teacher-scored, on the student's samples) per logging step."""
+    """Loss and expected acceptance (teacher-scored, on the positions trained that step) per logging step."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = draft_colors(list(logs))
     for name, log in logs.items():
         log = log.dropna(subset=["loss"])
-        ax1.plot(log["step"], log["loss"], label=name)
+        ax1.plot(log["step"], log["loss"], label=name, color=colors[name])
         if "expected_accept" in log:
-            ax2.plot(log["step"], log["expected_accept"], label=name)
+            ax2.plot(log["step"], log["expected_accept"], label=name, color=colors[name])
     ax1.set_xlabel("training step")
     ax1.set_ylabel("distillation loss (per token)")
     ax2.set_xlabel("training step")
-    ax2.set_ylabel("expected acceptance sum(min(p, q)) on sampled tokens")
+    ax2.set_ylabel("expected acceptance Σ min(p, q), T=1\n(positions trained in the logging window)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
