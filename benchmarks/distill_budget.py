@@ -1,7 +1,8 @@
 """Distil a draft for a fixed wall-clock budget and measure held-out expected acceptance before and after (#4).
 
-    python benchmarks/distill_budget.py --config configs/offline_gsm8k.yaml --name rkl --minutes 30 \
-        --set divergence=rkl
+    python benchmarks/distill_budget.py --name rkl --minutes 30 --set divergence=rkl max_steps=1000
+
+Default config: configs/offline_gsm8k_full.yaml (the full study's recipe; its max_steps also caps the run).
 
 Trains with the config's settings (plus --set overrides) until the budget runs out or max_steps is reached,
 then scores the undistilled and the distilled draft on the same held-out prompts (the config's eval split,
@@ -55,7 +56,7 @@ def score(teacher, draft, tok, prompts, cfg, args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/offline_gsm8k.yaml")
+    ap.add_argument("--config", default="configs/offline_gsm8k_full.yaml")
     ap.add_argument("--name", required=True)
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (YAML values)")
