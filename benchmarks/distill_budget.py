@@ -1,6 +1,9 @@
 """Distil a draft for a fixed wall-clock budget and measure held-out expected acceptance before and after (#4).
 
-    python benchmarks/distill_budget.py --name rkl --minutes 30 --set divergence=rkl max_steps=1000
+    DISTILLSPEC_DATA_DIR=../shared/data python benchmarks/distill_budget.py --name rkl --minutes 30 \
+        --set divergence=rkl max_steps=1000
+
+(Outside `make`, offline, DISTILLSPEC_DATA_DIR must point at the local data; the Makefile sets it.)
 
 Default config: configs/offline_gsm8k_full.yaml (the full study's recipe; its max_steps also caps the run).
 
