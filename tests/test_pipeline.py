@@ -124,3 +124,17 @@ def test_papermill_parses_every_parameter():
                 "04_entropy_analysis": {"config_path", "run_dir"}}
     for name, params in expected.items():
         assert set(inspect_notebook(f"notebooks/{name}.ipynb")) == params, name
+
+
+def test_prepare_data_on_cnndm_reports_the_length_filter(tmp_path, shared_data):
+    """01 on CNN/DM also tokenizes the raw eval split to show the article-length filter (a datasets Column)."""
+    from distillspec import steps
+    from distillspec.config import Config
+
+    cfg = Config.from_yaml("configs/tiny.yaml", task="cnndm", train_split="validation", data_source=str(shared_data),
+                           n_train=8, n_eval=4)
+    summary = steps.prepare_data(cfg, tmp_path / "run")
+    assert (summary["n_train"], summary["n_eval"]) == (8, 4)
+    lengths = summary["article_tokens_before_filter"]
+    assert len(lengths) > summary["n_eval"] and min(lengths) > 0
+    assert 0 < summary["kept_by_filter"] == sum(n <= cfg.max_article_tokens for n in lengths) <= len(lengths)

@@ -114,7 +114,7 @@ def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
     if cfg.task == "cnndm":  # the length filter's effect on the evaluation split
         raw = load_raw(cfg.task, cfg.eval_split, cfg.data_source)
         field = task_spec(cfg.task).text_field
-        lengths = [len(x) for x in tok(raw[field], add_special_tokens=False)["input_ids"]]
+        lengths = [len(x) for x in tok(list(raw[field]), add_special_tokens=False)["input_ids"]]
         summary["article_tokens_before_filter"] = lengths
         summary["kept_by_filter"] = int(sum(n <= cfg.max_article_tokens for n in lengths))
     write_json(summary, paths.data_summary)
