@@ -130,6 +130,12 @@ def _messages(spec: TaskSpec, text: str) -> list[dict]:
     ]
 
 
+def token_lengths(tokenizer, texts) -> list[int]:
+    """Token count of each text, no special tokens (the CNN/DM article-length filter's measure).
+    Accepts any iterable of strings, e.g. a datasets Column, which the tokenizer itself rejects."""
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def load_prompts(
     task: str,
     split: str,
@@ -166,7 +172,7 @@ def load_prompts(
                 "build. Remove those rows from the data.")
         ok = [True] * len(texts)
         if length_filter:
-            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            lengths = token_lengths(tokenizer, texts)
             ok = [o and length <= max_article_tokens for o, length in zip(ok, lengths)]
         keep.extend(start + i for i, o in enumerate(ok) if o)
         if len(keep) >= want:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .analysis import acceptance_by_entropy, format_expected_acceptance, format_table, summary_table
 from .atomic import write_json, write_parquet, write_text
 from .config import Config
-from .data import load_prompts, load_raw, render_prompts, task_spec
+from .data import load_prompts, load_raw, render_prompts, task_spec, token_lengths
 from .errors import require
 from .evaluate import expected_acceptance, target_tokens_per_s
 from .models import draft_from_teacher, load_model, load_tokenizer
@@ -113,8 +113,7 @@ def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
     }
     if cfg.task == "cnndm":  # the length filter's effect on the evaluation split
         raw = load_raw(cfg.task, cfg.eval_split, cfg.data_source)
-        field = task_spec(cfg.task).text_field
-        lengths = [len(x) for x in tok(list(raw[field]), add_special_tokens=False)["input_ids"]]
+        lengths = token_lengths(tok, raw[task_spec(cfg.task).text_field])
         summary["article_tokens_before_filter"] = lengths
         summary["kept_by_filter"] = int(sum(n <= cfg.max_article_tokens for n in lengths))
     write_json(summary, paths.data_summary)
