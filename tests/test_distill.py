@@ -106,6 +106,9 @@ def test_presets_load():
         assert cfg.name == name
     assert Config.from_yaml("configs/qwen3_gsm8k.yaml").learning_rate == 5e-5
     assert Config.from_yaml("configs/smollm_cnndm.yaml").task_temperature == 0.7
+    assert Config.from_yaml("configs/smollm_cnndm.yaml").divergence_temperature == 0.7  # TRL's convention
+    for name in ("offline_gsm8k", "offline_gsm8k_full", "offline_cnndm"):
+        assert Config.from_yaml(f"configs/{name}.yaml").divergence_temperature == 1.0
 
 
 def test_expected_acceptance_of_identical_models_is_one(tokenizer):
@@ -170,3 +173,35 @@ def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
         assert completion == ref
     with pytest.raises(DistillSpecError, match=r"lmbda=1.5 must be in \[0, 1\]"):
         cfg.replace(lmbda=1.5)
+
+
+@pytest.mark.parametrize("loss_temperature", [None, 1.0])
+def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path, loss_temperature):
+    """The trainer's loss is the masked mean divergence of the completion positions at `loss_temperature`
+    (default: the sampling temperature), checked against full-logit token_divergence."""
+    from distillspec.distill import DistillSpecTrainer, training_args
+    from distillspec.losses import token_divergence
+
+    cfg = tiny_cfg.replace(divergence="fkl", temperature=0.6, loss_temperature=loss_temperature)
+    assert cfg.divergence_temperature == (0.6 if loss_temperature is None else 1.0)
+    teacher, student, tok = load_pair(cfg)
+    trainer = DistillSpecTrainer(model=student, teacher_model=teacher, args=training_args(cfg, tmp_path),
+                                 train_dataset=Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]),
+                                 processing_class=tok, ds_config=cfg)
+    gen = torch.Generator().manual_seed(0)
+    prompt_ids, completion_ids = torch.randint(0, 1000, (2, 5), generator=gen), torch.randint(0, 1000, (2, 4),
+                                                                                                 generator=gen)
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+              "completion_mask": completion_mask}
+    loss = trainer._compute_loss(student, inputs, None)[0]
+    with torch.no_grad():
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        s_logits, t_logits = student(ids).logits[:, 4:-1], teacher(ids).logits[:, 4:-1]  # predict completion tokens
+        keep = completion_mask.bool()
+        ref = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=cfg.divergence_temperature).mean()
+        other = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=1.6 - cfg.divergence_temperature)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    assert other.mean().item() != pytest.approx(ref.item(), rel=1e-3)  # the two temperatures are distinguishable
+    with pytest.raises(DistillSpecError, match="loss_temperature=0.0 must be > 0"):
+        cfg.replace(loss_temperature=0.0)

@@ -45,7 +45,8 @@ class Config:
     lmbda: float = 1.0  # GKD mixing: fraction of steps on the student's own rollouts; the rest on teacher samples
     skd_top_k: int = 25
     skd_gamma: int = 4
-    temperature: float | None = None  # task default (GSM8K 0.6, CNN/DM 0.7)
+    temperature: float | None = None  # sampling temperature; task default (GSM8K 0.6, CNN/DM 0.7)
+    loss_temperature: float | None = None  # divides both models' logits in the loss; None = `temperature` (TRL)
     top_p: float = 0.95
     max_new_tokens: int | None = None  # task default (GSM8K 312, CNN/DM 128)
     train_max_new_tokens: int | None = None  # rollout length while training (default: max_new_tokens)
@@ -97,6 +98,11 @@ class Config:
         return self.temperature if self.temperature is not None else task_spec(self.task).temperature
 
     @property
+    def divergence_temperature(self) -> float:
+        """Temperature of the distributions the loss compares (1.0 matches the T=1 acceptance the logs report)."""
+        return self.loss_temperature if self.loss_temperature is not None else self.task_temperature
+
+    @property
     def task_max_new_tokens(self) -> int:
         return self.max_new_tokens if self.max_new_tokens is not None else task_spec(self.task).max_new_tokens
 
@@ -119,6 +125,7 @@ class Config:
             require(self.skd_gamma >= 1, f"skd_gamma={self.skd_gamma} must be >= 1.")
         require(0 <= self.lmbda <= 1, f"lmbda={self.lmbda} must be in [0, 1] (1 = pure on-policy).")
         require(self.task_temperature > 0, f"temperature={self.temperature} must be > 0.")
+        require(self.divergence_temperature > 0, f"loss_temperature={self.loss_temperature} must be > 0.")
         require(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1].")
         require(self.n_train is None or self.n_train >= 1, f"n_train={self.n_train} must be >= 1 (or null: all).")
         require(self.n_eval >= 1, f"n_eval={self.n_eval} must be >= 1.")

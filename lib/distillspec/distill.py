@@ -87,7 +87,7 @@ class DistillSpecTrainer(DistillationTrainer):
         stats = chunked_distill_loss(
             student_hidden, teacher_hidden.to(student_hidden.device),
             unwrapped_student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
-            inputs["completion_mask"], divergence=cfg.divergence, beta=cfg.beta, temperature=self.temperature,
+            inputs["completion_mask"], divergence=cfg.divergence, beta=cfg.beta, temperature=cfg.divergence_temperature,
             adaptive=self.adaptive, chunk_size=cfg.chunk_size,
         )
         mode = "train" if self.model.training else "eval"
