@@ -169,7 +169,7 @@ def chunked_distill_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     adaptive: AdaptiveBeta | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> LossStats:
     """Masked mean of the token divergence, projecting only the masked positions, one chunk at a time."""
     check_divergence(divergence, beta)
