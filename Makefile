@@ -27,9 +27,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 CONFIG ?= configs/offline_gsm8k.yaml
+# A study longer than one session: DRAFTS=baseline,fkl (a subset per session), RESULTS_FROM=figures/<name>/records
+# (import the drafts an earlier session published). See README, "Running a study across sessions".
+DRAFTS ?=
+RESULTS_FROM ?=
 
 run: $(STAMP)
-	$(PY) -m distillspec run --config $(CONFIG) --publish figures
+	$(PY) -m distillspec run --config $(CONFIG) --publish figures $(if $(DRAFTS),--drafts $(DRAFTS)) \
+		$(if $(RESULTS_FROM),--results-from $(RESULTS_FROM))
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -119,7 +119,7 @@ def test_papermill_parses_every_parameter():
     """papermill drops (and warns about) parameter lines it cannot parse; every one must parse."""
     from papermill.inspection import inspect_notebook
 
-    expected = {"01_data": {"config_path", "run_dir"}, "03_specdec_eval": {"config_path", "run_dir"},
+    expected = {"01_data": {"config_path", "run_dir"}, "03_specdec_eval": {"config_path", "run_dir", "drafts"},
                 "02_distill": {"config_path", "run_dir", "run_name", "divergence", "beta", "sampling"},
                 "04_entropy_analysis": {"config_path", "run_dir"}}
     for name, params in expected.items():
@@ -138,3 +138,71 @@ def test_prepare_data_on_cnndm_reports_the_length_filter(tmp_path, shared_data):
     lengths = summary["article_tokens_before_filter"]
     assert len(lengths) > summary["n_eval"] and min(lengths) > 0
     assert 0 < summary["kept_by_filter"] == sum(n <= cfg.max_article_tokens for n in lengths) <= len(lengths)
+
+
+def _published_records(tiny_run):
+    config, run_dir, root = tiny_run
+    name = yaml.safe_load((run_dir / "config.yaml").read_text())["name"]
+    return root / "pub" / name / "records"
+
+
+def test_publish_exports_every_finished_drafts_records(tiny_run):
+    records = _published_records(tiny_run)
+    for draft in ["baseline", *RUNS]:
+        for suffix in ("tokens.parquet", "steps.parquet", "speed.json"):
+            assert (records / f"{draft}_{suffix}").is_file(), (draft, suffix)
+        assert json.loads((records / f"{draft}_speed.json").read_text())["fingerprint"]
+    assert all((records / f"{r}_train_log.jsonl").is_file() for r in RUNS)
+
+
+def test_imported_results_reproduce_the_table_without_training(tiny_run, tmp_path, capsys):
+    """A later session imports every published draft: 04 alone runs and gives the same table and figures."""
+    config, _, _ = tiny_run
+    new = tmp_path / "imported"
+    assert main(["run", "--config", str(config), "--run-dir", str(new), "--results-from",
+                 str(_published_records(tiny_run))]) == 0
+    assert "imported finished drafts from" in capsys.readouterr().out
+    assert not list(new.glob("02_distill_*.ipynb")) and not (new / "03_specdec_eval.ipynb").exists()
+    assert not (new / "drafts" / RUNS[0] / "student").exists()
+    published = _published_records(tiny_run).parent  # results.md published with these records
+    assert (new / "results.md").read_text() == (published / "results.md").read_text()
+
+
+def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
+    """Session 1 evaluates only the baseline (04 waits); session 2 imports it and the drafts of other sessions,
+    trains and evaluates the one draft still missing, and completes the table."""
+    import shutil
+
+    config, _, _ = tiny_run
+    first, second = tmp_path / "session1", tmp_path / "session2"
+    assert main(["run", "--config", str(config), "--run-dir", str(first), "--drafts", "baseline",
+                 "--publish", str(tmp_path / "pub")]) == 0
+    out = capsys.readouterr().out
+    assert "wait 04_entropy_analysis.ipynb: drafts " + ",".join(RUNS) in out and "results table: not yet" in out
+    assert not (first / "results.md").exists() and not list(first.glob("02_distill_*.ipynb"))
+    name = yaml.safe_load((first / "config.yaml").read_text())["name"]
+    records = tmp_path / "pub" / name / "records"
+    assert sorted(p.name for p in records.iterdir()) == ["baseline_speed.json", "baseline_steps.parquet",
+                                                          "baseline_tokens.parquet"]
+    for f in _published_records(tiny_run).iterdir():  # drafts other sessions published, all but the first
+        if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
+            shutil.copy(f, records / f.name)
+    baseline_tokens = pd.read_parquet(records / "baseline_tokens.parquet")
+    assert main(["run", "--config", str(config), "--run-dir", str(second), "--results-from", str(records)]) == 0
+    assert [p.name for p in second.glob("02_distill_*.ipynb")] == [f"02_distill_{RUNS[0]}.ipynb"]
+    assert pd.read_parquet(second / "records" / "baseline_tokens.parquet").equals(baseline_tokens)  # not redone
+    assert pd.read_csv(second / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
+
+
+def test_results_of_another_config_are_refused(tiny_run, tmp_path):
+    config, _, _ = tiny_run
+    other = yaml.safe_load(config.read_text())
+    other["gamma"] = other["gamma"] + 1
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(yaml.safe_dump(other))
+    with pytest.raises(DistillSpecError, match=r"made with another config or prompt set"):
+        from distillspec.pipeline import run_pipeline
+
+        run_pipeline(other_config, run_dir=tmp_path / "run", results_from=_published_records(tiny_run),
+                     log=lambda *_: None)
+    assert main(["run", "--config", str(config), "--run-dir", str(tmp_path / "x"), "--drafts", "baseline,nope"]) == 2

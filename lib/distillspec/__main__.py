@@ -41,9 +41,14 @@ def _cmd_run(args) -> None:
     from .steps import RunPaths
 
     started = time.perf_counter()
-    run_dir = run_pipeline(args.config, run_dir=args.run_dir, force=args.force, publish_dir=args.publish)
+    drafts = [d.strip() for d in args.drafts.split(",") if d.strip()] if args.drafts else None
+    run_dir = run_pipeline(args.config, run_dir=args.run_dir, force=args.force, publish_dir=args.publish,
+                           drafts=drafts, results_from=args.results_from)
     paths = RunPaths(run_dir)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    if not paths.results.is_file():
+        print("results table: not yet (04 waits for the drafts not evaluated; see above)")
+        return
     print(f"results table: {paths.results}")
     print(f"figures:       {paths.figures}")
     if args.publish:
@@ -74,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="a preset from configs/")
     run.add_argument("--run-dir", default=None, help="default: runs/<config name>")
     run.add_argument("--force", action="store_true", help="rerun every step from scratch")
-    run.add_argument("--publish", default=None, help="copy figures and the results table here (e.g. figures)")
+    run.add_argument("--publish", default=None,
+                     help="copy figures, the results table and finished drafts' records here (e.g. figures)")
+    run.add_argument("--drafts", default=None,
+                     help="comma-separated subset of the drafts to train and evaluate (baseline and the training "
+                          "runs' names), for a study that spans sessions; default: all")
+    run.add_argument("--results-from", default=None,
+                     help="a published records folder (e.g. figures/<name>/records) of an earlier session: its "
+                          "finished drafts are imported, not retrained")
     run.set_defaults(func=_cmd_run)
     args = ap.parse_args(argv)
     try:

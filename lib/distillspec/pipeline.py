@@ -3,6 +3,10 @@
 A step is skipped when its outputs exist (so an interrupted run resumes where it stopped, and training resumes
 from its last checkpoint); --force reruns everything from scratch. A failing notebook stops the run with the
 notebook's name and the cell's error; the executed copy is kept for inspection.
+
+A study longer than one working session on a fresh machine runs a subset of its drafts per session (drafts=...),
+publishes their records, and the next session imports them (results_from=...; see handoff.py); 04 runs once
+every draft is finished.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import Config
-from .errors import DistillSpecError
-from .steps import RunPaths, figure_paths, run_names
+from .errors import DistillSpecError, require
+from .handoff import export_results, import_results
+from .steps import RunPaths, draft_names, figure_paths, finished_drafts, run_names
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -28,20 +33,30 @@ class Step:
     outputs: list[Path]  # all present -> the step is done
     parameters: dict = field(default_factory=dict)
     clean: list[Path] = field(default_factory=list)  # removed before a forced rerun
+    done_instead: list[Path] = field(default_factory=list)  # all present -> also done (02: the draft's results)
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs) or bool(self.done_instead) and all(
+            p.exists() for p in self.done_instead)
 
 
-def plan(cfg: Config, config_path: Path, run_dir: Path) -> list[Step]:
+def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None) -> list[Step]:
+    """The notebooks to execute: 01, 02 per training run, 03, 04; with drafts, only those drafts' 02 and 03."""
     paths = RunPaths(run_dir)
+    drafts = draft_names(cfg) if drafts is None else drafts
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
                   dict(base), [paths.root / "data"])]
     for name, run in run_names(cfg).items():
+        if name not in drafts:
+            continue
         params = {**base, "run_name": name, "divergence": run["divergence"], "beta": run.get("beta", cfg.beta),
                   "sampling": run.get("sampling", "on_policy")}
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / "config.json"],
-                          params, [paths.draft_dir(name)]))
-    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.root / "speed.parquet"], dict(base),
-                      [paths.root / "records", paths.root / "speed.parquet"]))
+                          params, [paths.draft_dir(name)], done_instead=[paths.speed_row(name)]))
+    selected = None if drafts == draft_names(cfg) else drafts
+    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.speed_row(n) for n in drafts],
+                      {**base, "drafts": selected}, [paths.root / "records", paths.root / "speed.parquet"]))
     figs = figure_paths(cfg, run_dir)
     steps.append(Step("04_entropy_analysis.ipynb", "04_entropy_analysis.ipynb",
                       [paths.results, paths.summary, *figs.values()], dict(base), [paths.figures, paths.results]))
@@ -67,33 +82,52 @@ def _execute(step: Step, run_dir: Path, kernel: str) -> None:
 
 
 def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, force: bool = False,
-                 publish_dir: str | Path | None = None, kernel: str = "python3", log=print) -> Path:
-    """Run the whole study for one config; return the run directory."""
+                 publish_dir: str | Path | None = None, drafts: list[str] | None = None,
+                 results_from: str | Path | None = None, kernel: str = "python3", log=print) -> Path:
+    """Run the study for one config (drafts: a subset of its drafts; results_from: a published records folder
+    of an earlier session to import finished drafts from); return the run directory."""
     config_path = Path(config_path).resolve()
     cfg = Config.from_yaml(config_path)
+    if drafts is not None:
+        unknown = sorted(set(drafts) - set(draft_names(cfg)))
+        require(drafts and not unknown, f"--drafts {','.join(drafts)}: unknown or empty; this study's drafts are "
+                                        f"{','.join(draft_names(cfg))}.")
+    require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
     run_dir = Path(run_dir or (REPO / cfg.run_dir / cfg.name)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
-    steps = plan(cfg, config_path, run_dir)
-    for step in tqdm(steps, desc=f"pipeline {cfg.name}", unit="notebook"):
-        if not force and all(p.exists() for p in step.outputs):
+    for step in tqdm(plan(cfg, config_path, run_dir, drafts), desc=f"pipeline {cfg.name}", unit="notebook"):
+        if step.notebook == "04_entropy_analysis.ipynb":
+            waiting = [n for n in draft_names(cfg) if n not in finished_drafts(cfg, run_dir)]
+            if waiting:
+                log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
+                    f"--drafts, here or in a later session with --results-from)")
+                continue
+        if not force and step.done():
             log(f"skip {step.executed}: outputs exist")
-            continue
-        if force:
-            for p in step.clean:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        log(f"run  {step.executed}")
-        _execute(step, run_dir, kernel)
+        else:
+            if force:
+                for p in step.clean:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            log(f"run  {step.executed}")
+            _execute(step, run_dir, kernel)
+        if step.notebook == "01_data.ipynb" and results_from is not None:
+            imported = import_results(cfg, run_dir, results_from, drafts or draft_names(cfg))
+            log(f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}")
     if publish_dir is not None:
         publish(cfg, run_dir, Path(publish_dir))
     return run_dir
 
 
 def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:
-    """Copy a finished run's figures, results table and the config that made them into publish_dir/<run name>/
-    (e.g. figures/offline_gsm8k_full/), so presets of the same task do not overwrite each other."""
+    """Copy a run's figures, results table and the config that made them into publish_dir/<run name>/ (e.g.
+    figures/offline_gsm8k_full/, so presets of the same task do not overwrite each other), and every finished
+    draft's records into its records/ (what 04 needs, and what a later session imports)."""
     paths = RunPaths(run_dir)
     out = publish_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    sources = [*figure_paths(cfg, run_dir).values(), paths.results, run_dir / "config.yaml"]
-    return [Path(shutil.copy2(src, out / src.name)) for src in sources]
+    sources = [run_dir / "config.yaml"]
+    if paths.results.is_file():  # 04 has run
+        sources += [*figure_paths(cfg, run_dir).values(), paths.results]
+    copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
+    return copied + export_results(run_dir, out / "records", finished_drafts(cfg, run_dir))

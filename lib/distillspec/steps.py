@@ -134,33 +134,50 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
     files = (paths.speed_row(name), paths.tokens(name), paths.steps(name))
     if not all(p.is_file() for p in files):
         return False
-    return student is None or paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+    if student is None or not (student / "config.json").is_file():  # baseline, or results imported (handoff)
+        return True
+    return paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+
+
+def draft_names(cfg: Config) -> list[str]:
+    """Every draft the study evaluates, in table order: the undistilled baseline, then each training run."""
+    return [BASELINE, *run_names(cfg)]
+
+
+def finished_drafts(cfg: Config, run_dir: str | Path) -> list[str]:
+    """The study's drafts whose evaluation is complete (03 writes the speed row last), in table order."""
+    paths = RunPaths(Path(run_dir))
+    return [n for n in draft_names(cfg) if paths.speed_row(n).is_file()]
 
 
 def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
-    """03: batched SD of the undistilled baseline and each distilled draft against the target on the held-out
-    prompts; writes per-token/per-step records and a speed row per draft, then speed.parquet (one row per draft).
-    Each finished draft's results are kept, so an interrupted evaluation resumes at the next draft."""
+    """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
+    target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
+    speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
+    evaluation resumes at the next draft."""
+    from .handoff import fingerprint
+
     paths = RunPaths(Path(run_dir))
+    names = draft_names(cfg) if names is None else list(names)
+    unknown = sorted(set(names) - set(draft_names(cfg)))
+    require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    drafts = {n: None if n == BASELINE else paths.student(n) for n in names}
+    todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
+    for name in todo:
+        path = drafts[name]
+        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
     target, tok = load_model(cfg.teacher)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
     sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
     max_new, batch = cfg.task_max_new_tokens, cfg.eval_batch_size
-    names = names if names is not None else list(run_names(cfg))
-    drafts = {BASELINE: None, **{n: paths.student(n) for n in names}}
-    for name, path in drafts.items():
-        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    if paths.target_speed.is_file():
+    if todo and paths.target_speed.is_file():
         target_tps = json.loads(paths.target_speed.read_text())["tokens_per_s"]
-    else:
+    elif todo:  # measured once per run directory (i.e. per machine and session), only when something is evaluated
         target_tps = target_tokens_per_s(target, tok, prompts, batch_size=batch, max_new_tokens=max_new,
                                          sampling=sampling, seed=cfg.seed)
         write_json({"tokens_per_s": target_tps, "n_prompts": len(prompts), "batch_size": batch}, paths.target_speed)
-    rows = []
-    for name, path in tqdm(drafts.items(), desc="drafts"):
-        if _evaluated(paths, name, path):
-            rows.append(json.loads(paths.speed_row(name).read_text()))  # finished before an interruption
-            continue
+    for name in tqdm(todo, desc="drafts"):
+        path = drafts[name]
         draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
                  else load_model(path)[0])
         token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
@@ -184,12 +201,19 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         row = {"draft": name, "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
                "speedup": new_tokens / wall / target_tps, "own_sample_expected_accept": report.expected_accept,
                "own_sample_draft_entropy": report.draft_entropy,
-               "sd_expected_accept_t1": float(token_df["expected_accept_t1"].mean())}
+               "sd_expected_accept_t1": float(token_df["expected_accept_t1"].mean()),
+               "fingerprint": fingerprint(cfg, run_dir)}  # config + prompt sets: checked when results are imported
         write_json(row, paths.speed_row(name))  # written last: marks this draft as done
-        rows.append(row)
-    speed = pd.DataFrame(rows)
+    speed = speed_table(cfg, run_dir)
     write_parquet(speed, paths.root / "speed.parquet")
     return speed
+
+
+def speed_table(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
+    """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order."""
+    paths = RunPaths(Path(run_dir))
+    rows = [json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)]
+    return pd.DataFrame(rows).drop(columns="fingerprint", errors="ignore")
 
 
 def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
@@ -204,7 +228,8 @@ def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
 def analyze(cfg: Config, run_dir: str | Path, seed: int = 0):
     """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, and the per-bin acceptance table."""
     paths = RunPaths(Path(run_dir))
-    speed = pd.read_parquet(paths.root / "speed.parquet")
+    speed = speed_table(cfg, run_dir)
+    require(len(speed), f"No evaluated drafts in {paths.root}: run 03 first.")
     names = speed["draft"].tolist()
     tokens, steps = load_records(run_dir, names)
     speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
@@ -227,5 +252,5 @@ def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
             "training": figs / f"training_curves_{cfg.task}.png"}
 
 
-__all__ = ["BASELINE", "RunPaths", "analyze", "evaluate_drafts", "figure_paths", "load_prompt_file",
-           "load_records", "prepare_data", "run_names", "train_draft"]
+__all__ = ["BASELINE", "RunPaths", "analyze", "draft_names", "evaluate_drafts", "figure_paths", "finished_drafts",
+           "load_prompt_file", "load_records", "prepare_data", "run_names", "speed_table", "train_draft"]
