@@ -18,7 +18,7 @@ import torch
 from distillspec.metrics import expected_tokens_per_step
 from distillspec.data import load_prompts, render_prompts
 from distillspec.evaluate import count_new_tokens, generate_kwargs, target_tokens_per_s
-from distillspec.models import draft_from_teacher, load_model
+from distillspec.pair import load_pair, pair_config
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
 
@@ -60,9 +60,11 @@ def bench_sd(target, draft, tok, prompts, batch, max_new, sampling, gamma):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="smollm2-135m-instruct")
-    ap.add_argument("--draft", default=None, help="saved draft dir; default: derived from the teacher")
-    ap.add_argument("--keep-layers", type=int, default=10, help="layers of the derived draft (first k)")
+    ap.add_argument("--config", default=None, help="a preset: its teacher and baseline draft (default: the flags)")
+    ap.add_argument("--teacher", default=None, help="default: smollm2-135m-instruct")
+    ap.add_argument("--draft", default=None, help="saved draft dir; default: the baseline draft (the config's "
+                                                  "student, or derived from the teacher)")
+    ap.add_argument("--keep-layers", type=int, default=None, help="layers of the derived draft (first k; default 10)")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
@@ -73,8 +75,8 @@ def main():
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    target, tok = load_model(args.teacher)
-    draft = load_model(args.draft)[0] if args.draft else draft_from_teacher(target, args.keep_layers)
+    target, draft, tok = load_pair(pair_config(args.config, teacher=args.teacher, keep_layers=args.keep_layers),
+                                   args.draft)
     prompts = render_prompts(tok, load_prompts("gsm8k", "test", args.n_prompts, source=args.data, seed=0))
     result = {
         "config": {**vars(args), "draft_layers": draft.config.num_hidden_layers, "torch": torch.__version__,

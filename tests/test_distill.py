@@ -1,7 +1,6 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
 
 from distillspec import DistillSpecError
 from distillspec.config import Config
@@ -9,6 +8,7 @@ from distillspec.data import load_prompts, render_prompts
 from distillspec.distill import distill, load_pair, read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.tiny import tiny_model
+from multiproc_worker import StopAt  # tests/ is on sys.path under pytest
 
 TINY = "configs/tiny.yaml"
 
@@ -46,22 +46,11 @@ def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path,
     assert (result.student_dir / "model.safetensors").is_file()
 
 
-class _StopAt(TrainerCallback):
-    """Simulates an interruption (Ctrl-C) once training reaches `step`."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_interrupted_run_resumes_from_last_checkpoint(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(max_steps=6, save_steps=2, logging_steps=1)
     pair = load_pair(cfg)
     with pytest.raises(KeyboardInterrupt):
-        distill(cfg, tmp_path, pair=pair, callbacks=[_StopAt(5)])
+        distill(cfg, tmp_path, pair=pair, callbacks=[StopAt(5)])
     assert (tmp_path / "checkpoint-4").is_dir() and not (tmp_path / "student").exists()
     result = distill(cfg, tmp_path, pair=pair)
     assert result.resumed_from.endswith("checkpoint-4")

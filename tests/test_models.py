@@ -114,5 +114,5 @@ def test_missing_gguf_file():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_8bit_without_cuda_is_a_clear_error():
-    with pytest.raises(DistillSpecError, match="load_in_8bit=True needs a CUDA device"):
+    with pytest.raises(DistillSpecError, match="teacher_8bit: true needs a CUDA GPU"):
         load_model("smollm2-135m-instruct", load_in_8bit=True)

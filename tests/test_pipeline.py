@@ -120,7 +120,7 @@ def test_papermill_parses_every_parameter():
     from papermill.inspection import inspect_notebook
 
     expected = {"01_data": {"config_path", "run_dir"}, "03_specdec_eval": {"config_path", "run_dir", "drafts"},
-                "02_distill": {"config_path", "run_dir", "run_name", "divergence", "beta", "sampling"},
+                "02_distill": {"config_path", "run_dir", "run_name"},  # the run's settings come from the config
                 "04_entropy_analysis": {"config_path", "run_dir"}}
     for name, params in expected.items():
         assert set(inspect_notebook(f"notebooks/{name}.ipynb")) == params, name

@@ -14,14 +14,15 @@ from .errors import DistillSpecError
 def _cmd_eval(args) -> None:
     """Batched SD of the teacher with a draft on task prompts; writes records and metrics under --out."""
     from .data import load_prompts, render_prompts, task_spec
-    from .models import draft_from_teacher, load_model
+    from .pair import load_pair, pair_config
     from .sampling import SamplingConfig
     from .specdec import speculative_generate
 
-    spec = task_spec(args.task)
-    target, tok = load_model(args.teacher)
-    draft = load_model(args.draft)[0] if args.draft else draft_from_teacher(target, args.keep_layers)
-    prompts = load_prompts(args.task, args.split, args.n, source=args.data, seed=args.seed, tokenizer=tok)
+    cfg = pair_config(args.config, teacher=args.teacher, keep_layers=args.keep_layers)
+    task = args.task or cfg.task
+    spec = task_spec(task)
+    target, draft, tok = load_pair(cfg, args.draft)
+    prompts = load_prompts(task, args.split, args.n, source=args.data, seed=args.seed, tokenizer=tok)
     ids = render_prompts(tok, prompts)
     sampling = SamplingConfig(greedy=True) if args.greedy else SamplingConfig(
         temperature=args.temperature or spec.temperature, top_p=args.top_p)
@@ -32,6 +33,40 @@ def _cmd_eval(args) -> None:
     paths = res.save(args.out)
     print(json.dumps({"seconds": time.perf_counter() - started, **res.metrics.as_dict()}, indent=2))
     print(f"records: {', '.join(str(p) for p in paths.values())}")
+
+
+def _cmd_train(args) -> None:
+    """One training run (02) of a study, on every process of `accelerate launch` (DDP, FSDP2) or alone."""
+    from .config import Config
+    from .runtime import rank
+    from .steps import RunPaths, default_run_dir, prepare_data, train_draft
+
+    cfg = Config.from_yaml(args.config)
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
+    paths = RunPaths(run_dir)
+    if not paths.train_prompts.is_file():  # 01 first (main process only; the others wait for the file)
+        if rank() == 0:
+            prepare_data(cfg, run_dir)
+        _wait_for(paths.train_prompts)
+    result = train_draft(cfg, run_dir, args.draft)
+    if rank() == 0:
+        print(f"student: {result.student_dir}")
+
+
+def _wait_for(path: Path, timeout_s: float = 1800) -> None:
+    started = time.perf_counter()
+    while not path.is_file():
+        if time.perf_counter() - started > timeout_s:
+            raise DistillSpecError(f"Waited {timeout_s:.0f} s for the main process to write {path}.")
+        time.sleep(1)
+
+
+def _cmd_export(args) -> None:
+    """A self-contained checkpoint of a trained draft for transformers or vLLM, with the snippet to use it."""
+    from .export import export_draft
+
+    out = export_draft(args.draft, args.out, engine=args.to, target=args.target, gamma=args.gamma)
+    print(f"exported to {out}; how to use it: {out / 'USAGE.md'}")
 
 
 def _cmd_run(args) -> None:
@@ -60,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distillspec", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="speculative decoding of teacher + draft on task prompts")
-    ev.add_argument("--teacher", default="smollm2-135m-instruct")
-    ev.add_argument("--draft", default=None, help="saved draft directory (default: derived from the teacher)")
-    ev.add_argument("--keep-layers", type=int, default=10)
-    ev.add_argument("--task", default="gsm8k")
+    ev.add_argument("--config", default=None, help="a preset: its teacher and baseline draft (default: the flags)")
+    ev.add_argument("--teacher", default=None, help="default: smollm2-135m-instruct (ignored with --config)")
+    ev.add_argument("--draft", default=None, help="saved draft directory (default: the baseline draft: the "
+                                                  "config's student, or derived from the teacher)")
+    ev.add_argument("--keep-layers", type=int, default=None, help="layers of the derived draft (default 10)")
+    ev.add_argument("--task", default=None, help="default: the config's task (gsm8k)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--n", type=int, default=8)
     ev.add_argument("--data", default=None, help="'hub' or a directory of jsonl files (default $DISTILLSPEC_DATA_DIR)")
@@ -88,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="a published records folder (e.g. figures/<name>/records) of an earlier session: its "
                           "finished drafts are imported, not retrained")
     run.set_defaults(func=_cmd_run)
+    tr = sub.add_parser("train", help="one training run of a study (use under accelerate launch for DDP / FSDP2)")
+    tr.add_argument("--config", required=True, help="a preset from configs/")
+    tr.add_argument("--draft", required=True, help="the training run's name (a divergence or an extra_runs name)")
+    tr.add_argument("--run-dir", default=None, help="default: runs/<config name>, as `run` uses")
+    tr.set_defaults(func=_cmd_train)
+    ex = sub.add_parser("export", help="a trained draft as a self-contained checkpoint for transformers or vLLM")
+    ex.add_argument("--draft", required=True, help="a trained draft directory (e.g. runs/<name>/drafts/rkl/student)")
+    ex.add_argument("--to", choices=["hf", "vllm"], default="hf")
+    ex.add_argument("--out", required=True, help="where to write the checkpoint")
+    ex.add_argument("--target", default=None, help="the target model the snippet names (default: from the draft's "
+                                                   "training config, when found)")
+    ex.add_argument("--gamma", type=int, default=5, help="draft tokens per step in the snippet")
+    ex.set_defaults(func=_cmd_export)
     args = ap.parse_args(argv)
     try:
         args.func(args)

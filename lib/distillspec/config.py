@@ -14,6 +14,10 @@ from .errors import DistillSpecError, require
 from .losses import AdaptiveBeta, check_divergence
 
 SAMPLING_MODES = ("on_policy", "skd")
+# Keys every draft of a study shares (the data, the target, the evaluation): extra_runs may not override them.
+STUDY_KEYS = ("name", "teacher", "teacher_8bit", "precision", "task", "data_source", "train_split", "eval_split",
+              "n_train", "n_eval", "max_article_tokens", "data_seed", "temperature", "top_p", "max_new_tokens",
+              "gamma", "eval_batch_size", "divergences", "extra_runs", "min_bin_count", "n_bins", "run_dir")
 
 
 @dataclass
@@ -26,7 +30,8 @@ class Config:
     student: str | None = None  # a loadable model; None = derived from the teacher (draft_from_teacher)
     student_keep_layers: int | list[int] = 10
     student_layer_strategy: str = "first"
-    teacher_8bit: bool = False
+    teacher_8bit: bool = False  # load the teacher with bitsandbytes 8-bit weights (CUDA only)
+    precision: str = "auto"  # auto (bf16 mixed precision on a GPU, fp32 on CPU), fp32, or bf16 (fp32 weights, bf16 autocast)
     lora: dict | None = None  # peft LoraConfig kwargs, e.g. {r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}
     # data
     task: str = "gsm8k"
@@ -52,8 +57,8 @@ class Config:
     train_max_new_tokens: int | None = None  # rollout length while training (default: max_new_tokens)
     # optimisation
     learning_rate: float = 1e-4
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    batch_size: int = 8  # global batch: sequences per optimiser step over all processes (same experiment on 1 or 8 GPUs)
+    micro_batch_size: int | None = None  # most sequences per forward per process; the rest is gradient accumulation
     max_steps: int = 100
     warmup_steps: int = 0
     lr_scheduler: str = "constant"
@@ -69,7 +74,7 @@ class Config:
     eval_batch_size: int = 16
     # pipeline
     divergences: list[str] = field(default_factory=lambda: ["fkl", "rkl", "jsd"])
-    extra_runs: list[dict] = field(default_factory=list)  # e.g. [{name: skd, divergence: jsd, sampling: skd}]
+    extra_runs: list[dict] = field(default_factory=list)  # e.g. [{name: skd, divergence: jsd, sampling: skd, lmbda: 0.5}]
     min_bin_count: int = 200
     n_bins: int = 12
     run_dir: str = "runs"
@@ -132,6 +137,37 @@ class Config:
         for key in ("batch_size", "max_steps", "gamma", "save_steps", "logging_steps", "eval_batch_size"):
             require(getattr(self, key) >= 1, f"{key}={getattr(self, key)} must be >= 1.")
         require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0.")
+        require(self.micro_batch_size is None or self.micro_batch_size >= 1,
+                f"micro_batch_size={self.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
+        from .runtime import resolve_precision
+
+        resolve_precision(self.precision)
+        self.run_overrides()
+
+    def run_overrides(self) -> dict[str, dict]:
+        """The study's training runs by name -> the config keys each changes: one run per entry of `divergences`,
+        then each of `extra_runs` (any training key may be overridden; study-wide keys may not)."""
+        runs = {d: {"divergence": d, "sampling": "on_policy"} for d in self.divergences}
+        allowed = sorted({f.name for f in dataclasses.fields(self)} - set(STUDY_KEYS))
+        for i, extra in enumerate(self.extra_runs):
+            require(isinstance(extra, dict) and isinstance(extra.get("name"), str) and extra["name"],
+                    f"extra_runs[{i}] needs a name, e.g. {{name: skd, divergence: jsd, sampling: skd}}.")
+            extra = dict(extra)
+            name = extra.pop("name")
+            require(name not in runs and name != "baseline",
+                    f"extra_runs[{i}]: the name '{name}' is taken (baseline, {', '.join(runs)}); pick another.")
+            fixed = sorted(set(extra) & set(STUDY_KEYS))
+            require(not fixed, f"extra_runs '{name}': {fixed} are study-wide settings (the same for every draft, "
+                               "or used by the evaluation); set them at the top level, or make a second preset.")
+            unknown = sorted(set(extra) - set(allowed))
+            require(not unknown, f"extra_runs '{name}': unknown keys {unknown}; a run may override {allowed}.")
+            overrides = {"divergence": self.divergence, "sampling": "on_policy", **extra}
+            try:
+                dataclasses.replace(self, divergences=[], extra_runs=[], **overrides)
+            except DistillSpecError as err:
+                raise DistillSpecError(f"extra_runs '{name}': {err}") from None
+            runs[name] = overrides
+        return runs
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -150,6 +186,9 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
+        require("gradient_accumulation_steps" not in data, "gradient_accumulation_steps is derived now: batch_size "
+                "is the global batch per optimiser step, and micro_batch_size caps the sequences per forward on each "
+                "process (e.g. batch_size: 32, micro_batch_size: 8 is 4 accumulation steps on one GPU, 1 on four).")
         unknown = sorted(set(data) - known)
         if unknown:
             raise DistillSpecError(f"Unknown config keys {unknown}; valid keys: {sorted(known)}.")

@@ -123,30 +123,35 @@ class _FusedHeadDivergence(torch.autograd.Function):
     def forward(ctx, h_s, w_s, h_t, w_t, options):
         divergence, beta, temperature, adaptive, chunk_size = options
         n = h_s.shape[0]
-        grad_h = torch.zeros_like(h_s) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w_s) if ctx.needs_input_grad[1] else None
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros(h_s.shape, dtype=torch.float32, device=h_s.device) if need_h else None
+        grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=h_s.device)
         stats = torch.zeros(3, dtype=torch.float32, device=h_s.device)
-        for start in range(0, n, chunk_size):
-            hs = h_s[start : start + chunk_size]
-            with torch.no_grad():
-                t_logits = h_t[start : start + chunk_size] @ w_t.T  # [c, V_t]
-            with torch.enable_grad():
-                s_logits = (hs @ w_s.T).detach().requires_grad_(True)  # [c, V_s]
-                per_pos, chunk_stats = _chunk_terms(s_logits, t_logits, divergence, beta, temperature, adaptive)
-                chunk_loss = per_pos.sum()
-                (g,) = torch.autograd.grad(chunk_loss, s_logits) if (grad_h is not None or grad_w is not None) \
-                    else (None,)
-            total += chunk_loss.detach()
-            stats += chunk_stats.sum(0)
-            if g is not None:
-                g = g.to(hs.dtype)
-                if grad_h is not None:
-                    grad_h[start : start + chunk_size] = g @ w_s
-                if grad_w is not None:
-                    grad_w += g.T @ hs
+        # Logits in fp32 whatever the weights' dtype or an enclosing bf16 autocast (as TRL): bf16 logits would
+        # put ~1% noise on every probability the divergence compares.
+        w_s32, w_t32 = w_s.detach().float(), w_t.detach().float()  # [V_s, H_s], [V_t, H_t]
+        with torch.autocast(h_s.device.type, enabled=False):
+            for start in range(0, n, chunk_size):
+                hs = h_s[start : start + chunk_size].detach().float()  # [c, H_s]
+                with torch.no_grad():
+                    t_logits = h_t[start : start + chunk_size].float() @ w_t32.T  # [c, V_t]
+                with torch.enable_grad():
+                    s_logits = (hs @ w_s32.T).requires_grad_(True)  # [c, V_s]
+                    per_pos, chunk_stats = _chunk_terms(s_logits, t_logits, divergence, beta, temperature, adaptive)
+                    chunk_loss = per_pos.sum()
+                    (g,) = torch.autograd.grad(chunk_loss, s_logits) if (need_h or need_w) else (None,)
+                total += chunk_loss.detach()
+                stats += chunk_stats.sum(0)
+                if g is not None:
+                    if need_h:
+                        grad_h[start : start + chunk_size] = g @ w_s32
+                    if need_w:
+                        grad_w += g.T @ hs
+        grad_h = grad_h.to(h_s.dtype) if need_h else None
+        grad_w = grad_w.to(w_s.dtype) if need_w else None
         ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
-        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.has = (need_h, need_w)
         ctx.mark_non_differentiable(stats)
         return total, stats
 

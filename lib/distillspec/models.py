@@ -24,7 +24,10 @@ TINY_TOKENIZER = "smollm2-135m-instruct"
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's own device (see runtime.process_device)."""
+    from .runtime import process_device
+
+    return process_device()
 
 
 def cache_root() -> Path:
@@ -54,23 +57,29 @@ def _strip_quantization(config):
     return type(config).from_dict(data)
 
 
+def swap_in(tmp: Path, target: Path) -> Path:
+    """Replace target by the finished directory tmp (beside it) in one rename; the old copy is removed after."""
+    old = target.parent / f".{target.name}.old"
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
 def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
     """save_pretrained into a temp dir beside target, then swap it in: readers never see a half-written model."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    old = target.parent / f".{target.name}.old"
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
+        swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -133,7 +142,8 @@ def load_model(
     device: str | torch.device | None = None,
     load_in_8bit: bool = False,
 ):
-    """Return (model, tokenizer) in eval mode. Default dtype: float32 on CPU, bfloat16 on CUDA."""
+    """Return (model, tokenizer) in eval mode on this process's device (default: cuda:<LOCAL_RANK>, else cpu).
+    Default dtype: float32 on CPU, bfloat16 on CUDA. An 8-bit model is placed on the same device."""
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
         require(hasattr(torch, dtype), f"Unknown dtype '{dtype}'; use e.g. 'float32' or 'bfloat16'.")
@@ -141,17 +151,14 @@ def load_model(
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs: dict = {"dtype": dtype}
     if load_in_8bit:
-        require(
-            torch.cuda.is_available(),
-            "load_in_8bit=True needs a CUDA device (bitsandbytes 8-bit kernels); none is available. "
-            "Drop load_in_8bit on CPU.",
-        )
-        try:
-            from transformers import BitsAndBytesConfig
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise DistillSpecError("load_in_8bit=True needs bitsandbytes: pip install bitsandbytes") from err
-        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": device.index or 0})
+        from .runtime import check_8bit_teacher
+
+        check_8bit_teacher()
+        from transformers import BitsAndBytesConfig
+
+        require(device.type == "cuda", f"load_in_8bit=True needs a CUDA device, not {device}.")
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                      device_map={"": device.index if device.index is not None else torch.cuda.current_device()})
     if str(name_or_path) in TINY_MODELS:  # random-init test models with the real SmolLM2 tokenizer
         from .tiny import tiny_model
 
@@ -284,4 +291,5 @@ __all__ = [
     "logits_width",
     "model_context_length",
     "save_pretrained_atomic",
+    "swap_in",
 ]

@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 from .config import Config
 from .errors import DistillSpecError, require
 from .handoff import export_results, import_results
-from .steps import RunPaths, draft_names, figure_paths, finished_drafts, run_names
+from .steps import REPO, RunPaths, default_run_dir, draft_names, figure_paths, finished_drafts, run_names
 
-REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 
 
@@ -47,11 +46,10 @@ def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
                   dict(base), [paths.root / "data"])]
-    for name, run in run_names(cfg).items():
+    for name in run_names(cfg):
         if name not in drafts:
             continue
-        params = {**base, "run_name": name, "divergence": run["divergence"], "beta": run.get("beta", cfg.beta),
-                  "sampling": run.get("sampling", "on_policy")}
+        params = {**base, "run_name": name}  # 02 applies the run's overrides from the config (train_draft)
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / "config.json"],
                           params, [paths.draft_dir(name)], done_instead=[paths.speed_row(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
@@ -93,7 +91,7 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         require(drafts and not unknown, f"--drafts {','.join(drafts)}: unknown or empty; this study's drafts are "
                                         f"{','.join(draft_names(cfg))}.")
     require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
-    run_dir = Path(run_dir or (REPO / cfg.run_dir / cfg.name)).resolve()
+    run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
     for step in tqdm(plan(cfg, config_path, run_dir, drafts), desc=f"pipeline {cfg.name}", unit="notebook"):

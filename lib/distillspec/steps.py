@@ -20,11 +20,14 @@ from .config import Config
 from .data import load_prompts, load_raw, render_prompts, task_spec, token_lengths
 from .errors import require
 from .evaluate import expected_acceptance, target_tokens_per_s
-from .models import draft_from_teacher, load_model, load_tokenizer
+from .models import count_parameters, load_model, load_tokenizer
+from .pair import load_pair
+from .runtime import compute_dtype
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
 
 BASELINE = "baseline"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,13 @@ class RunPaths:
 
 
 def run_names(cfg: Config) -> dict[str, dict]:
-    """Training runs of the study: one per divergence, plus the extra runs (e.g. tvd, skd), by name."""
-    runs = {d: {"divergence": d, "sampling": "on_policy"} for d in cfg.divergences}
-    for extra in cfg.extra_runs:
-        extra = dict(extra)
-        name = extra.pop("name")
-        runs[name] = {"divergence": extra.get("divergence", cfg.divergence), "sampling": "on_policy", **extra}
-    return runs
+    """Training runs of the study by name -> the config keys each overrides (one per divergence, plus extra_runs)."""
+    return cfg.run_overrides()
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<config name> under the repository (or the config's run_dir when absolute)."""
+    return (REPO / cfg.run_dir / cfg.name).resolve()
 
 
 def _save_prompts(ds: datasets.Dataset, path: Path) -> None:
@@ -121,11 +124,12 @@ def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
 
 
 def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
-    """02: distil one draft (overrides: divergence, beta, sampling, ...); resumable from its checkpoints."""
+    """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
     from .distill import distill
 
+    require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
     paths = RunPaths(Path(run_dir))
-    run_cfg = cfg.replace(**overrides)
+    run_cfg = cfg.replace(**{**run_names(cfg)[name], **overrides})
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
 
@@ -166,7 +170,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     for name in todo:
         path = drafts[name]
         require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    target, tok = load_model(cfg.teacher)
+    target, baseline, tok = load_pair(cfg)  # the baseline draft: `student`, or derived from the teacher
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
     sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
     max_new, batch = cfg.task_max_new_tokens, cfg.eval_batch_size
@@ -178,8 +182,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         write_json({"tokens_per_s": target_tps, "n_prompts": len(prompts), "batch_size": batch}, paths.target_speed)
     for name in tqdm(todo, desc="drafts"):
         path = drafts[name]
-        draft = (draft_from_teacher(target, cfg.student_keep_layers, cfg.student_layer_strategy) if path is None
-                 else load_model(path)[0])
+        draft = baseline if path is None else load_model(path, dtype=compute_dtype(cfg.precision))[0]
         token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
         for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}", leave=False):
             res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
@@ -198,7 +201,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         report = expected_acceptance(target, draft, tok, prompts, max_new_tokens=max_new,
                                      temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
                                      batch_size=batch, progress=False)
-        row = {"draft": name, "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
+        row = {"draft": name, "draft_params": count_parameters(draft), "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
                "speedup": new_tokens / wall / target_tps, "own_sample_expected_accept": report.expected_accept,
                "own_sample_draft_entropy": report.draft_entropy,
                "sd_expected_accept_t1": float(token_df["expected_accept_t1"].mean()),

@@ -1,0 +1,98 @@
+"""Hand a trained draft to the engines users serve with: a self-contained Hugging Face checkpoint (full
+vocabulary, no distillspec-only config keys) and the snippet that plugs it into transformers or vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .atomic import write_text
+from .errors import DistillSpecError, require
+from .models import check_compatible, load_tokenizer, logits_width, resolve_model_path, save_pretrained_atomic
+
+ENGINES = ("hf", "vllm")
+# vLLM's speculative_config method "draft_model" (a separate small model as proposer) is documented from 0.25.0 on.
+VLLM_DRAFT_MODEL_SINCE = "0.25.0"
+_CUSTOM_KEYS = ("distillspec_kept_layers", "quantization_config")
+
+
+def _training_teacher(draft_dir: Path) -> str | None:
+    """The teacher named in the draft's training config (<run>/drafts/<name>/config.yaml beside student/)."""
+    config = draft_dir.parent / "config.yaml"
+    if config.is_file():
+        return (yaml.safe_load(config.read_text()) or {}).get("teacher")
+    return None
+
+
+def _usage(out: Path, target: str, gamma: int, engine: str) -> str:
+    hf = f"""## transformers (assisted generation)
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+target = AutoModelForCausalLM.from_pretrained("{target}")
+draft = AutoModelForCausalLM.from_pretrained("{out}")
+tok = AutoTokenizer.from_pretrained("{target}")
+ids = tok.apply_chat_template([{{"role": "user", "content": "What is 2 + 2?"}}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)
+out = target.generate(**ids, assistant_model=draft, num_assistant_tokens={gamma},
+                      num_assistant_tokens_schedule="constant", max_new_tokens=128, do_sample=False)
+print(tok.decode(out[0, ids["input_ids"].shape[1]:]))
+```
+"""
+    vllm = f"""## vLLM (>= {VLLM_DRAFT_MODEL_SINCE}, speculative decoding with a draft model)
+
+```python
+from vllm import LLM, SamplingParams
+
+llm = LLM(model="{target}",
+          speculative_config={{"method": "draft_model", "model": "{out}", "num_speculative_tokens": {gamma}}})
+print(llm.generate(["What is 2 + 2?"], SamplingParams(temperature=0.0, max_tokens=128))[0].outputs[0].text)
+```
+
+or `vllm serve {target} --speculative-config '{{"method": "draft_model", "model": "{out}", "num_speculative_tokens": {gamma}}}'`.
+"""
+    first, second = (vllm, hf) if engine == "vllm" else (hf, vllm)
+    return (f"# Draft model for `{target}`\n\nExported by `python -m distillspec export`: a plain Hugging Face "
+            f"checkpoint (full vocabulary of {target!r}'s tokenizer), usable by any engine that takes a draft "
+            f"model. Speculative decoding with it is lossless: outputs follow the target's distribution.\n\n"
+            + first + "\n" + second)
+
+
+def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: str = "hf", target: str | None = None,
+                 gamma: int = 5) -> Path:
+    """Write `draft` (a saved draft directory) to `out` as a self-contained checkpoint plus USAGE.md; return out.
+    target: the target the snippet names (default: the teacher of the draft's training config)."""
+    require(engine in ENGINES, f"--to {engine}: choose one of {', '.join(ENGINES)}.")
+    require(isinstance(gamma, int) and gamma >= 1, f"gamma={gamma} must be an int >= 1.")
+    draft = Path(draft)
+    require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
+                                               "draft directory such as runs/<name>/drafts/<run>/student.")
+    target = target or _training_teacher(draft)
+    require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")
+    target_path = resolve_model_path(target)  # an alias becomes the converted local checkpoint engines can load
+    model = AutoModelForCausalLM.from_pretrained(draft, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(draft)
+    for key in _CUSTOM_KEYS:
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    require(logits_width(model) >= len(tokenizer), f"The draft's output layer has {logits_width(model)} rows but "
+            f"its tokenizer has {len(tokenizer)} tokens: it is not a full-vocabulary draft.")
+    try:
+        target_tok = load_tokenizer(target)
+    except DistillSpecError:
+        target_tok = None  # not reachable here (hub id offline): exported unchecked, said in the log
+    if target_tok is not None:
+        check_compatible(target_tok, tokenizer)
+    out = Path(out).resolve()
+    save_pretrained_atomic(model.to(torch.device("cpu")), tokenizer, out)
+    write_text(_usage(out, target_path, gamma, engine), out / "USAGE.md")
+    return out
+
+
+__all__ = ["ENGINES", "VLLM_DRAFT_MODEL_SINCE", "export_draft"]
