@@ -2,6 +2,8 @@
 overrides, the global batch, device placement, refused engines and the hand-off to serving engines."""
 
 import json
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -90,6 +92,8 @@ def test_a_separate_student_is_the_baseline_everywhere(tiny_cfg, tmp_path, token
     prepare_data(cfg, run)
     speed = evaluate_drafts(cfg, run, ["baseline"])
     assert speed.loc[0, "draft_params"] == count_parameters(separate)
+    shutil.rmtree(student_dir)  # a finished draft is not loaded again: 03 then needs only the target
+    assert evaluate_drafts(cfg, run, ["baseline"]).loc[0, "draft_params"] == count_parameters(separate)
 
 
 def test_extra_runs_forward_every_override_and_reject_bad_keys(tiny_cfg, tmp_path):
@@ -193,6 +197,21 @@ def test_exported_draft_serves_as_assistant_model_losslessly(teacher, tmp_path):
     with pytest.raises(SystemExit):
         main(["export", "--draft", str(trained), "--to", "onnx", "--out", str(out)])
     assert main(["export", "--draft", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a draft
+    from distillspec.export import export_draft
+
+    with pytest.warns(UserWarning, match="Could not load the tokenizer of 'nobody/no-such-model'"):
+        export_draft(trained, tmp_path / "offline", target="nobody/no-such-model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a loadable target is checked, silently
+        export_draft(trained, tmp_path / "checked")
+
+
+def test_eval_refuses_a_config_together_with_pair_flags():
+    from distillspec.pair import pair_config
+
+    with pytest.raises(DistillSpecError, match="sets the teacher and the baseline draft; drop --teacher, --keep-layers"):
+        pair_config("configs/tiny.yaml", teacher="x", keep_layers=3)
+    assert pair_config(None, keep_layers=4).student_keep_layers == 4
 
 
 def test_train_command_writes_data_then_a_draft_the_pipeline_skips(tmp_path, shared_data):

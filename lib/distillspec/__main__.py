@@ -37,28 +37,21 @@ def _cmd_eval(args) -> None:
 
 def _cmd_train(args) -> None:
     """One training run (02) of a study, on every process of `accelerate launch` (DDP, FSDP2) or alone."""
+    import torch
+    from accelerate import PartialState
+
     from .config import Config
-    from .runtime import rank
     from .steps import RunPaths, default_run_dir, prepare_data, train_draft
 
     cfg = Config.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
-    paths = RunPaths(run_dir)
-    if not paths.train_prompts.is_file():  # 01 first (main process only; the others wait for the file)
-        if rank() == 0:
+    state = PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer then uses
+    with state.main_process_first():  # 01's prompt sets, written once; the other processes then find them
+        if not RunPaths(run_dir).train_prompts.is_file():
             prepare_data(cfg, run_dir)
-        _wait_for(paths.train_prompts)
     result = train_draft(cfg, run_dir, args.draft)
-    if rank() == 0:
+    if state.is_main_process:
         print(f"student: {result.student_dir}")
-
-
-def _wait_for(path: Path, timeout_s: float = 1800) -> None:
-    started = time.perf_counter()
-    while not path.is_file():
-        if time.perf_counter() - started > timeout_s:
-            raise DistillSpecError(f"Waited {timeout_s:.0f} s for the main process to write {path}.")
-        time.sleep(1)
 
 
 def _cmd_export(args) -> None:

@@ -185,7 +185,6 @@ def training_args(cfg: Config, output_dir: Path) -> DistillationConfig:
     """TRL arguments for this config on this launch: the global batch split over the processes, mixed precision
     from `precision` (fp32 weights, bf16 autocast)."""
     layout = batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())
-    cuda = torch.cuda.is_available()
     return DistillationConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=layout.per_device,
@@ -209,7 +208,7 @@ def training_args(cfg: Config, output_dir: Path) -> DistillationConfig:
         beta=cfg.beta,
         report_to="none",
         disable_dropout=True,
-        use_cpu=not cuda,
+        use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
@@ -266,10 +265,8 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     All inputs are checked before any training starts. Under `accelerate launch` every process runs this.
     """
     cfg.validate()
-    check_engine()
-    batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())
-    require(not (cfg.lora and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"),
-            "LoRA with FSDP is not supported; train LoRA drafts with DDP (configs/accelerate/ddp.yaml) or one GPU.")
+    check_engine(lora=bool(cfg.lora))
+    batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())  # refuse a batch that does not split, early
     teacher, student, tokenizer = pair if pair is not None else load_pair(cfg)
     check_compatible(tokenizer, tokenizer, teacher, student)
     check_plain_logits(teacher, student)

@@ -5,6 +5,7 @@ vocabulary, no distillspec-only config keys) and the snippet that plugs it into 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,8 +86,10 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
             f"its tokenizer has {len(tokenizer)} tokens: it is not a full-vocabulary draft.")
     try:
         target_tok = load_tokenizer(target)
-    except DistillSpecError:
-        target_tok = None  # not reachable here (hub id offline): exported unchecked, said in the log
+    except DistillSpecError as err:  # e.g. a hub id while offline: export anyway, and say what was not checked
+        target_tok = None
+        warnings.warn(f"Could not load the tokenizer of {target!r} here, so the draft's vocabulary was not checked "
+                      f"against it ({err}).", stacklevel=2)
     if target_tok is not None:
         check_compatible(target_tok, tokenizer)
     out = Path(out).resolve()

@@ -13,36 +13,44 @@ from .models import check_compatible, draft_from_teacher, load_model
 from .runtime import check_8bit_teacher, check_engine, compute_dtype
 
 
-def load_pair(cfg: Config, draft: str | os.PathLike | None = None, *, training: bool = False):
-    """(teacher, draft, tokenizer) on this process's device. draft: a saved draft directory, or None for the
-    study's baseline draft. training=True keeps the draft's weights in fp32 (the optimiser's master weights;
-    bf16 compute comes from autocast), while the frozen teacher stays in the compute dtype."""
-    check_engine()
-    if cfg.teacher_8bit:
+def load_target(cfg: Config):
+    """(teacher, tokenizer): frozen, in the compute dtype of `precision` (or 8-bit), on this process's device."""
+    check_engine(lora=bool(cfg.lora))
+    if cfg.teacher_8bit:  # both refusals before any weights load
         check_8bit_teacher()
-    dtype = compute_dtype(cfg.precision)
-    teacher, tokenizer = load_model(cfg.teacher, dtype=dtype, load_in_8bit=cfg.teacher_8bit)
+        require(cfg.student is not None, "An 8-bit teacher cannot seed a derived draft; set `student` to a model.")
+    teacher, tokenizer = load_model(cfg.teacher, dtype=compute_dtype(cfg.precision), load_in_8bit=cfg.teacher_8bit)
+    return teacher.eval().requires_grad_(False), tokenizer
+
+
+def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
+    """A draft for `teacher`: a saved draft directory, or None for the study's baseline draft. training=True keeps
+    its weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
     source = draft if draft is not None else cfg.student
     if source is None:
-        require(not cfg.teacher_8bit, "An 8-bit teacher cannot seed a derived draft; set `student` to a model.")
         model, draft_tok = draft_from_teacher(teacher, cfg.student_keep_layers, cfg.student_layer_strategy), tokenizer
     else:
-        model, draft_tok = load_model(source, dtype=dtype)
-    if training:
-        model.float()
+        model, draft_tok = load_model(source, dtype=compute_dtype(cfg.precision))
     check_compatible(tokenizer, draft_tok, teacher, model)
-    teacher.eval().requires_grad_(False)
-    return teacher, model, tokenizer
+    return model.float() if training else model
+
+
+def load_pair(cfg: Config, draft: str | os.PathLike | None = None, *, training: bool = False):
+    """(teacher, draft, tokenizer) on this process's device (see load_target and load_draft)."""
+    teacher, tokenizer = load_target(cfg)
+    return teacher, load_draft(cfg, teacher, tokenizer, draft, training=training), tokenizer
 
 
 def pair_config(config: str | os.PathLike | None = None, *, teacher: str | None = None,
                 keep_layers: int | None = None) -> Config:
     """The config whose pair a command-line tool evaluates: a preset (`--config`), or the teacher and derived-draft
     depth given as flags (the defaults of Config otherwise)."""
-    if config is not None:
-        return Config.from_yaml(config)
     given = {k: v for k, v in (("teacher", teacher), ("student_keep_layers", keep_layers)) if v is not None}
+    if config is not None:
+        require(not given, f"--config {config} sets the teacher and the baseline draft; drop "
+                           f"{', '.join('--' + k.replace('student_', '').replace('_', '-') for k in given)}.")
+        return Config.from_yaml(config)
     return Config(**given)
 
 
-__all__ = ["load_pair", "pair_config"]
+__all__ = ["load_draft", "load_pair", "load_target", "pair_config"]

@@ -72,8 +72,11 @@ def batch_layout(global_batch: int, micro_batch: int | None, processes: int) -> 
     return BatchLayout(global_batch, processes, per_device, per_process // per_device)
 
 
-def check_engine() -> None:
-    """Refuse engines whose sharded parameters our loss and decoder cannot read (DeepSpeed ZeRO-3)."""
+def check_engine(lora: bool = False) -> None:
+    """Refuse engines whose sharded parameters our loss and decoder cannot read (DeepSpeed ZeRO-3), and LoRA
+    under FSDP (its merge and save are not sharding-aware here)."""
+    require(not (lora and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"),
+            "LoRA with FSDP is not supported; train LoRA drafts with DDP (configs/accelerate/ddp.yaml) or one GPU.")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
         require(stage != "3", "DeepSpeed ZeRO-3 is not supported: distillspec reads the LM heads outside the "

@@ -20,9 +20,8 @@ from .config import Config
 from .data import load_prompts, load_raw, render_prompts, task_spec, token_lengths
 from .errors import require
 from .evaluate import expected_acceptance, target_tokens_per_s
-from .models import count_parameters, load_model, load_tokenizer
-from .pair import load_pair
-from .runtime import compute_dtype
+from .models import count_parameters, load_tokenizer
+from .pair import load_draft, load_target
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
 
@@ -170,7 +169,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     for name in todo:
         path = drafts[name]
         require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    target, baseline, tok = load_pair(cfg)  # the baseline draft: `student`, or derived from the teacher
+    target, tok = load_target(cfg)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
     sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
     max_new, batch = cfg.task_max_new_tokens, cfg.eval_batch_size
@@ -182,7 +181,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         write_json({"tokens_per_s": target_tps, "n_prompts": len(prompts), "batch_size": batch}, paths.target_speed)
     for name in tqdm(todo, desc="drafts"):
         path = drafts[name]
-        draft = baseline if path is None else load_model(path, dtype=compute_dtype(cfg.precision))[0]
+        draft = load_draft(cfg, target, tok, path)  # path None: the baseline (`student`, or derived)
         token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
         for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}", leave=False):
             res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
@@ -201,7 +200,8 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         report = expected_acceptance(target, draft, tok, prompts, max_new_tokens=max_new,
                                      temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
                                      batch_size=batch, progress=False)
-        row = {"draft": name, "draft_params": count_parameters(draft), "sd_tokens_per_s": new_tokens / wall, "target_tokens_per_s": target_tps,
+        row = {"draft": name, "draft_params": count_parameters(draft), "sd_tokens_per_s": new_tokens / wall,
+               "target_tokens_per_s": target_tps,
                "speedup": new_tokens / wall / target_tps, "own_sample_expected_accept": report.expected_accept,
                "own_sample_draft_entropy": report.draft_entropy,
                "sd_expected_accept_t1": float(token_df["expected_accept_t1"].mean()),
