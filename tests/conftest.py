@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -43,3 +44,20 @@ def tiny_pair():
 
     target = tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=32)
     return target, perturbed_copy(target, 0.03, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shared_data):
+    """The pipeline (`python -m distillspec run`) on a shortened tiny preset, once per test session:
+    (config, run directory, scratch root with the published copy in pub/)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = yaml.safe_load(open(REPO / "configs" / "tiny.yaml"))
+    cfg.update(data_source=str(shared_data), max_steps=4, save_steps=2, logging_steps=1, n_eval=4, n_train=16,
+               max_new_tokens=12, train_max_new_tokens=8, min_bin_count=2)
+    config = root / "tiny_fast.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_dir = root / "run"
+    from distillspec.__main__ import main
+
+    assert main(["run", "--config", str(config), "--run-dir", str(run_dir), "--publish", str(root / "pub")]) == 0
+    return config, run_dir, root

@@ -70,19 +70,42 @@ def test_summary_table_counts():
     assert t["n_prompts"] == 2 and t["n_tokens"] == 9
 
 
-def test_widget_callback_updates_for_the_chosen_bin():
+def test_bin_inspector_prerenders_every_bin_and_draft_and_links_the_controls():
+    """Slider labelled by entropy range; one view per bin and per (draft, bin), switched by jslinks, so the saved
+    notebook works without a kernel; whitespace tokens quoted; a draft with no tokens in a bin says so."""
+    from ipywidgets.widgets import widget as widget_registry
+    from ipywidgets.widgets.widget_link import Link
+
+    from distillspec.analysis import entropy_range_label
+
+    class Tok:  # a tokenizer whose tokens are whitespace-heavy
+        def decode(self, ids):
+            return {5: " (", 6: "\n"}[ids[0]]
+
     tokens = {"a": _records(lambda h: np.where(h < 1, 0.8, 0.3)), "b": _records(lambda h: 0.5 + 0 * h, seed=1)}
+    tokens["a"]["token"] = 6
+    tokens["b"] = tokens["b"][tokens["b"]["target_entropy"] > 1]  # b has no tokens in the low bins
     bins = acceptance_by_entropy(tokens, n_bins=4, min_count=50)
-    panel, update = bin_inspector(tokens, bins)
-    slider, dropdown = panel.children[0].children
-    view = panel.children[1]
-    last_bin = slider.options[-1]
-    slider.value = last_bin  # observers call update()
-    lo = bins[bins.bin == last_bin]["lo"].iloc[0]
-    assert f"{lo:.3g}" in view.value and "examples from <b>a</b>" in view.value
-    before = view.value
-    dropdown.value = "b"
-    assert "examples from <b>b</b>" in view.value and view.value != before
+    panel = bin_inspector(tokens, bins, Tok())
+    (slider, dropdown), _, summary, examples = panel.children[0].children, *panel.children[1:]
+    bin_ids = sorted(bins["bin"].unique())
+    ranges = bins.drop_duplicates("bin").set_index("bin")
+    assert [label for label, _ in slider.options] == [
+        entropy_range_label(ranges.at[b, "lo"], ranges.at[b, "hi"]) for b in bin_ids]
+    assert [v for _, v in slider.options] == bin_ids and list(dropdown.options) == ["a", "b"]
+    for i, b in enumerate(bin_ids):
+        html = summary.children[i].value
+        assert entropy_range_label(ranges.at[b, "lo"], ranges.at[b, "hi"]) in html
+        for _, row in bins[bins["bin"] == b].iterrows():
+            assert f"{row['accept_rate']:.3f}" in html and f">{int(row['n'])}<" in html
+    assert "'\\n'" in examples.children[0].children[-1].value  # a's newline token, quoted and visible
+    assert "No verified tokens of <b>b</b> in this bin" in examples.children[1].children[0].value
+    assert "' ('" in examples.children[1].children[-1].value
+    links = {(w.source[0].model_id, w.source[1], w.target[0].model_id, w.target[1])
+             for w in widget_registry._instances.values() if isinstance(w, Link)}
+    assert (slider.model_id, "index", summary.model_id, "selected_index") in links
+    assert (dropdown.model_id, "index", examples.model_id, "selected_index") in links
+    assert all((slider.model_id, "index", s.model_id, "selected_index") in links for s in examples.children)
 
 
 def test_draft_colors_are_the_same_in_every_figure():

@@ -15,19 +15,6 @@ from distillspec.records import TOKEN_COLUMNS
 RUNS = ["fkl", "rkl", "jsd", "skd"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("pipeline")
-    cfg = yaml.safe_load(open("configs/tiny.yaml"))
-    cfg.update(data_source=str(shared_data), max_steps=4, save_steps=2, logging_steps=1, n_eval=4, n_train=16,
-               max_new_tokens=12, train_max_new_tokens=8, min_bin_count=2)
-    config = root / "tiny_fast.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    run_dir = root / "run"
-    assert main(["run", "--config", str(config), "--run-dir", str(run_dir), "--publish", str(root / "pub")]) == 0
-    return config, run_dir, root
-
-
 def _errors(path):
     nb = nbformat.read(path, as_version=4)
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -40,6 +27,31 @@ def test_every_notebook_ran_without_errors(tiny_run):
         path = run_dir / f"{name}.ipynb"
         assert path.is_file(), name
         assert _errors(path) == [], name
+
+
+def test_executed_notebooks_open_trusted_with_widgets_and_without_library_noise(tiny_run):
+    """Signed for this user's Jupyter (so JupyterLab renders their widgets), widget state saved, and no third-party
+    warnings or load/save progress bars among the outputs."""
+    from nbformat.sign import NotebookNotary
+
+    _, run_dir, _ = tiny_run
+    notary = NotebookNotary()
+    executed = sorted(run_dir.glob("*.ipynb"))
+    assert len(executed) == 3 + len(RUNS)
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        assert notary.check_signature(nb), path.name
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+        assert stderr == [], (path.name, stderr)
+        texts = " ".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+        assert "Loading weights" not in texts and "Writing model shards" not in texts, path.name
+    saved = {"03_specdec_eval": {"FloatProgressModel"},  # tqdm's bars
+             "04_entropy_analysis": {"SelectionSliderModel", "DropdownModel", "StackModel", "LinkModel"}}
+    for name, needed in saved.items():
+        state = nbformat.read(run_dir / f"{name}.ipynb", as_version=4).metadata.widgets
+        models = {m["model_name"] for m in state["application/vnd.jupyter.widget-state+json"]["state"].values()}
+        assert needed <= models, (name, models)
 
 
 def test_artifacts_are_well_formed(tiny_run):
@@ -206,3 +218,42 @@ def test_results_of_another_config_are_refused(tiny_run, tmp_path):
         run_pipeline(other_config, run_dir=tmp_path / "run", results_from=_published_records(tiny_run),
                      log=lambda *_: None)
     assert main(["run", "--config", str(config), "--run-dir", str(tmp_path / "x"), "--drafts", "baseline,nope"]) == 2
+
+
+def test_relative_paths_mean_relative_to_where_they_were_typed(tmp_path, monkeypatch, shared_data):
+    """--config, --run-dir and $DISTILLSPEC_DATA_DIR reach the notebooks (which run in notebooks/) as absolute
+    paths resolved against the caller's directory."""
+    from distillspec import pipeline
+
+    seen = []
+
+    def execute(step, run_dir, kernel):  # stands in for papermill: what would the notebook receive?
+        seen.append((step.parameters, os.environ["DISTILLSPEC_DATA_DIR"]))
+        raise DistillSpecError("stop here")
+
+    monkeypatch.setattr(pipeline, "_execute", execute)
+    (tmp_path / "mine").mkdir()
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg.pop("data_source")
+    (tmp_path / "mine" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "data").symlink_to(shared_data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTILLSPEC_DATA_DIR", "data")
+    assert main(["run", "--config", "mine/tiny.yaml", "--run-dir", "out/run"]) == 2
+    params, data_dir = seen[0]
+    assert params["config_path"] == str((tmp_path / "mine" / "tiny.yaml").resolve())
+    assert params["run_dir"] == str((tmp_path / "out" / "run").resolve())
+    assert data_dir == str((tmp_path / "data").resolve()) or data_dir == str(tmp_path / "data")
+    assert os.environ["DISTILLSPEC_DATA_DIR"] == "data"  # as the caller set it, once the run is over
+
+
+def test_model_folders_in_a_config_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    from distillspec.config import Config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "models" / "draft").mkdir(parents=True)
+    (tmp_path / "cfg" / "mine.yaml").write_text("teacher: smollm2-135m-instruct\nstudent: ../models/draft\n")
+    monkeypatch.chdir(tmp_path / "models")  # anywhere else
+    cfg = Config.from_yaml(tmp_path / "cfg" / "mine.yaml")
+    assert cfg.student == str((tmp_path / "models" / "draft").resolve())
+    assert cfg.teacher == "smollm2-135m-instruct"  # an alias (or a hub id) stays as written

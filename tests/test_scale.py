@@ -230,6 +230,6 @@ def test_train_command_writes_data_then_a_draft_the_pipeline_skips(tmp_path, sha
     paths = RunPaths(run)
     assert paths.train_prompts.is_file() and (paths.student("skd") / "model.safetensors").is_file()
     assert yaml.safe_load((paths.draft_dir("skd") / "config.yaml").read_text())["sampling"] == "skd"
-    steps = {s.executed: s.done() for s in plan(Config.from_yaml(config), config, run)}
+    steps = {s.executed: s.done(run) for s in plan(Config.from_yaml(config), config, run)}
     assert steps["02_distill_skd.ipynb"] and not steps["02_distill_fkl.ipynb"]
     assert main(["train", "--config", str(config), "--draft", "nope", "--run-dir", str(run)]) == 2

@@ -203,4 +203,8 @@ class Config:
         source = data.get("data_source")
         if source not in (None, "hub") and not Path(source).is_absolute():  # relative to the config file
             data["data_source"] = str((path.parent / source).resolve())
+        for key in ("teacher", "student"):  # a local model folder next to the config (else a hub id or alias)
+            value = data.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).exists():
+                data[key] = str((path.parent / value).resolve())
         return cls.from_dict({**data, **overrides})  # overrides are taken as given (relative to the cwd)

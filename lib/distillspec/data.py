@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -59,6 +60,21 @@ TASKS = {
 }
 
 DATA_DIR_ENV = "DISTILLSPEC_DATA_DIR"
+
+
+@contextmanager
+def data_dir_env_resolved():
+    """$DISTILLSPEC_DATA_DIR made absolute (against the current directory) while the block runs, so processes
+    started elsewhere (papermill's kernels run in notebooks/) read the folder the user named where they typed it."""
+    value = os.environ.get(DATA_DIR_ENV)
+    if value in (None, "", "hub") or Path(value).is_absolute():
+        yield
+        return
+    os.environ[DATA_DIR_ENV] = str(Path(value).resolve())
+    try:
+        yield
+    finally:
+        os.environ[DATA_DIR_ENV] = value
 
 
 def task_spec(task: str) -> TaskSpec:

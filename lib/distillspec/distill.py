@@ -15,9 +15,11 @@ steps, and the final draft is saved once, with full weights, by the main process
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,14 @@ from .pair import load_pair as _load_pair
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
+
+# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias before every rollout; the warning is
+# about TRL's code, repeats every step, and changes nothing here.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# transformers orders checkpoints by mtime when rotating them and warns (then orders them by step, as intended)
+# whenever two were saved within a second, which fast steps on small models do.
+logging.getLogger("transformers.trainer_utils").addFilter(
+    lambda record: "mtime may not be reliable" not in record.getMessage())
 
 
 def load_pair(cfg: Config):

@@ -19,10 +19,27 @@ from .steps import RunPaths
 _LOCATION_KEYS = ("data_source", "run_dir")
 
 
+# Keys added to Config after results were published, with the value that means what runs did before the key
+# existed: at that value a key stays out of the fingerprint, so published records remain importable; any other
+# value is a different experiment. micro_batch_size replaced gradient_accumulation_steps, which was 1 (no
+# accumulation) in every run made before; micro_batch_size None is that setting.
+_LATER_KEYS = {"precision": "auto", "micro_batch_size": None}
+_RETIRED_KEYS = {"gradient_accumulation_steps": 1}
+
+
+def _experiment_settings(cfg: Config) -> dict:
+    """The config as fingerprinted: paths left out, later keys at their earlier meaning in their earlier form."""
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in _LOCATION_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+    if "micro_batch_size" not in settings:
+        settings.update(_RETIRED_KEYS)
+    return settings
+
+
 def fingerprint(cfg: Config, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
     paths = RunPaths(Path(run_dir))
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _LOCATION_KEYS}
+    settings = _experiment_settings(cfg)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
         require(prompts.is_file(), f"{prompts} is missing: run 01_data (or the pipeline) first.")

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import Config
+from .data import data_dir_env_resolved
 from .errors import DistillSpecError, require
 from .handoff import export_results, import_results
 from .steps import REPO, RunPaths, default_run_dir, draft_names, figure_paths, finished_drafts, run_names
@@ -34,9 +35,21 @@ class Step:
     clean: list[Path] = field(default_factory=list)  # removed before a forced rerun
     done_instead: list[Path] = field(default_factory=list)  # all present -> also done (02: the draft's results)
 
-    def done(self) -> bool:
+    def done(self, run_dir: Path) -> bool:
+        """Outputs present, and the executed copy (when there is one) ran to its end: a notebook that failed after
+        writing its outputs (say, in a plot cell) runs again rather than leaving its error in the run."""
+        if _failed(run_dir / self.executed):
+            return False
         return all(p.exists() for p in self.outputs) or bool(self.done_instead) and all(
             p.exists() for p in self.done_instead)
+
+
+def _failed(executed: Path) -> bool:
+    import nbformat
+
+    if not executed.is_file():
+        return False
+    return bool(nbformat.read(executed, as_version=4).metadata.get("papermill", {}).get("exception"))
 
 
 def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None) -> list[Step]:
@@ -61,6 +74,15 @@ def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None
     return steps
 
 
+def _kernel_config():
+    """Encrypt the kernel's local sockets (CurveZMQ) where pyzmq and the kernel support it; else ipykernel warns,
+    once per notebook, that it runs over TCP without encryption."""
+    import zmq
+    from traitlets.config import Config as TraitletsConfig
+
+    return TraitletsConfig({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+
+
 def _execute(step: Step, run_dir: Path, kernel: str) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -68,53 +90,72 @@ def _execute(step: Step, run_dir: Path, kernel: str) -> None:
     out = run_dir / step.executed
     try:
         pm.execute_notebook(str(NOTEBOOKS / step.notebook), str(out), parameters=step.parameters,
-                            cwd=str(NOTEBOOKS), kernel_name=kernel, progress_bar=False)
+                            cwd=str(NOTEBOOKS), kernel_name=kernel, progress_bar=False, config=_kernel_config())
     except PapermillExecutionError as err:
         raise DistillSpecError(
             f"Notebook {step.executed} failed in cell {err.exec_count}: {err.ename}: {err.evalue}. "
             f"The executed notebook is kept at {out}."
         ) from err
+    finally:
+        if out.is_file():
+            sign_notebook(out)
     missing = [str(p) for p in step.outputs if not p.exists()]
     if missing:
         raise DistillSpecError(f"Notebook {step.executed} ran but did not write {missing}.")
+
+
+def sign_notebook(path: Path) -> None:
+    """Record an executed notebook as trusted in this user's Jupyter signature database (nbformat's notary, the
+    one JupyterLab checks), so it opens with its widgets and progress bars as they ran, not their text stand-ins.
+    The notebooks are the pipeline's own output; a copy moved to another machine or user opens untrusted."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    NotebookNotary().sign(nbformat.read(path, as_version=4))
 
 
 def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, force: bool = False,
                  publish_dir: str | Path | None = None, drafts: list[str] | None = None,
                  results_from: str | Path | None = None, kernel: str = "python3", log=print) -> Path:
     """Run the study for one config (drafts: a subset of its drafts; results_from: a published records folder
-    of an earlier session to import finished drafts from); return the run directory."""
+    of an earlier session to import finished drafts from); return the run directory.
+
+    Relative paths (the arguments, and $DISTILLSPEC_DATA_DIR) mean relative to the current directory: they are
+    made absolute here, before any notebook runs in notebooks/."""
     config_path = Path(config_path).resolve()
-    cfg = Config.from_yaml(config_path)
-    if drafts is not None:
-        unknown = sorted(set(drafts) - set(draft_names(cfg)))
-        require(drafts and not unknown, f"--drafts {','.join(drafts)}: unknown or empty; this study's drafts are "
-                                        f"{','.join(draft_names(cfg))}.")
-    require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
-    run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / "config.yaml")
-    for step in tqdm(plan(cfg, config_path, run_dir, drafts), desc=f"pipeline {cfg.name}", unit="notebook"):
-        if step.notebook == "04_entropy_analysis.ipynb":
-            waiting = [n for n in draft_names(cfg) if n not in finished_drafts(cfg, run_dir)]
-            if waiting:
-                log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
-                    f"--drafts, here or in a later session with --results-from)")
-                continue
-        if not force and step.done():
-            log(f"skip {step.executed}: outputs exist")
-        else:
-            if force:
-                for p in step.clean:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            log(f"run  {step.executed}")
-            _execute(step, run_dir, kernel)
-        if step.notebook == "01_data.ipynb" and results_from is not None:
-            imported = import_results(cfg, run_dir, results_from, drafts or draft_names(cfg))
-            log(f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}")
-    if publish_dir is not None:
-        publish(cfg, run_dir, Path(publish_dir))
-    return run_dir
+    results_from = Path(results_from).resolve() if results_from is not None else None
+    publish_dir = Path(publish_dir).resolve() if publish_dir is not None else None
+    with data_dir_env_resolved():  # the kernels inherit it
+        cfg = Config.from_yaml(config_path)
+        if drafts is not None:
+            unknown = sorted(set(drafts) - set(draft_names(cfg)))
+            require(drafts and not unknown, f"--drafts {','.join(drafts)}: unknown or empty; this study's drafts are "
+                                            f"{','.join(draft_names(cfg))}.")
+        require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
+        run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(run_dir / "config.yaml")
+        for step in tqdm(plan(cfg, config_path, run_dir, drafts), desc=f"pipeline {cfg.name}", unit="notebook"):
+            if step.notebook == "04_entropy_analysis.ipynb":
+                waiting = [n for n in draft_names(cfg) if n not in finished_drafts(cfg, run_dir)]
+                if waiting:
+                    log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
+                        f"--drafts, here or in a later session with --results-from)")
+                    continue
+            if not force and step.done(run_dir):
+                log(f"skip {step.executed}: outputs exist")
+            else:
+                if force:
+                    for p in step.clean:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                log(f"run  {step.executed}")
+                _execute(step, run_dir, kernel)
+            if step.notebook == "01_data.ipynb" and results_from is not None:
+                imported = import_results(cfg, run_dir, results_from, drafts or draft_names(cfg))
+                log(f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}")
+        if publish_dir is not None:
+            publish(cfg, run_dir, publish_dir)
+        return run_dir
 
 
 def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:

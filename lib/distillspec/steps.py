@@ -183,7 +183,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         path = drafts[name]
         draft = load_draft(cfg, target, tok, path)  # path None: the baseline (`student`, or derived)
         token_frames, step_frames, wall, new_tokens = [], [], 0.0, 0
-        for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}", leave=False):
+        for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}"):
             res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
                                        max_new_tokens=max_new, sampling=sampling, eos_token_id=tok.eos_token_id,
                                        seed=cfg.seed + start, target_tokenizer=tok, draft_tokenizer=tok)
