@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from distillspec.config import Config
-from distillspec.data import load_prompts, render_prompts
+from distillspec.data import render_prompts
 from distillspec.distill import load_pair
 from distillspec.evaluate import completion_mask
 from distillspec.models import load_model
+from distillspec.sampling import SamplingConfig
 
 
 @torch.no_grad()
@@ -44,11 +45,11 @@ def main():
     args = ap.parse_args()
     cfg = Config.from_yaml(args.config)
     teacher, base, tok = load_pair(cfg)
-    prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, args.n_eval, source=cfg.data_source,
-                                               seed=cfg.data_seed, tokenizer=tok))
+    prompts = render_prompts(tok, cfg.replace(n_eval=args.n_eval).prompt_set("eval", tok))
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
     torch.manual_seed(cfg.seed)
-    ids = teacher.generate(**enc, do_sample=True, temperature=cfg.task_temperature, top_p=cfg.top_p, top_k=0,
+    sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
+    ids = teacher.generate(**enc, **sampling.generate_kwargs(),
                            max_new_tokens=args.tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     width = enc["input_ids"].shape[1]
     attention = torch.cat([enc["attention_mask"], completion_mask(ids[:, width:], [tok.eos_token_id])], 1)

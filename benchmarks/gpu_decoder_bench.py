@@ -54,11 +54,9 @@ def sync_time() -> float:
 @torch.inference_mode()
 def target_generate(target, prompts: torch.Tensor, new_tokens: int, sampling: SamplingConfig):
     """The target's own cached decoding (transformers generate): the baseline SD must beat."""
-    kwargs = {"do_sample": False} if sampling.greedy else {"do_sample": True, "temperature": sampling.temperature,
-                                                           "top_k": None, "top_p": None}
     start = sync_time()
     out = target.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, pad_token_id=0, **kwargs)
+                          min_new_tokens=new_tokens, pad_token_id=0, **sampling.generate_kwargs())
     return out[:, prompts.shape[1]:], sync_time() - start
 
 

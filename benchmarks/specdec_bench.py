@@ -17,7 +17,7 @@ import torch
 
 from distillspec.metrics import expected_tokens_per_step
 from distillspec.data import load_prompts, render_prompts
-from distillspec.evaluate import count_new_tokens, generate_kwargs, target_tokens_per_s
+from distillspec.evaluate import count_new_tokens, target_tokens_per_s
 from distillspec.pair import load_pair, pair_config
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
@@ -32,7 +32,7 @@ def bench_assisted(target, draft, tok, prompts, max_new, sampling, gamma):
         out = target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft,
                               num_assistant_tokens=gamma, num_assistant_tokens_schedule="constant",
                               max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, **generate_kwargs(sampling))
+                              eos_token_id=tok.eos_token_id, **sampling.generate_kwargs())
         tokens += count_new_tokens(out[:, ids.shape[1]:], tok.eos_token_id)
     return tokens / (time.perf_counter() - start)
 

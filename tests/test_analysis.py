@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillspec.analysis import (
+from distillspec.study.report import (
     acceptance_by_entropy,
     assign_bins,
     bin_inspector,
@@ -76,7 +76,7 @@ def test_bin_inspector_prerenders_every_bin_and_draft_and_links_the_controls():
     from ipywidgets.widgets import widget as widget_registry
     from ipywidgets.widgets.widget_link import Link
 
-    from distillspec.analysis import entropy_range_label
+    from distillspec.study.report import entropy_range_label
 
     class Tok:  # a tokenizer whose tokens are whitespace-heavy
         def decode(self, ids):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from distillspec.analysis import entropy_range_label
+from distillspec.study.report import entropy_range_label
 from test_pipeline import RUNS
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -107,7 +107,7 @@ def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny
 
 
 def test_failing_notebook_names_itself(tmp_path, shared_data):
-    from distillspec.pipeline import run_pipeline
+    from distillspec.study.pipeline import run_pipeline
 
     cfg = yaml.safe_load(open("configs/tiny.yaml"))
     cfg.update(data_source=str(tmp_path / "no-data-here"))
@@ -140,12 +140,12 @@ def test_papermill_parses_every_parameter():
 
 def test_prepare_data_on_cnndm_reports_the_length_filter(tmp_path, shared_data):
     """01 on CNN/DM also tokenizes the raw eval split to show the article-length filter (a datasets Column)."""
-    from distillspec import steps
+    from distillspec.study import stages
     from distillspec.config import Config
 
     cfg = Config.from_yaml("configs/tiny.yaml", task="cnndm", train_split="validation", data_source=str(shared_data),
                            n_train=8, n_eval=4)
-    summary = steps.prepare_data(cfg, tmp_path / "run")
+    summary = stages.prepare_data(cfg, tmp_path / "run")
     assert (summary["n_train"], summary["n_eval"]) == (8, 4)
     lengths = summary["article_tokens_before_filter"]
     assert len(lengths) > summary["n_eval"] and min(lengths) > 0
@@ -213,7 +213,7 @@ def test_results_of_another_config_are_refused(tiny_run, tmp_path):
     other_config = tmp_path / "other.yaml"
     other_config.write_text(yaml.safe_dump(other))
     with pytest.raises(DistillSpecError, match=r"made with another config or prompt set"):
-        from distillspec.pipeline import run_pipeline
+        from distillspec.study.pipeline import run_pipeline
 
         run_pipeline(other_config, run_dir=tmp_path / "run", results_from=_published_records(tiny_run),
                      log=lambda *_: None)
@@ -223,7 +223,7 @@ def test_results_of_another_config_are_refused(tiny_run, tmp_path):
 def test_relative_paths_mean_relative_to_where_they_were_typed(tmp_path, monkeypatch, shared_data):
     """--config, --run-dir and $DISTILLSPEC_DATA_DIR reach the notebooks (which run in notebooks/) as absolute
     paths resolved against the caller's directory."""
-    from distillspec import pipeline
+    from distillspec.study import pipeline
 
     seen = []
 
@@ -257,3 +257,22 @@ def test_model_folders_in_a_config_are_relative_to_the_config_file(tmp_path, mon
     cfg = Config.from_yaml(tmp_path / "cfg" / "mine.yaml")
     assert cfg.student == str((tmp_path / "models" / "draft").resolve())
     assert cfg.teacher == "smollm2-135m-instruct"  # an alias (or a hub id) stays as written
+
+
+def test_presets_inherit_from_their_base(tmp_path):
+    """A preset states what it changes over its `base:`; the result is the base's keys with the changes."""
+    from distillspec.config import Config
+
+    full = Config.from_yaml("configs/offline_gsm8k_full.yaml")
+    small = Config.from_yaml("configs/offline_gsm8k.yaml")
+    assert (small.name, small.n_eval, small.max_steps, small.extra_runs) == ("offline_gsm8k", 24, 25, [])
+    changed = {"name", "n_eval", "max_steps", "extra_runs"}
+    assert {k: v for k, v in small.to_dict().items() if k not in changed} == \
+        {k: v for k, v in full.to_dict().items() if k not in changed}
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(DistillSpecError, match="may not form a cycle"):
+        Config.from_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(DistillSpecError, match="Config file not found"):
+        Config.from_yaml(tmp_path / "c.yaml")

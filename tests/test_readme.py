@@ -30,7 +30,7 @@ def _copy_of_the_repository(dest):
 
 
 def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
-    script = _bash_block_after("### Rebuilding the published tables and figures")
+    script = _bash_block_after("### Reproduce the published results")
     presets = re.findall(r"--config configs/(\w+)\.yaml", script)
     assert presets, script
     repo = tmp_path / "main"
@@ -46,3 +46,14 @@ def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
         assert rebuilt.is_file(), (name, done.stdout[-2000:])
         assert rebuilt.read_text() == (REPO / "figures" / name / "results.md").read_text(), name
         assert (repo / "runs" / name / "04_entropy_analysis.ipynb").is_file()
+
+
+def test_published_tables_in_the_docs_are_the_results_files_verbatim():
+    """Every results table in README.md and docs/results.md is a block of some figures/<preset>/results.md."""
+    published = [p.read_text() for p in sorted((REPO / "figures").glob("*/results.md"))]
+    assert published
+    for doc in ("README.md", "docs/results.md"):
+        tables = re.findall(r"(?m)^(\| draft \| alpha_tok.*\n(?:\|.*\n)+)", (REPO / doc).read_text())
+        assert tables, doc
+        for table in tables:
+            assert any(table in text for text in published), (doc, table[:200])

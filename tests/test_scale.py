@@ -15,7 +15,7 @@ from distillspec.config import Config
 from distillspec.distill import distill, load_pair
 from distillspec.losses import chunked_distill_loss, naive_distill_loss
 from distillspec.models import count_parameters, draft_from_teacher, load_model, save_pretrained_atomic
-from distillspec.pipeline import plan
+from distillspec.study.pipeline import plan
 from distillspec.runtime import batch_layout, check_engine, compute_dtype, process_device, resolve_precision
 from distillspec.tiny import tiny_model
 
@@ -78,7 +78,7 @@ def test_precision_is_a_config_key(tiny_cfg, tmp_path):
 def test_a_separate_student_is_the_baseline_everywhere(tiny_cfg, tmp_path, tokenizer):
     """With `student` set, the baseline draft of 03 (and of training, eval and the benchmarks: load_pair) is that
     model, not layers of the teacher."""
-    from distillspec.steps import evaluate_drafts, prepare_data
+    from distillspec.study.stages import evaluate_drafts, prepare_data
 
     student_dir = tmp_path / "student_model"
     separate = tiny_model("llama", seed=5, init_std=0.25, hidden_size=48, num_layers=3)
@@ -97,7 +97,8 @@ def test_a_separate_student_is_the_baseline_everywhere(tiny_cfg, tmp_path, token
 
 
 def test_extra_runs_forward_every_override_and_reject_bad_keys(tiny_cfg, tmp_path):
-    from distillspec.steps import prepare_data, run_names, train_draft
+    from distillspec.study.rundir import run_names
+    from distillspec.study.stages import prepare_data, train_draft
 
     runs = [{"name": "mix", "divergence": "fkl", "lmbda": 0.5, "loss_temperature": 1.0, "adaptive_beta": {"h_low": 1.0},
              "max_steps": 2, "logging_steps": 1, "save_steps": 10}]
@@ -218,8 +219,8 @@ def test_train_command_writes_data_then_a_draft_the_pipeline_skips(tmp_path, sha
     """`python -m distillspec train` (what `accelerate launch -m distillspec train` runs on every process) writes
     01's prompt sets when missing and the named run's draft where `run` looks for it."""
     from distillspec.__main__ import main
-    from distillspec.pipeline import plan
-    from distillspec.steps import RunPaths
+    from distillspec.study.pipeline import plan
+    from distillspec.study.rundir import RunPaths
 
     data = yaml.safe_load(open("configs/tiny.yaml"))
     data.update(data_source=str(shared_data), max_steps=2, logging_steps=1, save_steps=10, n_train=8, n_eval=2)

@@ -182,9 +182,9 @@ def test_lenience_eps_one_is_lossless_and_smaller_eps_accepts_more(tiny_pair):
               eos_token_id=[])
     lossless = speculative_generate(target, draft, prompts, **kw)
     for kind in ("lin", "sq", "exp"):
-        assert speculative_generate(target, draft, prompts, lenience=kind, eps=1.0, **kw).sequences == \
-            lossless.sequences
-    lossy = speculative_generate(target, draft, prompts, lenience="lin", eps=0.1, **kw)
+        assert speculative_generate(target, draft, prompts, acceptance=RejectionSampling(kind, 1.0),
+                                    **kw).sequences == lossless.sequences
+    lossy = speculative_generate(target, draft, prompts, acceptance=RejectionSampling("lin", 0.1), **kw)
     assert lossy.metrics.alpha_tok > lossless.metrics.alpha_tok
 
 
@@ -239,12 +239,15 @@ def test_bad_inputs_give_clear_errors(tiny_pair):
         (dict(prompts=ok, sampling={"temperature": 0.0}), "temperature=0.0 must be > 0 when sampling"),
         (dict(prompts=ok, sampling="nucleus"), "sampling='nucleus' is not understood"),
         (dict(prompts=[[1, 2], [1] * 2040]), "Prompt 1 has 2040 tokens.*context of 2048"),
-        (dict(prompts=ok, lenience="cubic"), "Unknown lenience 'cubic'"),
-        (dict(prompts=ok, lenience="lin", eps=0.0), r"eps=0.0 must be in \(0, 1\]"),
+        (dict(prompts=ok, acceptance="lin"), "acceptance='lin': pass None"),
     ]
     for kwargs, message in cases:
         with pytest.raises(DistillSpecError, match=message):
             speculative_generate(target, draft, **kwargs)
+    with pytest.raises(DistillSpecError, match="Unknown lenience 'cubic'"):
+        RejectionSampling("cubic")
+    with pytest.raises(DistillSpecError, match=r"eps=0.0 must be in \(0, 1\]"):
+        RejectionSampling("lin", 0.0)
     small = tiny_model("llama", vocab_size=100)
     with pytest.raises(DistillSpecError, match="vocabulary size 49152 differs from the draft's 100"):
         speculative_generate(target, small, ok)

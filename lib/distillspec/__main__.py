@@ -41,7 +41,8 @@ def _cmd_train(args) -> None:
     from accelerate import PartialState
 
     from .config import Config
-    from .steps import RunPaths, default_run_dir, prepare_data, train_draft
+    from .study.rundir import RunPaths, default_run_dir
+    from .study.stages import prepare_data, train_draft
 
     cfg = Config.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
@@ -65,8 +66,8 @@ def _cmd_export(args) -> None:
 def _cmd_run(args) -> None:
     """The whole study (notebooks 01-04 via papermill) for one preset; resumes unless --force."""
     from .config import Config
-    from .pipeline import run_pipeline
-    from .steps import RunPaths
+    from .study.pipeline import run_pipeline
+    from .study.rundir import RunPaths
 
     started = time.perf_counter()
     drafts = [d.strip() for d in args.drafts.split(",") if d.strip()] if args.drafts else None

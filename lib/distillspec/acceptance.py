@@ -73,12 +73,4 @@ class TopKAcceptance:
         return (p_x >= kth) & (p_x > 0), p
 
 
-def make_rule(lenience: str | tuple | None = None, eps: float = 1.0):
-    """RejectionSampling from decoder arguments: lenience None, a kind name with eps, or (kind, eps)."""
-    if isinstance(lenience, tuple):
-        lenience, eps = lenience
-    if isinstance(lenience, (RejectionSampling, TopKAcceptance)):
-        return lenience
-    if lenience is not None and not isinstance(lenience, str):
-        raise DistillSpecError(f"lenience={lenience!r}: pass None, 'lin'/'sq'/'exp', or a (kind, eps) tuple.")
-    return RejectionSampling(lenience, eps)
+ACCEPTANCE_RULES = (RejectionSampling, TopKAcceptance)  # what speculative_generate(acceptance=...) takes

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .acceptance import TopKAcceptance
-from .data import task_spec
+from .data import load_prompts, task_spec
 from .errors import DistillSpecError, require
 from .losses import AdaptiveBeta, check_divergence
 
@@ -115,6 +115,12 @@ class Config:
     def rollout_max_new_tokens(self) -> int:
         return self.train_max_new_tokens or self.task_max_new_tokens
 
+    def prompt_set(self, which: str, tokenizer):
+        """The study's training ('train') or held-out ('eval') prompts, as this config defines them."""
+        split, n = {"train": (self.train_split, self.n_train), "eval": (self.eval_split, self.n_eval)}[which]
+        return load_prompts(self.task, split, n, source=self.data_source, seed=self.data_seed, tokenizer=tokenizer,
+                            max_article_tokens=self.max_article_tokens)
+
     def adaptive(self) -> AdaptiveBeta | None:
         return AdaptiveBeta(**self.adaptive_beta) if self.adaptive_beta else None
 
@@ -196,15 +202,29 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> Config:
-        path = Path(path)
-        require(path.is_file(), f"Config file not found: {path} (presets live in configs/).")
-        data = yaml.safe_load(path.read_text()) or {}
-        require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys.")
-        source = data.get("data_source")
-        if source not in (None, "hub") and not Path(source).is_absolute():  # relative to the config file
-            data["data_source"] = str((path.parent / source).resolve())
-        for key in ("teacher", "student"):  # a local model folder next to the config (else a hub id or alias)
-            value = data.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).exists():
-                data[key] = str((path.parent / value).resolve())
-        return cls.from_dict({**data, **overrides})  # overrides are taken as given (relative to the cwd)
+        """A preset file: its keys over those of its `base:` preset, if it names one; overrides (taken as given,
+        relative to the current directory) over both."""
+        return cls.from_dict({**read_preset(Path(path)), **overrides})
+
+
+def read_preset(path: Path, _through: tuple = ()) -> dict:
+    """A preset's keys over those of its `base:` preset (a path relative to it), recursively, so presets state only
+    what they change; a key given here replaces the base's value whole (lists and mappings too). Paths in each file
+    (data_source, a local teacher / student folder) are relative to that file."""
+    require(path.is_file(), f"Config file not found: {path} (presets live in configs/).")
+    data = yaml.safe_load(path.read_text()) or {}
+    require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys.")
+    source = data.get("data_source")
+    if source not in (None, "hub") and not Path(source).is_absolute():
+        data["data_source"] = str((path.parent / source).resolve())
+    for key in ("teacher", "student"):  # a local model folder next to the config (else a hub id or alias)
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).exists():
+            data[key] = str((path.parent / value).resolve())
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    require(base_path not in _through and base_path != path.resolve(),
+            f"{path}: base: {base} leads back to a preset already read ({base_path}); presets may not form a cycle.")
+    return {**read_preset(base_path, (*_through, path.resolve())), **data}

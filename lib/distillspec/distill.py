@@ -30,7 +30,7 @@ from trl import DistillationConfig, DistillationTrainer
 
 from .acceptance import TopKAcceptance
 from .config import Config
-from .data import check_prompt_rows, load_prompts
+from .data import check_prompt_rows
 from .errors import require
 from .evaluate import completion_mask
 from .losses import chunked_distill_loss
@@ -56,8 +56,7 @@ def load_pair(cfg: Config):
 
 def train_prompts(cfg: Config, tokenizer):
     """The training prompt set (chat messages only: no answers, no highlights)."""
-    return load_prompts(cfg.task, cfg.train_split, cfg.n_train, source=cfg.data_source, seed=cfg.data_seed,
-                        tokenizer=tokenizer, max_article_tokens=cfg.max_article_tokens)
+    return cfg.prompt_set("train", tokenizer)
 
 
 _LOGIT_TRANSFORMS = ("logit_scale", "final_logit_softcapping", "output_multiplier", "lm_head_multiplier",
@@ -179,6 +178,9 @@ class DistillSpecTrainer(DistillationTrainer):
         return [row[m].tolist() for row, m in zip(out.cpu(), keep.cpu(), strict=True)]
 
 
+TRAIN_LOG = "train_log.jsonl"  # in distill()'s output directory, beside student/ and the checkpoints
+
+
 class JsonlLogCallback(TrainerCallback):
     """Append every log line to <output_dir>/train_log.jsonl (resumed runs may repeat steps; keep the last)."""
 
@@ -291,7 +293,7 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
     if rank() == 0:
         cfg.to_yaml(output_dir / "config.yaml")
-    log_path = output_dir / "train_log.jsonl"
+    log_path = output_dir / TRAIN_LOG
     trainer = DistillSpecTrainer(
         model=student, teacher_model=teacher, args=training_args(cfg, output_dir), train_dataset=dataset,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[JsonlLogCallback(log_path), *(callbacks or [])],

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .losses import chunked_distill_loss
 from .errors import require
+from .sampling import SamplingConfig
 
 
 @dataclass
@@ -58,8 +59,8 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
         batch = prompts[start : start + batch_size]
         enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
         torch.manual_seed(seed + start)
-        out = generator.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        out = generator.generate(**enc, **SamplingConfig(temperature=temperature, top_p=top_p).generate_kwargs(),
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         width = enc["input_ids"].shape[1]
         comp_mask = completion_mask(out[:, width:], [eos])
         attention = torch.cat([enc["attention_mask"], comp_mask], 1)
@@ -78,13 +79,6 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
                             n_prompts=len(prompts))
 
 
-def generate_kwargs(sampling) -> dict:
-    """transformers.generate arguments for a SamplingConfig (same warping as the SD decoder)."""
-    if sampling.greedy:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
-
-
 def count_new_tokens(completions: torch.Tensor, eos: int) -> int:
     """New tokens per row up to and including the first EOS (padding after EOS is not output)."""
     return sum(row.index(eos) + 1 if eos in row else len(row) for row in completions.tolist())
@@ -101,6 +95,6 @@ def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_si
         enc = tokenizer.pad({"input_ids": prompts[i : i + batch_size]}, return_tensors="pt").to(target.device)
         torch.manual_seed(seed + i)
         out = target.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id, **generate_kwargs(sampling))
+                              eos_token_id=tokenizer.eos_token_id, **sampling.generate_kwargs())
         tokens += count_new_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer.eos_token_id)
     return tokens / (time.perf_counter() - start)

@@ -43,6 +43,12 @@ class SamplingConfig:
             out.append(TopPLogitsWarper(self.top_p))
         return out
 
+    def generate_kwargs(self) -> dict:
+        """The same sampling as transformers `generate` arguments (for target-only and rollout baselines)."""
+        if self.greedy:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [..., V] -> the distribution tokens are sampled from [..., V] (one-hot argmax when greedy)."""
         if self.greedy:

@@ -11,6 +11,8 @@ Design (one cache per model, stock transformers DynamicCache):
   length) leave the batch via batch_select_indices.
 - The acceptance rule is pluggable (`acceptance.py`): lossless rejection sampling, DistillSpec's lossy variants,
   or SKD's top-k rule. Greedy decoding is rejection sampling over one-hot distributions.
+- Each step reads as gpt-fast's loop does: propose (draft, gamma tokens) -> verify (target, one pass) -> accept
+  (the rule, then the correction or bonus token) -> advance (emit, trim both caches, drop finished rows).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from .acceptance import make_rule
+from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
 from .errors import require
 from .metrics import SpecDecMetrics, compute_metrics
@@ -177,6 +179,131 @@ def _eos_set(eos_token_id, target) -> set[int]:
     return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
 
 
+@dataclass
+class _Rows:
+    """The decoding state of the active rows (finished rows leave): which prompt each is, the token the target has
+    not consumed yet, the one or two the draft has not (right-aligned, valid marks real ones), and the outputs."""
+
+    index: torch.Tensor  # [B] prompt index of each active row
+    last_target: torch.Tensor  # [B]
+    pending: torch.Tensor  # [B, 2]
+    pending_valid: torch.Tensor  # [B, 2] bool
+    outputs: list[list[int]]  # per prompt: the new tokens so far
+
+    @classmethod
+    def start(cls, prompts, pad: int, device) -> _Rows:
+        last = torch.tensor([p[-1] for p in prompts], device=device)
+        return cls(torch.arange(len(prompts), device=device), last, *_only(last, pad), [[] for _ in prompts])
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.index, self.last_target = self.index[idx], self.last_target[idx]
+        self.pending, self.pending_valid = self.pending[idx], self.pending_valid[idx]
+
+
+def _only(token: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pending slots holding just this token (right-aligned, a hole before it)."""
+    ids = torch.stack([torch.full_like(token, pad), token], 1)  # [B, 2]
+    return ids, torch.tensor([[False, True]], device=token.device).expand(len(token), 2).clone()
+
+
+@dataclass
+class _Proposal:
+    tokens: torch.Tensor  # [B, gamma] drafted tokens
+    q: torch.Tensor  # [B, gamma, V] warped draft distributions they were sampled from
+    logits: torch.Tensor  # [B, gamma, V] raw draft logits (for the T=1 records)
+
+
+@dataclass
+class _Verdict:
+    accept: torch.Tensor  # [B, gamma] bool: the rule's decision per drafted token
+    n_acc: torch.Tensor  # [B] accepted prefix length
+    next_token: torch.Tensor  # [B] the correction (first rejection) or the bonus token
+    p: torch.Tensor  # [B, gamma+1, V] warped target distributions
+
+
+def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, generator) -> _Proposal:
+    """The draft proposes gamma tokens autoregressively, starting from its pending token(s)."""
+    tokens, qs, logits_seen = [], [], []
+    ids, valid = rows.pending, rows.pending_valid
+    for _ in range(gamma):
+        logits = drf.forward(ids, valid)[:, -1]  # [B, V]
+        q = sampling.probs(logits)  # [B, V]
+        token = sample(q, generator)  # [B]
+        tokens.append(token)
+        qs.append(q)
+        logits_seen.append(logits)
+        ids, valid = token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
+    return _Proposal(torch.stack(tokens, 1), torch.stack(qs, 1), torch.stack(logits_seen, 1))
+
+
+def _verify(tgt: RaggedKV, rows: _Rows, proposal: _Proposal) -> torch.Tensor:
+    """The target scores its unconsumed token and every draft in one pass: logits of p_1..p_{gamma+1}."""
+    ids = torch.cat([rows.last_target[:, None], proposal.tokens], 1)  # [B, gamma+1]
+    return tgt.forward(ids, torch.ones_like(ids, dtype=torch.bool))  # [B, gamma+1, V]
+
+
+def _accept(rule, sampling: SamplingConfig, proposal: _Proposal, p_logits: torch.Tensor, generator) -> _Verdict:
+    """The rule keeps a prefix of the drafts; sample the correction at the first rejection, or the bonus token
+    from p_{gamma+1} when every draft was kept."""
+    batch, gamma = proposal.tokens.shape
+    p = sampling.probs(p_logits)  # [B, gamma+1, V]
+    vocab = p.shape[-1]
+    u = torch.rand(batch, gamma, device=p.device, generator=generator)
+    accept, residual = rule(proposal.tokens.reshape(-1), p[:, :gamma].reshape(-1, vocab),
+                            proposal.q.reshape(-1, vocab), u.reshape(-1))
+    accept, residual = accept.view(batch, gamma), residual.view(batch, gamma, vocab)
+    n_acc = accept.long().cumprod(1).sum(1)  # [B]
+    first_rejected = residual[torch.arange(batch, device=p.device), n_acc.clamp(max=gamma - 1)]  # [B, V]
+    next_dist = torch.where((n_acc == gamma)[:, None], p[:, gamma], first_rejected)
+    return _Verdict(accept, n_acc, sample(next_dist, generator), p)
+
+
+def _emit(rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int, bonus: bool, eos: set[int],
+          max_new_tokens: int) -> tuple[list[int], list[bool]]:
+    """Append each row's accepted drafts and its correction / bonus token; a row finishes at EOS or length.
+    Returns the tokens emitted per row and which rows finished."""
+    drafted, next_tokens, n_acc = proposal.tokens.tolist(), verdict.next_token.tolist(), verdict.n_acc.tolist()
+    emitted, finished = [], []
+    for b, row in enumerate(rows.index.tolist()):
+        out, before, done = rows.outputs[row], len(rows.outputs[row]), False
+        tail = [] if (n_acc[b] == gamma and not bonus) else [next_tokens[b]]
+        for token in drafted[b][: n_acc[b]] + tail:
+            out.append(token)
+            if token in eos or len(out) >= max_new_tokens:
+                done = True
+                break
+        emitted.append(len(out) - before)
+        finished.append(done)
+    return emitted, finished
+
+
+def _advance(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, finished, *,
+             gamma: int, bonus: bool, pad: int, compact_fraction: float) -> None:
+    """Bring both caches in line with the accepted prefix, set what each model consumes next, drop finished rows
+    and compact the caches when that pays."""
+    n_acc, full = verdict.n_acc, verdict.n_acc == gamma
+    drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
+    if bonus:
+        tgt.drop_tail(gamma + 1, 1 + n_acc)  # keeps the consumed token + the accepted drafts
+        rows.last_target = verdict.next_token
+        rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
+        rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
+    else:  # a full block ends on d_gamma, which neither model has consumed as context yet
+        tgt.drop_tail(gamma + 1, 1 + n_acc - full.long())
+        rows.last_target = torch.where(full, proposal.tokens[:, -1], verdict.next_token)
+        rows.pending, rows.pending_valid = _only(rows.last_target, pad)
+    keep = torch.tensor([not f for f in finished], device=n_acc.device)
+    if not bool(keep.all()):
+        idx = keep.nonzero().squeeze(1)
+        rows.keep(idx)
+        if rows.index.numel() > 0:
+            tgt.select_rows(idx)
+            drf.select_rows(idx)
+    if rows.index.numel() > 0:
+        tgt.compact(compact_fraction)
+        drf.compact(compact_fraction)
+
+
 @torch.inference_mode()
 def speculative_generate(
     target,
@@ -186,8 +313,6 @@ def speculative_generate(
     gamma: int = 5,
     max_new_tokens: int = 128,
     sampling: SamplingConfig | str | dict = "greedy",
-    lenience: str | tuple | None = None,
-    eps: float = 1.0,
     acceptance=None,
     eos_token_id: int | list[int] | None = None,
     record: bool = True,
@@ -200,14 +325,16 @@ def speculative_generate(
 ) -> SpecDecResult:
     """Speculative decoding of a ragged batch of token-id prompts; see the module docstring for the design.
 
-    sampling: 'greedy' or temperature/top-p/top-k (applied identically to p and q). lenience/eps: DistillSpec's
-    lossy acceptance (None = lossless). acceptance: any rule from `acceptance.py` (overrides lenience).
-    eos_token_id: default the target's generation_config EOS. Pass the tokenizers to check compatibility.
-    bonus=False skips the target's bonus token after a fully accepted block (SKD rollouts: every token is then a
-    draft proposal or a target correction).
+    sampling: 'greedy' or temperature/top-p/top-k (applied identically to p and q). acceptance: the rule from
+    `acceptance.py`; None is lossless rejection sampling, `RejectionSampling('lin', eps)` and the like are
+    DistillSpec's lossy rules, `TopKAcceptance(k)` is SKD's. eos_token_id: default the target's generation_config
+    EOS. Pass the tokenizers to check compatibility. bonus=False skips the target's bonus token after a fully
+    accepted block (SKD rollouts: every token is then a draft proposal or a target correction).
     """
     sampling = as_sampling(sampling)
-    rule = acceptance if acceptance is not None else make_rule(lenience, eps)
+    rule = RejectionSampling() if acceptance is None else acceptance
+    require(isinstance(rule, ACCEPTANCE_RULES), f"acceptance={acceptance!r}: pass None (lossless) or a rule from "
+            "distillspec.acceptance, e.g. RejectionSampling('lin', 0.5) or TopKAcceptance(25).")
     width = _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, draft_tokenizer)
     eos = _eos_set(eos_token_id, target)
     device = next(target.parameters()).device
@@ -220,108 +347,27 @@ def speculative_generate(
     if prefix_ids.shape[1] > 0:  # all but each prompt's last token; that one is fed with the first step
         tgt.forward(prefix_ids, prefix_valid, prefill=True)
         drf.forward(prefix_ids, prefix_valid, prefill=True)
-
-    n_rows = len(prompts)
-    rows = torch.arange(n_rows, device=device)  # original prompt index of each active batch row
-    last_tgt = torch.tensor([p[-1] for p in prompts], device=device)  # [B] token the target has not consumed
-    pend_ids = torch.stack([torch.full_like(last_tgt, pad_token_id), last_tgt], 1)  # [B, 2] draft's unconsumed
-    pend_valid = torch.tensor([[False, True]], device=device).expand(n_rows, 2).clone()
-    outputs: list[list[int]] = [[] for _ in range(n_rows)]
+    rows = _Rows.start(prompts, pad_token_id, device)
     step = 0
-    arange_g = torch.arange(gamma, device=device)
-
-    while rows.numel() > 0:
-        batch = rows.numel()
-        # 1. Draft proposes gamma tokens autoregressively.
-        draft_tokens, draft_logits, draft_probs = [], [], []
-        ids, valid = pend_ids, pend_valid
-        for _ in range(gamma):
-            logits = drf.forward(ids, valid)[:, -1]  # [B, V]
-            probs = sampling.probs(logits)  # [B, V]
-            token = sample(probs, generator)  # [B]
-            draft_tokens.append(token)
-            draft_logits.append(logits)
-            draft_probs.append(probs)
-            ids, valid = token[:, None], torch.ones(batch, 1, dtype=torch.bool, device=device)
-        drafted = torch.stack(draft_tokens, 1)  # [B, gamma]
-        q = torch.stack(draft_probs, 1)  # [B, gamma, V]
-
-        # 2. Target scores the unconsumed token and all drafts in one pass: p_1..p_{gamma+1}.
-        t_ids = torch.cat([last_tgt[:, None], drafted], 1)  # [B, gamma+1]
-        p_logits = tgt.forward(t_ids, torch.ones_like(t_ids, dtype=torch.bool))  # [B, gamma+1, V]
-
-        # 3. Accept a prefix, then sample the correction (first rejection) or bonus token.
-        p = sampling.probs(p_logits)  # [B, gamma+1, V]
-        u = torch.rand(batch, gamma, device=device, generator=generator)
-        vocab = p.shape[-1]
-        accept, residual = rule(
-            drafted.reshape(-1), p[:, :gamma].reshape(-1, vocab), q.reshape(-1, vocab), u.reshape(-1)
-        )
-        accept, residual = accept.view(batch, gamma), residual.view(batch, gamma, vocab)
-        n_acc = accept.long().cumprod(1).sum(1)  # [B] accepted prefix length
-        full = n_acc == gamma
-        at = n_acc.clamp(max=gamma - 1)
-        next_dist = torch.where(
-            full[:, None], p[:, gamma], residual[torch.arange(batch, device=device), at]
-        )  # [B, V]
-        next_token = sample(next_dist, generator)  # [B]
-
-        # 4. Records of every verified position (accepted ones + the first rejected one).
-        if record:
-            verified = arange_g[None, :] <= n_acc[:, None]  # [B, gamma]
-            verified &= arange_g[None, :] < gamma
-            p_t1 = torch.softmax(p_logits[:, :gamma], -1)
-            records.add_tokens(
-                rows=rows, step=step, verified=verified, drafted=drafted, accepted=accept & verified,
-                p=p[:, :gamma], q=q, p_t1=p_t1, q_t1=torch.softmax(torch.stack(draft_logits, 1), -1),
-            )
-
-        # 5. Emit accepted drafts + the correction/bonus token per row; stop rows at EOS or length.
-        drafted_list, next_list, n_list = drafted.tolist(), next_token.tolist(), n_acc.tolist()
-        finished, emitted_counts = [], []
-        for b, row in enumerate(rows.tolist()):
-            out, before = outputs[row], len(outputs[row])
-            done = False
-            tail = [] if (n_list[b] == gamma and not bonus) else [next_list[b]]
-            for tok in drafted_list[b][: n_list[b]] + tail:
-                out.append(tok)
-                if tok in eos or len(out) >= max_new_tokens:
-                    done = True
-                    break
-            emitted_counts.append(len(out) - before)
-            finished.append(done)
-        records.add_steps(rows=rows, step=step, gamma=gamma, n_acc=n_acc, emitted=emitted_counts)
-
-        # 6. Bring both caches in line with the accepted prefix.
-        drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} fed one at a time
-        if bonus:
-            tgt.drop_tail(gamma + 1, 1 + n_acc)  # keeps the consumed token + accepted drafts
-            last_tgt = next_token
-            pend_ids = torch.stack([torch.where(full, drafted[:, -1], pad_token_id), next_token], 1)
-            pend_valid = torch.stack([full, torch.ones_like(full)], 1)
-        else:  # a full block ends on d_gamma, which neither model has consumed as context yet
-            tgt.drop_tail(gamma + 1, 1 + n_acc - full.long())
-            last_tgt = torch.where(full, drafted[:, -1], next_token)
-            pend_ids = torch.stack([torch.full_like(last_tgt, pad_token_id), last_tgt], 1)
-            pend_valid = torch.tensor([[False, True]], device=device).expand(batch, 2).clone()
-
-        keep = torch.tensor([not f for f in finished], device=device)
-        if not bool(keep.all()):
-            idx = keep.nonzero().squeeze(1)
-            rows, last_tgt, pend_ids, pend_valid = rows[idx], last_tgt[idx], pend_ids[idx], pend_valid[idx]
-            if rows.numel() > 0:
-                tgt.select_rows(idx)
-                drf.select_rows(idx)
-        if rows.numel() > 0:
-            tgt.compact(compact_fraction)
-            drf.compact(compact_fraction)
+    while rows.index.numel() > 0:
+        proposal = _propose(drf, rows, gamma, sampling, generator)
+        p_logits = _verify(tgt, rows, proposal)
+        verdict = _accept(rule, sampling, proposal, p_logits, generator)
+        if record:  # every verified position: the accepted drafts and the first rejected one
+            verified = torch.arange(gamma, device=device)[None, :] <= verdict.n_acc[:, None]  # [B, gamma]
+            records.add_tokens(rows=rows.index, step=step, verified=verified, drafted=proposal.tokens,
+                               accepted=verdict.accept & verified, p=verdict.p[:, :gamma], q=proposal.q,
+                               p_t1=torch.softmax(p_logits[:, :gamma], -1), q_t1=torch.softmax(proposal.logits, -1))
+        emitted, finished = _emit(rows, proposal, verdict, gamma=gamma, bonus=bonus, eos=eos,
+                                  max_new_tokens=max_new_tokens)
+        records.add_steps(rows=rows.index, step=step, gamma=gamma, n_acc=verdict.n_acc, emitted=emitted)
+        _advance(tgt, drf, rows, proposal, verdict, finished, gamma=gamma, bonus=bonus, pad=pad_token_id,
+                 compact_fraction=compact_fraction)
         step += 1
 
-    wall = _now(device) - started
-    metrics = compute_metrics(
-        records=records, sequences=outputs, gamma=gamma, wall_s=wall, target_kv=tgt, draft_kv=drf, steps=step
-    )
-    return SpecDecResult(sequences=outputs, records=records, metrics=metrics, gamma=gamma)
+    metrics = compute_metrics(records=records, sequences=rows.outputs, gamma=gamma, wall_s=_now(device) - started,
+                              target_kv=tgt, draft_kv=drf, steps=step)
+    return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 
 __all__ = ["RaggedKV", "SpecDecResult", "speculative_generate"]

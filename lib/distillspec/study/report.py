@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import require
-from .metrics import expected_tokens_per_step
+from ..errors import require
+from ..metrics import expected_tokens_per_step
 
 
 def ratio_bootstrap(num, den, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):

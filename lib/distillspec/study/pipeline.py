@@ -4,36 +4,49 @@ A step is skipped when its outputs exist (so an interrupted run resumes where it
 from its last checkpoint); --force reruns everything from scratch. A failing notebook stops the run with the
 notebook's name and the cell's error; the executed copy is kept for inspection.
 
-A study longer than one working session on a fresh machine runs a subset of its drafts per session (drafts=...),
-publishes their records, and the next session imports them (results_from=...; see handoff.py); 04 runs once
-every draft is finished.
+A study too long for one sitting runs a subset of its drafts at a time (drafts=...), publishes their records, and
+a later run imports them (results_from=...; see handoff.py); 04 runs once every draft is finished.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import Config
-from .data import data_dir_env_resolved
-from .errors import DistillSpecError, require
+from ..config import Config
+from ..data import data_dir_env_resolved
+from ..errors import DistillSpecError, require
 from .handoff import export_results, import_results
-from .steps import REPO, RunPaths, default_run_dir, draft_names, figure_paths, finished_drafts, run_names
+from .rundir import REPO, RunPaths, default_run_dir, draft_names, figure_paths, finished_drafts, run_names
 
-NOTEBOOKS = REPO / "notebooks"
+
+def notebooks_dir() -> Path:
+    """The workbook's notebook templates: $DISTILLSPEC_NOTEBOOKS, else notebooks/ of the checkout this package is
+    installed from (make install: editable)."""
+    path = Path(os.environ.get("DISTILLSPEC_NOTEBOOKS", REPO / "notebooks")).resolve()
+    require((path / "01_data.ipynb").is_file(), f"The workbook's notebooks are not at {path}: install distillspec "
+            "from its repository (make install, or pip install -e .) or set DISTILLSPEC_NOTEBOOKS to the folder "
+            "holding 01_data.ipynb ... 04_entropy_analysis.ipynb.")
+    return path
 
 
 @dataclass
 class Step:
+    """One notebook execution of the plan."""
+
     notebook: str  # template in notebooks/
     executed: str  # executed copy in the run directory
     outputs: list[Path]  # all present -> the step is done
     parameters: dict = field(default_factory=dict)
     clean: list[Path] = field(default_factory=list)  # removed before a forced rerun
     done_instead: list[Path] = field(default_factory=list)  # all present -> also done (02: the draft's results)
+    waiting_for: Callable[[], list[str]] | None = None  # drafts that must be finished first (04: all of them)
+    then: Callable[[], str] | None = None  # after the step, run or skipped; returns a line for the log
 
     def done(self, run_dir: Path) -> bool:
         """Outputs present, and the executed copy (when there is one) ran to its end: a notebook that failed after
@@ -52,13 +65,20 @@ def _failed(executed: Path) -> bool:
     return bool(nbformat.read(executed, as_version=4).metadata.get("papermill", {}).get("exception"))
 
 
-def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None) -> list[Step]:
-    """The notebooks to execute: 01, 02 per training run, 03, 04; with drafts, only those drafts' 02 and 03."""
+def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None,
+         results_from: Path | None = None) -> list[Step]:
+    """The notebooks to execute: 01, 02 per training run, 03, 04; with drafts, only those drafts' 02 and 03.
+    results_from: a published records folder whose finished drafts are imported right after 01."""
     paths = RunPaths(run_dir)
     drafts = draft_names(cfg) if drafts is None else drafts
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
+
+    def import_finished() -> str:
+        imported = import_results(cfg, run_dir, results_from, drafts)
+        return f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}"
+
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
-                  dict(base), [paths.root / "data"])]
+                  dict(base), [paths.root / "data"], then=import_finished if results_from is not None else None)]
     for name in run_names(cfg):
         if name not in drafts:
             continue
@@ -67,10 +87,11 @@ def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None
                           params, [paths.draft_dir(name)], done_instead=[paths.speed_row(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
     steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.speed_row(n) for n in drafts],
-                      {**base, "drafts": selected}, [paths.root / "records", paths.root / "speed.parquet"]))
-    figs = figure_paths(cfg, run_dir)
+                      {**base, "drafts": selected}, [paths.records, paths.speed_table]))
     steps.append(Step("04_entropy_analysis.ipynb", "04_entropy_analysis.ipynb",
-                      [paths.results, paths.summary, *figs.values()], dict(base), [paths.figures, paths.results]))
+                      [paths.results, paths.summary, *figure_paths(cfg, run_dir).values()], dict(base),
+                      [paths.figures, paths.results],
+                      waiting_for=lambda: [n for n in draft_names(cfg) if n not in finished_drafts(cfg, run_dir)]))
     return steps
 
 
@@ -89,8 +110,9 @@ def _execute(step: Step, run_dir: Path, kernel: str) -> None:
 
     out = run_dir / step.executed
     try:
-        pm.execute_notebook(str(NOTEBOOKS / step.notebook), str(out), parameters=step.parameters,
-                            cwd=str(NOTEBOOKS), kernel_name=kernel, progress_bar=False, config=_kernel_config())
+        notebooks = notebooks_dir()
+        pm.execute_notebook(str(notebooks / step.notebook), str(out), parameters=step.parameters,
+                            cwd=str(notebooks), kernel_name=kernel, progress_bar=False, config=_kernel_config())
     except PapermillExecutionError as err:
         raise DistillSpecError(
             f"Notebook {step.executed} failed in cell {err.exec_count}: {err.ename}: {err.evalue}. "
@@ -118,7 +140,7 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
                  publish_dir: str | Path | None = None, drafts: list[str] | None = None,
                  results_from: str | Path | None = None, kernel: str = "python3", log=print) -> Path:
     """Run the study for one config (drafts: a subset of its drafts; results_from: a published records folder
-    of an earlier session to import finished drafts from); return the run directory.
+    to import finished drafts from); return the run directory.
 
     Relative paths (the arguments, and $DISTILLSPEC_DATA_DIR) mean relative to the current directory: they are
     made absolute here, before any notebook runs in notebooks/."""
@@ -134,14 +156,14 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
         run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / "config.yaml")
-        for step in tqdm(plan(cfg, config_path, run_dir, drafts), desc=f"pipeline {cfg.name}", unit="notebook"):
-            if step.notebook == "04_entropy_analysis.ipynb":
-                waiting = [n for n in draft_names(cfg) if n not in finished_drafts(cfg, run_dir)]
-                if waiting:
-                    log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
-                        f"--drafts, here or in a later session with --results-from)")
-                    continue
+        cfg.to_yaml(RunPaths(run_dir).config)
+        for step in tqdm(plan(cfg, config_path, run_dir, drafts, results_from), desc=f"pipeline {cfg.name}",
+                         unit="notebook"):
+            waiting = step.waiting_for() if step.waiting_for else []
+            if waiting:
+                log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
+                    "--drafts, here or later elsewhere with --results-from)")
+                continue
             if not force and step.done(run_dir):
                 log(f"skip {step.executed}: outputs exist")
             else:
@@ -150,9 +172,8 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
                         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 log(f"run  {step.executed}")
                 _execute(step, run_dir, kernel)
-            if step.notebook == "01_data.ipynb" and results_from is not None:
-                imported = import_results(cfg, run_dir, results_from, drafts or draft_names(cfg))
-                log(f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}")
+            if step.then:
+                log(step.then())
         if publish_dir is not None:
             publish(cfg, run_dir, publish_dir)
         return run_dir
@@ -161,11 +182,11 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
 def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:
     """Copy a run's figures, results table and the config that made them into publish_dir/<run name>/ (e.g.
     figures/offline_gsm8k_full/, so presets of the same task do not overwrite each other), and every finished
-    draft's records into its records/ (what 04 needs, and what a later session imports)."""
+    draft's records into its records/ (what 04 needs, and what a later run imports)."""
     paths = RunPaths(run_dir)
     out = publish_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    sources = [run_dir / "config.yaml"]
+    sources = [paths.config]
     if paths.results.is_file():  # 04 has run
         sources += [*figure_paths(cfg, run_dir).values(), paths.results]
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]

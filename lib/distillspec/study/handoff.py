@@ -1,0 +1,56 @@
+"""Finished drafts' results carried to another machine: a study too long for one sitting runs a subset of its
+drafts at a time (`run --drafts`), publishes each finished draft's records, and a later run elsewhere imports them
+(`run --results-from`) instead of retraining that draft. Imports are refused unless the recorded fingerprint
+(config and prompt sets) matches the run's, so results of different setups never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config import Config
+from ..errors import DistillSpecError, require
+from .rundir import RunPaths, fingerprint, published_records
+
+
+def export_results(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
+    """Copy each evaluated draft's records (per-token, per-step, speed row, training log) into dest."""
+    paths, dest = RunPaths(Path(run_dir)), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in names:
+        if paths.speed_row(name).is_file():  # written last by 03: the draft is finished
+            copied += [Path(shutil.copy2(src, dest / fname)) for fname, src in published_records(paths, name).items()
+                       if src.is_file()]
+    return copied
+
+
+def import_results(cfg: Config, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
+    """Copy finished drafts' records from source into the run (drafts this run has already trained or evaluated
+    are left alone); return the names imported. Raises when a record was made with another config or prompt set."""
+    paths, source = RunPaths(Path(run_dir)), Path(source)
+    require(source.is_dir(), f"--results-from {source}: no such directory (a published records folder, e.g. "
+                             f"figures/{cfg.name}/records).")
+    expected = fingerprint(cfg, run_dir)
+    imported = []
+    for name in names:
+        row_file = source / f"{name}_speed.json"
+        if not row_file.is_file() or paths.speed_row(name).is_file() or paths.student(name).is_dir():
+            continue
+        recorded = json.loads(row_file.read_text()).get("fingerprint")
+        if recorded != expected:
+            raise DistillSpecError(
+                f"{row_file} was made with another config or prompt set (fingerprint {str(recorded)[:12]} vs this "
+                f"run's {expected[:12]}); its results cannot be mixed with this run's. Use the config that made it, "
+                f"or rerun that draft here (leave out --results-from).")
+        for fname, dst in published_records(paths, name).items():
+            if (source / fname).is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source / fname, dst)
+        imported.append(name)
+    return imported
+
+
+__all__ = ["export_results", "fingerprint", "import_results"]

@@ -1,0 +1,168 @@
+"""A study's run directory: every file name in one place, the drafts' names, and the fingerprint that keeps results
+of different setups apart.
+
+runs/<preset>/ holds data/ (01's prompt sets), drafts/<run>/ (02: trainer output, student/, train_log.jsonl),
+records/ (03: per-token and per-step Parquet, one speed row per draft), summary.csv, results.md, entropy_bins.csv
+and figures/ (04), and the executed notebooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from ..atomic import write_text
+from ..config import Config
+from ..distill import TRAIN_LOG
+from ..errors import require
+
+BASELINE = "baseline"
+REPO = Path(__file__).resolve().parents[3]  # the checkout this package is installed from (editable install)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def train_prompts(self) -> Path:
+        return self.root / "data" / "train_prompts.jsonl"
+
+    @property
+    def eval_prompts(self) -> Path:
+        return self.root / "data" / "eval_prompts.jsonl"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data" / "summary.json"
+
+    def draft_dir(self, name: str) -> Path:
+        return self.root / "drafts" / name
+
+    def student(self, name: str) -> Path:
+        return self.draft_dir(name) / "student"
+
+    def train_log(self, name: str) -> Path:
+        return self.draft_dir(name) / TRAIN_LOG
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    def tokens(self, name: str) -> Path:
+        return self.records / f"{name}_tokens.parquet"
+
+    def steps(self, name: str) -> Path:
+        return self.records / f"{name}_steps.parquet"
+
+    def speed_row(self, name: str) -> Path:
+        return self.records / f"{name}_speed.json"
+
+    @property
+    def target_speed(self) -> Path:
+        return self.records / "target_speed.json"
+
+    @property
+    def speed_table(self) -> Path:
+        return self.root / "speed.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def entropy_bins(self) -> Path:
+        return self.root / "entropy_bins.csv"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def figure(self, kind: str, task: str) -> Path:
+        """04's figures: kind 'entropy' (acceptance vs teacher entropy) or 'training' (training curves)."""
+        stem = {"entropy": "acceptance_vs_entropy", "training": "training_curves"}[kind]
+        return self.figures / f"{stem}_{task}.png"
+
+
+def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
+    paths = RunPaths(Path(run_dir))
+    return {kind: paths.figure(kind, cfg.task) for kind in ("entropy", "training")}
+
+
+def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
+    """A finished draft's files in the run directory, by their names in a published records folder (what 04 needs,
+    and what another machine imports); the speed row comes last, as 03 writes it last: it marks the draft finished."""
+    return {f"{name}_tokens.parquet": paths.tokens(name), f"{name}_steps.parquet": paths.steps(name),
+            f"{name}_train_log.jsonl": paths.train_log(name),  # none for the baseline
+            f"{name}_speed.json": paths.speed_row(name)}
+
+
+def run_names(cfg: Config) -> dict[str, dict]:
+    """Training runs of the study by name -> the config keys each overrides (one per divergence, plus extra_runs)."""
+    return cfg.run_overrides()
+
+
+def draft_names(cfg: Config) -> list[str]:
+    """Every draft the study evaluates, in table order: the undistilled baseline, then each training run."""
+    return [BASELINE, *run_names(cfg)]
+
+
+def finished_drafts(cfg: Config, run_dir: str | Path) -> list[str]:
+    """The study's drafts whose evaluation is complete (03 writes the speed row last), in table order."""
+    paths = RunPaths(Path(run_dir))
+    return [n for n in draft_names(cfg) if paths.speed_row(n).is_file()]
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<config name> under the repository (or under the config's run_dir when that is absolute)."""
+    return (REPO / cfg.run_dir / cfg.name).resolve()
+
+
+def save_prompts(ds: datasets.Dataset, path: Path) -> None:
+    write_text("".join(json.dumps(r) + "\n" for r in ds.to_list()), path)
+
+
+def load_prompt_file(path: Path) -> datasets.Dataset:
+    require(path.is_file(), f"{path} is missing: run 01_data (or the pipeline) first.")
+    return datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+
+
+# Config keys that name places rather than the experiment: they may differ between machines.
+_LOCATION_KEYS = ("data_source", "run_dir")
+# Keys added to Config after results were published, with the value that means what runs did before the key
+# existed: at that value a key stays out of the fingerprint, so published records remain importable; any other
+# value is a different experiment. micro_batch_size replaced gradient_accumulation_steps, which was 1 (no
+# accumulation) in every run made before; micro_batch_size None is that setting.
+_LATER_KEYS = {"precision": "auto", "micro_batch_size": None}
+_RETIRED_KEYS = {"gradient_accumulation_steps": 1}
+
+
+def _experiment_settings(cfg: Config) -> dict:
+    """The config as fingerprinted: paths left out, later keys at their earlier meaning in their earlier form."""
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in _LOCATION_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+    if "micro_batch_size" not in settings:
+        settings.update(_RETIRED_KEYS)
+    return settings
+
+
+def fingerprint(cfg: Config, run_dir: str | Path) -> str:
+    """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
+    paths = RunPaths(Path(run_dir))
+    digest = hashlib.sha256(json.dumps(_experiment_settings(cfg), sort_keys=True, default=str).encode())
+    for prompts in (paths.train_prompts, paths.eval_prompts):
+        require(prompts.is_file(), f"{prompts} is missing: run 01_data (or the pipeline) first.")
+        digest.update(prompts.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,199 @@
+"""The study's four stages as functions, one per notebook (01 data, 02 distill, 03 evaluate, 04 analyze), so the
+notebooks stay thin and everything they do is testable. Where each stage writes: rundir.RunPaths."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..atomic import write_json, write_parquet, write_text
+from ..config import Config
+from ..data import load_raw, render_prompts, task_spec, token_lengths
+from ..distill import distill, read_log
+from ..errors import require
+from ..evaluate import expected_acceptance, target_tokens_per_s
+from ..models import count_parameters, load_tokenizer
+from ..pair import load_draft, load_target
+from ..sampling import SamplingConfig
+from ..specdec import speculative_generate
+from .report import (acceptance_by_entropy, format_expected_acceptance, format_table, plot_acceptance_vs_entropy,
+                     plot_training_curves, summary_table)
+from .rundir import (BASELINE, RunPaths, draft_names, figure_paths, fingerprint, finished_drafts, load_prompt_file,
+                     run_names, save_prompts)
+
+
+def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
+    """01: the training and held-out evaluation prompt sets (disjoint splits) and their statistics."""
+    paths = RunPaths(Path(run_dir))
+    tok = load_tokenizer(cfg.teacher)
+    train, held_out = cfg.prompt_set("train", tok), cfg.prompt_set("eval", tok)
+    save_prompts(train, paths.train_prompts)
+    save_prompts(held_out, paths.eval_prompts)
+    summary = {
+        "task": cfg.task, "train_split": cfg.train_split, "eval_split": cfg.eval_split,
+        "n_train": len(train), "n_eval": len(held_out),
+        "train_prompt_tokens": [len(x) for x in render_prompts(tok, train)],
+        "eval_prompt_tokens": [len(x) for x in render_prompts(tok, held_out)],
+        "example_prompt": tok.decode(render_prompts(tok, held_out.select([0]))[0]),
+    }
+    if cfg.task == "cnndm":  # the length filter's effect on the evaluation split
+        raw = load_raw(cfg.task, cfg.eval_split, cfg.data_source)
+        lengths = token_lengths(tok, raw[task_spec(cfg.task).text_field])
+        summary["article_tokens_before_filter"] = lengths
+        summary["kept_by_filter"] = int(sum(n <= cfg.max_article_tokens for n in lengths))
+    write_json(summary, paths.data_summary)
+    return summary
+
+
+def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
+    """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
+    require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
+    paths = RunPaths(Path(run_dir))
+    run_cfg = cfg.replace(**{**run_names(cfg)[name], **overrides})
+    return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
+
+
+def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
+    """This draft's records are complete and newer than its student (a retrained draft is evaluated again)."""
+    files = (paths.speed_row(name), paths.tokens(name), paths.steps(name))
+    if not all(p.is_file() for p in files):
+        return False
+    if student is None or not (student / "config.json").is_file():  # baseline, or results imported (handoff)
+        return True
+    return paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+
+
+def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
+    """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
+    target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
+    speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
+    evaluation resumes at the next draft."""
+    paths = RunPaths(Path(run_dir))
+    names = draft_names(cfg) if names is None else list(names)
+    unknown = sorted(set(names) - set(draft_names(cfg)))
+    require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    drafts = {n: None if n == BASELINE else paths.student(n) for n in names}
+    todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
+    for name in todo:
+        path = drafts[name]
+        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
+    target, tok = load_target(cfg)
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    target_tps = _target_speed(cfg, paths, target, tok, prompts) if todo else None
+    for name in tqdm(todo, desc="drafts"):
+        draft = load_draft(cfg, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
+        tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
+        write_parquet(tokens, paths.tokens(name))
+        write_parquet(steps, paths.steps(name))
+        own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
+                                  temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                  batch_size=cfg.eval_batch_size, progress=False)
+        row = {"draft": name, "draft_params": count_parameters(draft), "sd_tokens_per_s": tokens_per_s,
+               "target_tokens_per_s": target_tps, "speedup": tokens_per_s / target_tps,
+               "own_sample_expected_accept": own.expected_accept, "own_sample_draft_entropy": own.draft_entropy,
+               "sd_expected_accept_t1": float(tokens["expected_accept_t1"].mean()),
+               "fingerprint": fingerprint(cfg, run_dir)}  # config + prompt sets: checked when results are imported
+        write_json(row, paths.speed_row(name))  # written last: marks this draft as done
+    speed = speed_table(cfg, run_dir)
+    write_parquet(speed, paths.speed_table)
+    return speed
+
+
+def _sampling(cfg: Config) -> SamplingConfig:
+    return SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
+
+
+def _target_speed(cfg: Config, paths: RunPaths, target, tok, prompts) -> float:
+    """Target-only tokens/s on the held-out prompts, measured once per run directory (so per machine), reused after."""
+    if paths.target_speed.is_file():
+        return json.loads(paths.target_speed.read_text())["tokens_per_s"]
+    tps = target_tokens_per_s(target, tok, prompts, batch_size=cfg.eval_batch_size,
+                              max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg), seed=cfg.seed)
+    write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size}, paths.target_speed)
+    return tps
+
+
+def _decode(cfg: Config, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Batched SD over all prompts, eval_batch_size at a time: (per-token records, per-step records, tokens/s),
+    rows numbered over the whole prompt set."""
+    batch, tokens, steps, wall, new_tokens = cfg.eval_batch_size, [], [], 0.0, 0
+    for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}"):
+        res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
+                                   max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg),
+                                   eos_token_id=tok.eos_token_id, seed=cfg.seed + start, target_tokenizer=tok,
+                                   draft_tokenizer=tok)
+        for frames, df in ((tokens, res.tokens_df()), (steps, res.steps_df())):
+            df["row"] += start
+            frames.append(df)
+        wall += res.metrics.wall_s
+        new_tokens += res.metrics.new_tokens
+    return pd.concat(tokens, ignore_index=True), pd.concat(steps, ignore_index=True), new_tokens / wall
+
+
+def speed_table(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
+    """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order."""
+    paths = RunPaths(Path(run_dir))
+    rows = [json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)]
+    return pd.DataFrame(rows).drop(columns="fingerprint", errors="ignore")
+
+
+def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
+    paths = RunPaths(Path(run_dir))
+    tokens, steps = {}, {}
+    for n in names:
+        require(paths.tokens(n).is_file(), f"No records for draft '{n}' in {paths.root}: run 03 first.")
+        tokens[n], steps[n] = pd.read_parquet(paths.tokens(n)), pd.read_parquet(paths.steps(n))
+    return tokens, steps
+
+
+@dataclass
+class Analysis:
+    """04's results: Table 1, acceptance per teacher-entropy bin, the per-token records, and the figures."""
+
+    table: pd.DataFrame
+    results_md: str  # results.md: the table with its settings, as published
+    bins: pd.DataFrame
+    tokens: dict[str, pd.DataFrame]
+    figures: dict  # kind -> matplotlib Figure, saved under figures/
+
+
+def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
+    """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, the per-bin acceptance table, and both
+    figures (acceptance vs teacher entropy, training curves) under figures/."""
+    import matplotlib.pyplot as plt
+
+    paths = RunPaths(Path(run_dir))
+    speed = speed_table(cfg, run_dir)
+    require(len(speed), f"No evaluated drafts in {paths.root}: run 03 first.")
+    names = speed["draft"].tolist()
+    tokens, steps = load_records(run_dir, names)
+    speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
+    table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
+    write_text(table.to_csv(index=False), paths.summary)
+    bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
+    write_text(bins.to_csv(index=False), paths.entropy_bins)
+    header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
+              f"T={cfg.task_temperature}, top_p={cfg.top_p}, {cfg.task_max_new_tokens} new tokens, "
+              f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
+    expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
+                "\n\n" + format_expected_acceptance(table))
+    results_md = header + format_table(table) + expected
+    write_text(results_md, paths.results)
+    figs = figure_paths(cfg, run_dir)
+    figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
+    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
+    figures = {
+        "entropy": plot_acceptance_vs_entropy(
+            bins, f"{cfg.task}: acceptance vs teacher entropy (bins with >= {cfg.min_bin_count} tokens)",
+            path=figs["entropy"]),
+        "training": plot_training_curves(
+            logs, f"{cfg.task}: distilling the draft (lmbda={cfg.lmbda}: share of steps on its own samples)",
+            path=figs["training"]),
+    }
+    for fig in figures.values():
+        plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
+    return Analysis(table, results_md, bins, tokens, figures)

@@ -1,0 +1,66 @@
+"""The package's shape: no import cycle among its modules (imports inside functions count too), and the library
+never imports the study machinery built on it."""
+
+import ast
+
+from conftest import REPO
+
+PACKAGE = REPO / "lib" / "distillspec"
+
+
+def _module_name(path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """distillspec module -> the distillspec modules it imports anywhere in its body."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module or ""
+                for alias in node.names:  # `from . import x` may name a module
+                    edges.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+        graph[name] = {e for e in edges if e in modules and e != name and e != "distillspec"}
+    return graph
+
+
+def _cycles(graph):
+    seen, stack, found = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            found.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        stack.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_library_does_not_import_the_study():
+    graph = import_graph()
+    core = [m for m in graph if not m.startswith("distillspec.study") and m != "distillspec.__main__"]
+    assert core and all(not any(e.startswith("distillspec.study") for e in graph[m]) for m in core), \
+        {m: sorted(graph[m]) for m in core if any(e.startswith("distillspec.study") for e in graph[m])}
+    assert not any(e.startswith("distillspec.study.") and e != "distillspec.study.rundir"
+                   for e in graph["distillspec.study.rundir"])
