@@ -286,3 +286,51 @@ def test_without_bonus_tokens_greedy_stays_exact(tiny_pair, greedy_case):
     same = speculative_generate(target, target, _prompts([4, 9]), gamma=3, max_new_tokens=12, eos_token_id=[],
                                 bonus=False)
     assert (same.steps_df()["emitted"] == 3).all()
+
+
+def _reduced(draft, keep, eos=0):
+    import copy
+
+    from distillspec.models import reduce_draft_vocab
+
+    return reduce_draft_vocab(copy.deepcopy(draft), keep, eos_token_id=eos)
+
+
+def test_reduced_vocabulary_draft_stays_exact_in_greedy(tiny_pair, greedy_case):
+    """A draft that scores only some token ids (its head cut to those rows) still gives the target's own greedy
+    output; it accepts fewer tokens than the full draft, but not none."""
+    target, draft = tiny_pair
+    prompts, eos, refs = greedy_case
+    full = speculative_generate(target, draft, prompts, gamma=4, max_new_tokens=40, eos_token_id=eos)
+    keep = sorted({t for seq in full.sequences[1:] for t in seq[::2]} | set(range(0, 49152, 7)) | {eos})
+    small = _reduced(draft, keep, eos)
+    assert small.get_output_embeddings().weight.shape[0] == len(keep) < 49152 / 5
+    res = speculative_generate(target, small, prompts, gamma=4, max_new_tokens=40, eos_token_id=eos)
+    assert res.sequences == refs
+    assert 0 < res.metrics.accepted
+    assert set(res.tokens_df()["token"]) <= set(keep)  # every drafted token is a kept id
+
+
+@pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=0.7, top_p=0.8)])
+def test_reduced_vocabulary_draft_keeps_the_target_distribution(small_vocab_pair, warp):
+    """q is 0 outside the kept ids; the residual max(0, p - q) covers them, so SD still samples from p."""
+    target, draft = small_vocab_pair
+    exact = _exact_joint(target, SamplingConfig(**warp), 8)
+    samples = _first_tokens_sd(target, _reduced(draft, [0, 2, 3, 5]), RejectionSampling(), 20_000, **warp)
+    assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
+    assert set(np.unique(samples)) - {0, 2, 3, 5}  # ids the draft cannot propose still come out (corrections)
+
+
+def test_reduced_vocabulary_bad_input(small_vocab_pair):
+    _, draft = small_vocab_pair
+    with pytest.raises(DistillSpecError, match=r"leaves out the EOS token id\(s\) \[7\]"):
+        _reduced(draft, [0, 1, 2], eos=7)
+    with pytest.raises(DistillSpecError, match=r"ids outside \[0, 8\)"):
+        _reduced(draft, [0, 1, 9])
+    with pytest.raises(DistillSpecError, match="vocabulary is empty"):
+        _reduced(draft, [])
+    small = _reduced(draft, [0, 1, 2])
+    small.draft_vocab_ids = torch.tensor([0, 1, 9])  # a map that points past the target's ids
+    target, _ = small_vocab_pair
+    with pytest.raises(DistillSpecError, match="do not share this id map"):
+        speculative_generate(target, small, [[1, 2]], gamma=2, max_new_tokens=2)

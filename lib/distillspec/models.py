@@ -232,7 +232,44 @@ def draft_from_teacher(
 
 
 def logits_width(model: PreTrainedModel) -> int:
+    """How many token ids the model's logits can address: its LM head's rows, or for a draft with a reduced
+    vocabulary the id space its map points into (its input embeddings)."""
+    if getattr(model, "draft_vocab_ids", None) is not None:
+        return model.get_input_embeddings().weight.shape[0]
     return model.get_output_embeddings().weight.shape[0]
+
+
+def reduce_draft_vocab(draft: PreTrainedModel, keep_ids: Sequence[int], eos_token_id: int | Sequence[int] | None
+                       ) -> PreTrainedModel:
+    """Make a draft score only these token ids: its LM head keeps their rows (untied from the input embeddings,
+    which stay whole, so it still reads any token), and `draft.draft_vocab_ids` [N] maps head row j to a token id.
+    On this CPU the full 49,152-row head is most of a small draft's step (benchmarks/cost_model.py). In SD the
+    draft's q is 0 outside these ids, which rejection sampling handles exactly: the residual max(0, p - q) covers
+    them, so decoding stays lossless."""
+    vocab = draft.get_input_embeddings().weight.shape[0]
+    ids = sorted({int(i) for i in keep_ids})
+    require(len(ids) > 0, "The reduced draft vocabulary is empty: keep at least the EOS token and the task's text.")
+    outside = [i for i in (ids[0], ids[-1]) if not 0 <= i < vocab]
+    if outside:
+        raise DistillSpecError(f"The reduced draft vocabulary has ids outside [0, {vocab}) (e.g. {outside[0]}): "
+                               "they must be token ids of the draft's tokenizer.")
+    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    missing = sorted(set(int(e) for e in eos) - set(ids))
+    require(not missing, f"The reduced draft vocabulary leaves out the EOS token id(s) {missing}: the draft could "
+                         "never propose the end of an answer. Add them to the kept ids.")
+    head = draft.get_output_embeddings()
+    weight = head.weight
+    reduced = torch.nn.Linear(weight.shape[1], len(ids), bias=getattr(head, "bias", None) is not None,
+                              device=weight.device, dtype=weight.dtype)
+    index = torch.tensor(ids, device=weight.device)
+    with torch.no_grad():
+        reduced.weight.copy_(weight[index])
+        if reduced.bias is not None:
+            reduced.bias.copy_(head.bias[index])
+    draft.config.tie_word_embeddings = False
+    draft.set_output_embeddings(reduced)
+    draft.register_buffer("draft_vocab_ids", index, persistent=False)
+    return draft
 
 
 def check_compatible(teacher_tok, draft_tok, teacher: PreTrainedModel | None = None, draft=None) -> int:

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
-from .errors import require
+from .errors import DistillSpecError, require
 from .metrics import SpecDecMetrics, compute_metrics
 from .models import check_compatible, model_context_length
 from .records import SpecDecRecords
@@ -148,6 +148,10 @@ def _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, d
             "Pass target_tokenizer/draft_tokenizer to allow padding-only differences.",
         )
         width = vt
+    vocab_ids = getattr(draft, "draft_vocab_ids", None)
+    if vocab_ids is not None and int(vocab_ids.max()) >= width:
+        raise DistillSpecError(f"The draft's reduced vocabulary maps to token ids up to {int(vocab_ids.max())}, beyond "
+                               f"the {width} ids the target scores: draft and target do not share this id map.")
     for who, model in (("target", target), ("draft", draft)):
         context = model_context_length(model)
         for i, prompt in enumerate(prompts):
@@ -208,9 +212,21 @@ def _only(token: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class _Proposal:
-    tokens: torch.Tensor  # [B, gamma] drafted tokens
+    tokens: torch.Tensor  # [B, gamma] drafted token ids
     q: torch.Tensor  # [B, gamma, V] warped draft distributions they were sampled from
-    logits: torch.Tensor  # [B, gamma, V] raw draft logits (for the T=1 records)
+    logits: torch.Tensor  # [B, gamma, N] raw draft logits (N = V, or the draft's reduced vocabulary)
+    vocab_ids: torch.Tensor | None  # [N] token id of each draft logit column (a reduced vocabulary), or None
+
+    def q_t1(self, width: int) -> torch.Tensor:
+        """[B, gamma, V] the draft's distributions at T=1 (for the records)."""
+        return _to_token_ids(torch.softmax(self.logits, -1), self.vocab_ids, width)
+
+
+def _to_token_ids(probs: torch.Tensor, vocab_ids: torch.Tensor | None, width: int) -> torch.Tensor:
+    """Probabilities over a draft's reduced vocabulary [..., N] -> over all token ids [..., V] (0 elsewhere)."""
+    if vocab_ids is None:
+        return probs
+    return probs.new_zeros(*probs.shape[:-1], width).index_copy(-1, vocab_ids, probs)
 
 
 @dataclass
@@ -221,19 +237,22 @@ class _Verdict:
     p: torch.Tensor  # [B, gamma+1, V] warped target distributions
 
 
-def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, generator) -> _Proposal:
-    """The draft proposes gamma tokens autoregressively, starting from its pending token(s)."""
+def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int) -> _Proposal:
+    """The draft proposes gamma tokens autoregressively, starting from its pending token(s). A draft with a reduced
+    vocabulary samples a column of its head, mapped to a token id; its q is 0 on every other id."""
+    vocab_ids = getattr(drf.model, "draft_vocab_ids", None)  # [N] or None
     tokens, qs, logits_seen = [], [], []
     ids, valid = rows.pending, rows.pending_valid
     for _ in range(gamma):
-        logits = drf.forward(ids, valid)[:, -1]  # [B, V]
-        q = sampling.probs(logits)  # [B, V]
-        token = sample(q, generator)  # [B]
+        logits = drf.forward(ids, valid)[:, -1]  # [B, N]
+        q = sampling.probs(logits)  # [B, N]
+        column = sample(q, generator)  # [B]
+        token = column if vocab_ids is None else vocab_ids[column]
         tokens.append(token)
-        qs.append(q)
+        qs.append(_to_token_ids(q, vocab_ids, width))  # [B, V]
         logits_seen.append(logits)
         ids, valid = token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
-    return _Proposal(torch.stack(tokens, 1), torch.stack(qs, 1), torch.stack(logits_seen, 1))
+    return _Proposal(torch.stack(tokens, 1), torch.stack(qs, 1), torch.stack(logits_seen, 1), vocab_ids)
 
 
 def _verify(tgt: RaggedKV, rows: _Rows, proposal: _Proposal) -> torch.Tensor:
@@ -350,14 +369,14 @@ def speculative_generate(
     rows = _Rows.start(prompts, pad_token_id, device)
     step = 0
     while rows.index.numel() > 0:
-        proposal = _propose(drf, rows, gamma, sampling, generator)
+        proposal = _propose(drf, rows, gamma, sampling, generator, width)
         p_logits = _verify(tgt, rows, proposal)
         verdict = _accept(rule, sampling, proposal, p_logits, generator)
         if record:  # every verified position: the accepted drafts and the first rejected one
             verified = torch.arange(gamma, device=device)[None, :] <= verdict.n_acc[:, None]  # [B, gamma]
             records.add_tokens(rows=rows.index, step=step, verified=verified, drafted=proposal.tokens,
                                accepted=verdict.accept & verified, p=verdict.p[:, :gamma], q=proposal.q,
-                               p_t1=torch.softmax(p_logits[:, :gamma], -1), q_t1=torch.softmax(proposal.logits, -1))
+                               p_t1=torch.softmax(p_logits[:, :gamma], -1), q_t1=proposal.q_t1(width))
         emitted, finished = _emit(rows, proposal, verdict, gamma=gamma, bonus=bonus, eos=eos,
                                   max_new_tokens=max_new_tokens)
         records.add_steps(rows=rows.index, step=step, gamma=gamma, n_acc=verdict.n_acc, emitted=emitted)
