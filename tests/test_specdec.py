@@ -334,3 +334,21 @@ def test_reduced_vocabulary_bad_input(small_vocab_pair):
     target, _ = small_vocab_pair
     with pytest.raises(DistillSpecError, match="do not share this id map"):
         speculative_generate(target, small, [[1, 2]], gamma=2, max_new_tokens=2)
+
+
+def test_a_saved_reduced_draft_loads_with_its_map_and_is_refused_by_export(tiny_pair, greedy_case, tmp_path, tokenizer):
+    from distillspec.export import export_draft
+    from distillspec.models import load_model, save_pretrained_atomic
+
+    target, draft = tiny_pair
+    prompts, eos, refs = greedy_case
+    small = _reduced(draft, sorted(set(range(0, 49152, 3)) | {eos}), eos)
+    save_pretrained_atomic(small, tokenizer, tmp_path / "student")
+    loaded, _ = load_model(tmp_path / "student")
+    assert torch.equal(loaded.draft_vocab_ids, small.draft_vocab_ids)
+    assert torch.equal(loaded.get_output_embeddings().weight, small.get_output_embeddings().weight)
+    a = speculative_generate(target, small, prompts, gamma=3, max_new_tokens=40, eos_token_id=eos)
+    b = speculative_generate(target, loaded, prompts, gamma=3, max_new_tokens=40, eos_token_id=eos)
+    assert a.sequences == b.sequences == refs and a.metrics.accepted == b.metrics.accepted
+    with pytest.raises(DistillSpecError, match="reduced-vocabulary draft"):
+        export_draft(tmp_path / "student", tmp_path / "out", target="tiny-qwen3")

@@ -4,6 +4,7 @@ vocabulary, no distillspec-only config keys) and the snippet that plugs it into 
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -74,6 +75,10 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
     draft = Path(draft)
     require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
                                                "draft directory such as runs/<name>/drafts/<run>/student.")
+    require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),
+            f"{draft} is a reduced-vocabulary draft (its head scores only some token ids); transformers' and vLLM's "
+            "draft models need a full-vocabulary head, so it cannot be exported as a plain checkpoint. Use it with "
+            "distillspec's decoder (python -m distillspec eval --draft ...).")
     target = target or _training_teacher(draft)
     require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")
     target_path = resolve_model_path(target)  # an alias becomes the converted local checkpoint engines can load

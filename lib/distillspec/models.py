@@ -135,6 +135,14 @@ def load_tokenizer(name_or_path: str | os.PathLike):
         raise _load_error(str(name_or_path), err) from err
 
 
+def _saved_config(path: str) -> dict:
+    """config.json of a local checkpoint ({} for a hub id)."""
+    import json
+
+    file = Path(path) / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -168,7 +176,11 @@ def load_model(
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path))
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if _saved_config(path).get("draft_vocab_ids"):
+            require(not load_in_8bit, f"{path} is a reduced-vocabulary draft; it cannot be loaded in 8-bit.")
+            model = _load_reduced_draft(path, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error(str(name_or_path), err) from err
     if not load_in_8bit:
@@ -267,9 +279,28 @@ def reduce_draft_vocab(draft: PreTrainedModel, keep_ids: Sequence[int], eos_toke
         if reduced.bias is not None:
             reduced.bias.copy_(head.bias[index])
     draft.config.tie_word_embeddings = False
+    draft.config.draft_vocab_ids = ids  # saved in config.json: load_model rebuilds the cut head from it
     draft.set_output_embeddings(reduced)
     draft.register_buffer("draft_vocab_ids", index, persistent=False)
     return draft
+
+
+def _load_reduced_draft(path: str, dtype: torch.dtype) -> PreTrainedModel:
+    """A saved reduced-vocabulary draft: the model built from its config, its head cut to the saved id map, then
+    every weight from the checkpoint (from_pretrained alone would expect a full-vocabulary head)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    reduce_draft_vocab(model, config.draft_vocab_ids, None)
+    files = sorted(Path(path).glob("*.safetensors"))
+    require(files, f"{path} has draft_vocab_ids in its config but no .safetensors weights.")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def check_compatible(teacher_tok, draft_tok, teacher: PreTrainedModel | None = None, draft=None) -> int:
