@@ -3,29 +3,19 @@ and with their head cut to the N most frequent ids of the teacher's own answers.
 
     python benchmarks/reduced_vocab.py --layers 10 4 --vocab 4096 1024
 
-Kept ids: the token ids of the teacher's greedy answers to --n-train GSM8K training prompts, most frequent first,
-then the lowest remaining ids until there are N, plus EOS. Then batched greedy SD (gamma --gamma) of the teacher with
+Kept ids (distillspec.draft_vocab): the N most frequent token ids of the teacher's answers to --n-train GSM8K
+training prompts (T=0.6, top_p 0.95), plus EOS and the special tokens; fewer when the teacher wrote fewer. Then batched greedy SD (gamma --gamma) of the teacher with
 each draft on --n-prompts GSM8K test prompts; prints c (mean draft decode forward / target verify forward, as the
 decoder measures it), alpha_tok and tokens/s. The drafts are undistilled: their acceptance says nothing about what a
 distilled reduced draft reaches.
 """
 
 import argparse
-import collections
-
-import torch
-
 from distillspec.data import load_prompts, render_prompts
+from distillspec.draft_vocab import choose_draft_vocab, teacher_token_counts
 from distillspec.models import draft_from_teacher, load_model, reduce_draft_vocab
+from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
-
-
-def kept_ids(counts: collections.Counter, n: int, eos: int) -> list[int]:
-    ids = [i for i, _ in counts.most_common(n)]
-    filler = (i for i in range(n + len(ids)) if i not in set(ids))
-    while len(ids) < n:
-        ids.append(next(filler))
-    return sorted(set(ids) | {eos})
 
 
 def main():
@@ -33,18 +23,16 @@ def main():
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--layers", type=int, nargs="+", default=[10, 4])
-    ap.add_argument("--vocab", type=int, nargs="+", default=[4096, 1024])
-    ap.add_argument("--n-train", type=int, default=16)
+    ap.add_argument("--vocab", type=int, nargs="+", default=[4096, 1024, 256])
+    ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--n-prompts", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--gamma", type=int, default=4)
     args = ap.parse_args()
     teacher, tok = load_model(args.teacher)
     train = render_prompts(tok, load_prompts("gsm8k", "train", args.n_train, source=args.data, seed=1, tokenizer=tok))
-    enc = tok.pad({"input_ids": train}, return_tensors="pt")
-    with torch.inference_mode():
-        out = teacher.generate(**enc, max_new_tokens=96, do_sample=False, pad_token_id=tok.pad_token_id)
-    counts = collections.Counter(out[:, enc["input_ids"].shape[1]:].flatten().tolist())
+    counts = teacher_token_counts(teacher, tok, train, sampling=SamplingConfig(temperature=0.6, top_p=0.95),
+                                  max_new_tokens=128)
     test = render_prompts(tok, load_prompts("gsm8k", "test", args.n_prompts, source=args.data, seed=123,
                                             tokenizer=tok))
     print(f"{len(counts)} distinct ids in the teacher's answers to {args.n_train} training prompts\n")
@@ -53,7 +41,7 @@ def main():
         for n in [None, *args.vocab]:
             draft = draft_from_teacher(teacher, k)
             if n:
-                draft = reduce_draft_vocab(draft, kept_ids(counts, n, tok.eos_token_id), tok.eos_token_id)
+                draft = reduce_draft_vocab(draft, choose_draft_vocab(counts, tok, n), tok.eos_token_id)
             kw = dict(gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id)
             speculative_generate(teacher, draft, test[:2], **kw)  # warm-up
             m = speculative_generate(teacher, draft, test, **kw).metrics

@@ -352,3 +352,23 @@ def test_a_saved_reduced_draft_loads_with_its_map_and_is_refused_by_export(tiny_
     assert a.sequences == b.sequences == refs and a.metrics.accepted == b.metrics.accepted
     with pytest.raises(DistillSpecError, match="reduced-vocabulary draft"):
         export_draft(tmp_path / "student", tmp_path / "out", target="tiny-qwen3")
+
+
+def test_draft_vocabulary_comes_from_teacher_text_and_keeps_special_tokens(tokenizer):
+    from distillspec.draft_vocab import choose_draft_vocab, teacher_token_counts
+    from distillspec.models import load_model
+
+    teacher, _ = load_model("tiny-qwen3")
+    prompts = [tokenizer.encode("What is 2 + 3?"), tokenizer.encode("Say hello.")]
+    counts = teacher_token_counts(teacher, tokenizer, prompts, sampling=SamplingConfig(temperature=1.0),
+                                  max_new_tokens=12, seed=3)
+    assert 0 < sum(counts.values()) <= 24
+    special = set(tokenizer.all_special_ids) | {tokenizer.eos_token_id}
+    keep = choose_draft_vocab(counts, tokenizer, len(special) + 5)
+    assert special <= set(keep) and len(keep) == len(special) + 5
+    kept = set(keep) - special
+    dropped = set(counts) - special - kept
+    assert all(counts[i] > 0 for i in kept)  # every kept id is one the teacher wrote (it wrote more than 5)
+    assert min(counts[i] for i in kept) >= max((counts[i] for i in dropped), default=0)  # the most frequent ones
+    with pytest.raises(DistillSpecError, match="cannot hold the"):
+        choose_draft_vocab(counts, tokenizer, 1)

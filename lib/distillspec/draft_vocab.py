@@ -1,0 +1,44 @@
+"""Which token ids a reduced-vocabulary draft keeps: the ones the teacher actually writes for the task.
+
+The draft's head then scores only those ids (models.reduce_draft_vocab). Ids are counted in the teacher's own
+samples on the training prompts (the text SD will have to propose), the most frequent first; EOS and every special
+token of the tokenizer (the chat template's markers) are always kept, so the draft can end an answer and a chat turn.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from .errors import require
+from .evaluate import completion_mask
+from .sampling import SamplingConfig
+
+
+@torch.inference_mode()
+def teacher_token_counts(teacher, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig,
+                         max_new_tokens: int, batch_size: int = 16, seed: int = 0) -> Counter:
+    """How often each token id appears in the teacher's completions of these prompts (up to and with EOS)."""
+    require(len(prompts) > 0, "No prompts to sample the teacher's text from.")
+    counts: Counter = Counter()
+    device = next(teacher.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(device)
+        torch.manual_seed(seed + start)
+        out = teacher.generate(**enc, **sampling.generate_kwargs(), max_new_tokens=max_new_tokens,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        completion = out[:, enc["input_ids"].shape[1]:]
+        keep = completion_mask(completion, [tokenizer.eos_token_id]).bool()
+        counts.update(completion[keep].tolist())
+    return counts
+
+
+def choose_draft_vocab(counts: Counter, tokenizer, size: int) -> list[int]:
+    """The `size` most frequent ids of the teacher's text, plus EOS and the tokenizer's special tokens; sorted."""
+    always = {int(i) for i in tokenizer.all_special_ids} | {int(tokenizer.eos_token_id)}
+    require(size >= len(always), f"A draft vocabulary of {size} ids cannot hold the {len(always)} special tokens "
+                                 f"(EOS and the chat template's markers); choose at least {len(always)}.")
+    require(size <= len(tokenizer), f"draft vocabulary size {size} is larger than the tokenizer ({len(tokenizer)}).")
+    frequent = [i for i, _ in counts.most_common() if i not in always][: size - len(always)]
+    return sorted(always | set(frequent))
