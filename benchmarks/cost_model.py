@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from distillspec.models import draft_from_teacher, load_model
@@ -98,10 +99,11 @@ def main():
     gammas = range(1, args.max_new)
     report = {"threads": torch.get_num_threads(), "context": args.context, "reps": args.reps, "batches": {}}
     for batch in args.batch_sizes:
-        t_verify = {t: forward_cost(teacher, batch, args.context, t, args.reps) for t in range(1, args.max_new + 1)}
+        t_verify = {t: forward_cost(teacher, batch, args.context, t, args.reps)
+                    for t in tqdm(range(1, args.max_new + 1), desc=f"target forwards, batch {batch}")}
         heads = {rows: head_cost(teacher, batch, rows, args.reps) for rows in [vocab, *args.vocab_rows]}
         drafts = {}
-        for k in args.layers:
+        for k in tqdm(args.layers, desc=f"draft bodies, batch {batch}"):
             draft = draft_from_teacher(teacher, k).eval()
             drafts[k] = forward_cost(draft, batch, args.context, 1, args.reps, body_only=True)
             del draft

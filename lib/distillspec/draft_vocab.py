@@ -9,28 +9,20 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
-
 from .errors import require
-from .evaluate import completion_mask
+from .evaluate import sample_completions
 from .sampling import SamplingConfig
 
 
-@torch.inference_mode()
 def teacher_token_counts(teacher, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig,
                          max_new_tokens: int, batch_size: int = 16, seed: int = 0) -> Counter:
     """How often each token id appears in the teacher's completions of these prompts (up to and with EOS)."""
     require(len(prompts) > 0, "No prompts to sample the teacher's text from.")
     counts: Counter = Counter()
-    device = next(teacher.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(device)
-        torch.manual_seed(seed + start)
-        out = teacher.generate(**enc, **sampling.generate_kwargs(), max_new_tokens=max_new_tokens,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        completion = out[:, enc["input_ids"].shape[1]:]
-        keep = completion_mask(completion, [tokenizer.eos_token_id]).bool()
-        counts.update(completion[keep].tolist())
+    for enc, out, new in sample_completions(teacher, tokenizer, prompts, sampling=sampling,
+                                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                            desc="teacher text for the draft vocabulary"):
+        counts.update(out[:, enc["input_ids"].shape[1]:][new.bool()].tolist())
     return counts
 
 

@@ -41,6 +41,22 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tens
 
 
 @torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
+                       batch_size: int, seed: int = 0, desc: str | None = None):
+    """Sample completions from `model` (transformers generate, KV cache) batch_size prompts at a time, seeded per
+    batch. Yields (enc, out, completion_mask) per batch: the padded prompts, prompts + completions, and [b, new]
+    1 on each completion token up to and with EOS. desc: show a progress bar with this label."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None):
+        enc = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(device)
+        torch.manual_seed(seed + start)
+        out = model.generate(**enc, **sampling.generate_kwargs(), max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        yield enc, out, completion_mask(out[:, enc["input_ids"].shape[1]:], [eos])
+
+
+@torch.no_grad()
 def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                         temperature: float, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
                         progress: bool = True, sampler: str = "draft") -> AcceptanceReport:
@@ -51,18 +67,13 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
     require(len(prompts) > 0, "No prompts to evaluate on.")
     require(sampler in ("draft", "target"), f"sampler='{sampler}' must be 'draft' or 'target'.")
     generator = draft if sampler == "draft" else teacher
-    eos = tokenizer.eos_token_id
-    device = next(draft.parameters()).device
     totals = torch.zeros(3, dtype=torch.float64)
     n = 0
-    for start in tqdm(range(0, len(prompts), batch_size), desc="expected acceptance", disable=not progress):
-        batch = prompts[start : start + batch_size]
-        enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
-        torch.manual_seed(seed + start)
-        out = generator.generate(**enc, **SamplingConfig(temperature=temperature, top_p=top_p).generate_kwargs(),
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    for enc, out, comp_mask in sample_completions(
+            generator, tokenizer, prompts, sampling=SamplingConfig(temperature=temperature, top_p=top_p),
+            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+            desc="expected acceptance" if progress else None):
         width = enc["input_ids"].shape[1]
-        comp_mask = completion_mask(out[:, width:], [eos])
         attention = torch.cat([enc["attention_mask"], comp_mask], 1)
         loss_mask = torch.zeros_like(attention)[:, 1:]
         loss_mask[:, width - 1 :] = comp_mask  # position t predicts token t+1: completion tokens start at width
@@ -84,17 +95,13 @@ def count_new_tokens(completions: torch.Tensor, eos: int) -> int:
     return sum(row.index(eos) + 1 if eos in row else len(row) for row in completions.tolist())
 
 
-@torch.no_grad()
 def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
                         sampling, seed: int = 0) -> float:
     """Target-only decoding throughput (generate with KV cache) on prompts in chunks of batch_size."""
     import time
 
     tokens, start = 0, time.perf_counter()
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer.pad({"input_ids": prompts[i : i + batch_size]}, return_tensors="pt").to(target.device)
-        torch.manual_seed(seed + i)
-        out = target.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id, **sampling.generate_kwargs())
-        tokens += count_new_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer.eos_token_id)
+    for _, _, new in sample_completions(target, tokenizer, prompts, sampling=sampling, max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size, seed=seed):
+        tokens += int(new.sum())
     return tokens / (time.perf_counter() - start)

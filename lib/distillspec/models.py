@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -137,8 +138,6 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def _saved_config(path: str) -> dict:
     """config.json of a local checkpoint ({} for a hub id)."""
-    import json
-
     file = Path(path) / "config.json"
     return json.loads(file.read_text()) if file.is_file() else {}
 
