@@ -98,6 +98,17 @@ def _visible_text(page, selector: str) -> str:
     return "\n".join(el.inner_text() for el in page.locator(selector).all() if el.is_visible())
 
 
+def _visible_text_once(page, selector: str, wanted: str, timeout_s: float = 15.0) -> str:
+    """The visible text under selector once it contains `wanted` (widgets render their outputs one by one), or
+    what is there when the time is up."""
+    deadline = time.monotonic() + timeout_s
+    text = _visible_text(page, selector)
+    while wanted not in text and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+        text = _visible_text(page, selector)
+    return text
+
+
 def _screenshot(page, lab, name: str) -> None:
     page.screenshot(path=str(lab[2] / f"{name}.png"))
 
@@ -117,7 +128,7 @@ def test_saved_bin_inspector_renders_and_follows_the_slider(lab, browser, tiny_r
     assert dropdown.is_visible()
     panel = ".widget-vbox .jp-RenderedHTMLCommon"
     page.locator(".widget-readout").first.scroll_into_view_if_needed()
-    before = _visible_text(page, panel)
+    before = _visible_text_once(page, panel, labels[first])
     assert labels[first] in before and labels[second] not in before
     assert page.locator(".widget-readout").first.inner_text() == labels[first]
     _screenshot(page, lab, "04_before")
@@ -126,7 +137,7 @@ def test_saved_bin_inspector_renders_and_follows_the_slider(lab, browser, tiny_r
     page.keyboard.press("ArrowRight")
     page.wait_for_function("([el, label]) => el.innerText === label",
                            arg=[page.locator(".widget-readout").first.element_handle(), labels[second]], timeout=10_000)
-    after = _visible_text(page, panel)
+    after = _visible_text_once(page, panel, labels[second])
     assert labels[second] in after and labels[first] not in after
     row = bins[bins["bin"] == second].iloc[0]
     assert f"{row['accept_rate']:.3f}" in after and str(int(row["n"])) in after  # the new bin's own numbers

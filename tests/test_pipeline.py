@@ -75,7 +75,8 @@ def test_artifacts_are_well_formed(tiny_run):
             data = (where / png).read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     results = (published / "results.md").read_text()
-    assert results.count("| baseline |") == 2  # Table 1 and the expected-acceptance table
+    assert results.count("| baseline |") == 4  # Table 1, expected acceptance, and the two timed settings
+    assert "| baseline | greedy, batch 1 |" in results and "| fkl | T=0.6, batch 2 |" in results
     assert (published / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
     assert json.loads((run_dir / "data" / "summary.json").read_text())["n_eval"] == 4
 
@@ -195,7 +196,7 @@ def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
     name = yaml.safe_load((first / "config.yaml").read_text())["name"]
     records = tmp_path / "pub" / name / "records"
     assert sorted(p.name for p in records.iterdir()) == ["baseline_speed.json", "baseline_steps.parquet",
-                                                          "baseline_tokens.parquet"]
+                                                          "baseline_timing.parquet", "baseline_tokens.parquet"]
     for f in _published_records(tiny_run).iterdir():  # drafts other sessions published, all but the first
         if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
             shutil.copy(f, records / f.name)
@@ -276,3 +277,26 @@ def test_presets_inherit_from_their_base(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(DistillSpecError, match="Config file not found"):
         Config.from_yaml(tmp_path / "c.yaml")
+
+
+def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, tokenizer):
+    """The tiny preset cuts the drafts' heads (draft_vocab) and times two settings (speed): 01 chose the kept ids
+    from the teacher's text, 03 timed every draft in both settings, greedy SD wrote the target's own text."""
+    config, run_dir, _ = tiny_run
+    vocab = json.loads((run_dir / "data" / "draft_vocab.json").read_text())
+    assert 0 < vocab["size"] == len(vocab["ids"]) <= 512 and tokenizer.eos_token_id in vocab["ids"]
+    assert set(tokenizer.all_special_ids) <= set(vocab["ids"]) and 0 < vocab["coverage"] <= 1
+    speed = pd.read_csv(run_dir / "speed_summary.csv")
+    assert speed["draft"].tolist() == [d for d in ["baseline", *RUNS] for _ in range(2)]
+    assert speed["setting"].tolist()[:2] == ["greedy, batch 1", "T=0.6, batch 2"]
+    assert (speed.loc[speed["setting"] == "greedy, batch 1", "identical"] == 1.0).all()
+    assert speed["gamma"].between(1, 4).all() and (speed["speedup_lo"] <= speed["speedup_hi"]).all()
+    for col in ("speedup", "predicted_speedup", "c", "alpha_pos", "target_tokens_per_s", "sd_tokens_per_s"):
+        assert speed[col].notna().all(), col
+    for draft in ["baseline", *RUNS]:
+        row = json.loads((run_dir / "records" / f"{draft}_speed.json").read_text())
+        assert [t["setting"] for t in row["timed"]] == ["greedy, batch 1", "T=0.6, batch 2"]
+        assert all(t["pilot_alpha"] is not None and sorted(map(int, t["costs"]["target_s"])) == [1, 2, 3, 4, 5]
+                   for t in row["timed"])  # gamma 'auto': a pilot, and costs up to speed_max_gamma + 1 tokens
+        timing = pd.read_parquet(run_dir / "records" / f"{draft}_timing.parquet")
+        assert timing.groupby("setting")["prompts"].sum().tolist() == [2, 2]

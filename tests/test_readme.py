@@ -49,11 +49,12 @@ def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
 
 
 def test_published_tables_in_the_docs_are_the_results_files_verbatim():
-    """Every results table in README.md and docs/results.md is a block of some figures/<preset>/results.md."""
+    """Every results table (Table 1, the speed table) in README.md, docs/results.md and docs/speed.md is a block of
+    some figures/<preset>/results.md."""
     published = [p.read_text() for p in sorted((REPO / "figures").glob("*/results.md"))]
     assert published
-    for doc in ("README.md", "docs/results.md"):
-        tables = re.findall(r"(?m)^(\| draft \| alpha_tok.*\n(?:\|.*\n)+)", (REPO / doc).read_text())
+    for doc in ("README.md", "docs/results.md", "docs/speed.md"):
+        tables = re.findall(r"(?m)^(\| draft \| (?:alpha_tok|setting) .*\n(?:\|.*\n)+)", (REPO / doc).read_text())
         assert tables, doc
         for table in tables:
             assert any(table in text for text in published), (doc, table[:200])

@@ -12,12 +12,16 @@ from .acceptance import TopKAcceptance
 from .data import load_prompts, task_spec
 from .errors import DistillSpecError, require
 from .losses import AdaptiveBeta, check_divergence
+from .sampling import SamplingConfig
 
 SAMPLING_MODES = ("on_policy", "skd")
 # Keys every draft of a study shares (the data, the target, the evaluation): extra_runs may not override them.
 STUDY_KEYS = ("name", "teacher", "teacher_8bit", "precision", "task", "data_source", "train_split", "eval_split",
               "n_train", "n_eval", "max_article_tokens", "data_seed", "temperature", "top_p", "max_new_tokens",
-              "gamma", "eval_batch_size", "divergences", "extra_runs", "min_bin_count", "n_bins", "run_dir")
+              "gamma", "eval_batch_size", "divergences", "extra_runs", "min_bin_count", "n_bins", "run_dir",
+              "eval_precision", "draft_vocab", "draft_vocab_prompts", "speed", "speed_prompts", "speed_gamma", "speed_max_gamma",
+              "speed_pilot_prompts")
+SPEED_KEYS = ("greedy", "batch_size")
 
 
 @dataclass
@@ -72,6 +76,15 @@ class Config:
     # evaluation (speculative decoding)
     gamma: int = 5
     eval_batch_size: int = 16
+    eval_precision: str | None = None  # precision of 03's decoding (SD, target-only, timings); None: `precision`
+    draft_vocab: int | None = None  # cut every draft's head to the N ids the teacher writes most (None: full head)
+    draft_vocab_prompts: int = 64  # training prompts whose teacher completions choose those ids
+    # decoding speed against target-only generate (03), one entry per setting, e.g. {greedy: true, batch_size: 1}
+    speed: list[dict] = field(default_factory=list)
+    speed_prompts: int = 24  # the first N held-out prompts are timed
+    speed_gamma: int | str = "auto"  # draft length of the timed runs; auto: the cost model's best for the pilot alpha
+    speed_max_gamma: int = 8  # longest draft block the cost model (and auto) considers
+    speed_pilot_prompts: int = 4  # training prompts whose SD acceptance feeds gamma 'auto'
     # pipeline
     divergences: list[str] = field(default_factory=lambda: ["fkl", "rkl", "jsd"])
     extra_runs: list[dict] = field(default_factory=list)  # e.g. [{name: skd, divergence: jsd, sampling: skd, lmbda: 0.5}]
@@ -145,10 +158,47 @@ class Config:
         require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0.")
         require(self.micro_batch_size is None or self.micro_batch_size >= 1,
                 f"micro_batch_size={self.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
+        self._validate_speed()
         from .runtime import resolve_precision
 
         resolve_precision(self.precision)
+        if self.eval_precision is not None:
+            resolve_precision(self.eval_precision)
         self.run_overrides()
+
+    def _validate_speed(self) -> None:
+        from .speed import MAX_GAMMA
+
+        require(self.draft_vocab is None or self.draft_vocab >= 1,
+                f"draft_vocab={self.draft_vocab} must be >= 1 token ids (or null: the draft keeps its full head).")
+        require(self.draft_vocab_prompts >= 1, f"draft_vocab_prompts={self.draft_vocab_prompts} must be >= 1.")
+        require(isinstance(self.speed, list), f"speed={self.speed!r} must be a list of settings, e.g. "
+                                              "[{greedy: true, batch_size: 1}].")
+        for i, setting in enumerate(self.speed):
+            require(isinstance(setting, dict) and set(setting) <= set(SPEED_KEYS),
+                    f"speed[{i}]={setting!r}: each setting is a mapping of {list(SPEED_KEYS)}, e.g. "
+                    "{greedy: true, batch_size: 1} (greedy false samples at the study's temperature and top_p).")
+            batch = setting.get("batch_size", 1)
+            require(isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1,
+                    f"speed[{i}]: batch_size={batch!r} must be an integer >= 1.")
+        require(self.speed_prompts >= 1 and self.speed_pilot_prompts >= 1,
+                f"speed_prompts={self.speed_prompts} and speed_pilot_prompts={self.speed_pilot_prompts} must be >= 1.")
+        require(1 <= self.speed_max_gamma <= MAX_GAMMA,
+                f"speed_max_gamma={self.speed_max_gamma} must be in [1, {MAX_GAMMA}] (draft tokens per step).")
+        if self.speed_gamma != "auto":
+            require(isinstance(self.speed_gamma, int) and not isinstance(self.speed_gamma, bool)
+                    and 1 <= self.speed_gamma <= self.speed_max_gamma,
+                    f"speed_gamma={self.speed_gamma!r} must be 'auto' (chosen by the cost model) or an integer in "
+                    f"[1, speed_max_gamma={self.speed_max_gamma}].")
+
+    def for_decoding(self) -> Config:
+        """This config as 03 loads its models: `eval_precision` in place of `precision` when it is set."""
+        return self if self.eval_precision is None else self.replace(precision=self.eval_precision)
+
+    def speed_settings(self) -> list[SamplingConfig]:
+        """Each timed setting's sampling: greedy, or the study's temperature and top_p."""
+        return [SamplingConfig(greedy=True) if s.get("greedy", True)
+                else SamplingConfig(temperature=self.task_temperature, top_p=self.top_p) for s in self.speed]
 
     def run_overrides(self) -> dict[str, dict]:
         """The study's training runs by name -> the config keys each changes: one run per entry of `divergences`,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .errors import require
+from .errors import DistillSpecError, require
 from .evaluate import sample_completions
 from .sampling import SamplingConfig
 
@@ -34,3 +34,19 @@ def choose_draft_vocab(counts: Counter, tokenizer, size: int) -> list[int]:
     require(size <= len(tokenizer), f"draft vocabulary size {size} is larger than the tokenizer ({len(tokenizer)}).")
     frequent = [i for i, _ in counts.most_common() if i not in always][: size - len(always)]
     return sorted(always | set(frequent))
+
+
+def check_draft_vocab(ids: list[int], tokenizer, prompts: list[list[int]]) -> None:
+    """Refuse kept ids that the draft cannot work with: ids outside the tokenizer, or a vocabulary without EOS or
+    without a special token the prompts' chat template uses (the draft must be able to close the turn)."""
+    require(len(ids) > 0, "The reduced draft vocabulary is empty: run 01_data again to choose its ids.")
+    outside = [i for i in ids if not 0 <= int(i) < len(tokenizer)]
+    if outside:
+        raise DistillSpecError(f"The reduced draft vocabulary has ids outside the tokenizer's {len(tokenizer)} tokens "
+                               f"(e.g. {outside[0]}): it was chosen for another tokenizer; run 01_data again.")
+    kept, special = set(ids), set(tokenizer.all_special_ids)
+    used = {i for prompt in prompts for i in prompt if i in special}
+    missing = sorted(({int(tokenizer.eos_token_id)} | used) - kept)
+    require(not missing, f"The reduced draft vocabulary leaves out {tokenizer.convert_ids_to_tokens(missing)} (EOS or "
+                         "the chat template's markers, which the prompts use): the draft could never end an answer "
+                         "or a turn. Add those ids (choose_draft_vocab keeps every special token).")

@@ -7,22 +7,76 @@ import pandas as pd
 
 from ..errors import require
 from ..metrics import expected_tokens_per_step
+from ..speed import StepCosts
+
+
+def bootstrap(statistic, n_units: int, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """statistic(index) on all units and its percentile bootstrap CI, resampling units (prompts) with replacement;
+    statistic takes an index array [n_boot, n] (or [n]) of units and returns one value per row."""
+    require(n_units > 0, "bootstrap needs at least one unit (prompt).")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = float(statistic(np.arange(n_units)[None])[0])
+        idx = np.random.default_rng(seed).integers(0, n_units, size=(n_boot, n_units))
+        stats = np.asarray(statistic(idx), dtype=float)
+    stats = stats[np.isfinite(stats)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail]) if len(stats) else (float("nan"), float("nan"))
+    return estimate, float(lo), float(hi)
 
 
 def ratio_bootstrap(num, den, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
     """sum(num)/sum(den) with a percentile bootstrap CI, resampling units (prompts) with replacement."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     require(len(num) == len(den) and len(num) > 0, "bootstrap needs one numerator and denominator per unit.")
-    estimate = num.sum() / den.sum() if den.sum() else float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
-    sums_d = den[idx].sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stats = num[idx].sum(1) / sums_d
-    stats = stats[np.isfinite(stats)]
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(stats, [tail, 100 - tail]) if len(stats) else (float("nan"), float("nan"))
-    return float(estimate), float(lo), float(hi)
+    return bootstrap(lambda i: num[i].sum(-1) / den[i].sum(-1), len(num), n_boot=n_boot, level=level, seed=seed)
+
+
+def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
+    """Per draft and speed setting: SD tokens/s over target-only tokens/s on the same prompts (95% bootstrap CI
+    over batches, i.e. prompts at batch 1), the cost model's prediction at the run's own acceptance, and how gamma
+    was chosen. timing: 03's timing rows per draft; timed: its `timed` entries (gamma, pilot alpha, step costs)."""
+    rows = []
+    for draft, frame in timing.items():
+        chosen = {t["setting"]: t for t in timed.get(draft, [])}
+        for setting, f in frame.groupby("setting", sort=False):
+            cols = {k: f[k].to_numpy(float) for k in ("sd_tokens", "sd_s", "target_tokens", "target_s")}
+
+            def speedup(i):
+                sd = cols["sd_tokens"][i].sum(-1) / cols["sd_s"][i].sum(-1)
+                return sd / (cols["target_tokens"][i].sum(-1) / cols["target_s"][i].sum(-1))
+
+            measured, lo, hi = bootstrap(speedup, len(f), seed=seed)
+            alpha = f["accepted"].sum() / f["verified"].sum() if f["verified"].sum() else float("nan")
+            info = chosen.get(setting, {})
+            costs = StepCosts.from_dict(info["costs"]) if "costs" in info else None
+            gamma = int(f["gamma"].iloc[0])
+            rows.append({
+                "draft": draft, "setting": setting, "gamma": gamma, "pilot_alpha": info.get("pilot_alpha"),
+                "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum(),
+                "c": costs.c if costs else float("nan"),
+                "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
+                "predicted_speedup": costs.speedup(alpha, gamma) if costs else float("nan"),
+                "speedup": measured, "speedup_lo": lo, "speedup_hi": hi,
+                "target_tokens_per_s": cols["target_tokens"].sum() / cols["target_s"].sum(),
+                "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
+                "identical": f["identical"].mean() if f["identical"].notna().all() else float("nan"),
+                "n_prompts": int(f["prompts"].sum()),
+            })
+    return pd.DataFrame(rows)
+
+
+def format_speed_table(speed: pd.DataFrame) -> str:
+    """Markdown: measured speedup with its CI next to the cost model's prediction, per draft and setting."""
+    lines = ["| draft | setting | gamma | alpha_pos % | c | verify / step | predicted | speedup [95% CI] | "
+             "target tok/s | SD tok/s | same text as target | prompts |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in speed.iterrows():
+        same = f"{100 * r['identical']:.0f}%" if pd.notna(r["identical"]) else "n/a (sampled)"
+        lines.append(
+            f"| {r['draft']} | {r['setting']} | {r['gamma']} | {100 * r['alpha_pos']:.1f} | {r['c']:.3f} | "
+            f"{r['verify_steps']:.2f} | {r['predicted_speedup']:.2f}x | {r['speedup']:.2f}x [{r['speedup_lo']:.2f}, "
+            f"{r['speedup_hi']:.2f}] | {r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
+            f"{r['n_prompts']} |")
+    return "\n".join(lines) + "\n"
 
 
 def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96):
@@ -206,6 +260,28 @@ def plot_expected_acceptance(speed: pd.DataFrame, title: str, path=None):
     ax.grid(alpha=0.3, axis="y")
     fig.legend(ax.get_legend_handles_labels()[0], ["on SD (target-distributed) text", "on the draft's own samples"],
                loc="outside lower center", ncols=2)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_speed(speed: pd.DataFrame, title: str, path=None):
+    """03's speed chart: measured speedup over target-only decoding (95% CI) and the cost model's prediction, per
+    draft and setting; the line at 1.0x is the target alone."""
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.draft}\n{r.setting}\ngamma {r.gamma}" for r in speed.itertuples()]
+    x = np.arange(len(speed))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(speed)), 3.8), layout="constrained")
+    err = np.vstack([speed["speedup"] - speed["speedup_lo"], speed["speedup_hi"] - speed["speedup"]])
+    ax.bar(x, speed["speedup"], yerr=err, capsize=4, color="tab:blue", label="measured (95% CI)")
+    ax.scatter(x, speed["predicted_speedup"], marker="D", color="tab:orange", zorder=3, label="cost model")
+    ax.axhline(1.0, color="black", lw=1, ls="--")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("tokens/s over target alone")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.legend(loc="outside lower center", ncols=2)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

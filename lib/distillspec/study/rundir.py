@@ -44,6 +44,11 @@ class RunPaths:
     def data_summary(self) -> Path:
         return self.root / "data" / "summary.json"
 
+    @property
+    def draft_vocab(self) -> Path:
+        """01's reduced draft vocabulary (config draft_vocab): the kept ids and how they were chosen."""
+        return self.root / "data" / "draft_vocab.json"
+
     def draft_dir(self, name: str) -> Path:
         return self.root / "drafts" / name
 
@@ -66,6 +71,10 @@ class RunPaths:
     def speed_row(self, name: str) -> Path:
         return self.records / f"{name}_speed.json"
 
+    def timing(self, name: str) -> Path:
+        """03's timed decoding of this draft against the target alone (config speed), one row per batch."""
+        return self.records / f"{name}_timing.parquet"
+
     @property
     def target_speed(self) -> Path:
         return self.records / "target_speed.json"
@@ -77,6 +86,10 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / "summary.csv"
+
+    @property
+    def speed_summary(self) -> Path:
+        return self.root / "speed_summary.csv"
 
     @property
     def results(self) -> Path:
@@ -106,6 +119,7 @@ def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
     and what another machine imports); the speed row comes last, as 03 writes it last: it marks the draft finished."""
     return {f"{name}_tokens.parquet": paths.tokens(name), f"{name}_steps.parquet": paths.steps(name),
             f"{name}_train_log.jsonl": paths.train_log(name),  # none for the baseline
+            f"{name}_timing.parquet": paths.timing(name),  # only with speed settings
             f"{name}_speed.json": paths.speed_row(name)}
 
 
@@ -145,7 +159,9 @@ _LOCATION_KEYS = ("data_source", "run_dir")
 # existed: at that value a key stays out of the fingerprint, so published records remain importable; any other
 # value is a different experiment. micro_batch_size replaced gradient_accumulation_steps, which was 1 (no
 # accumulation) in every run made before; micro_batch_size None is that setting.
-_LATER_KEYS = {"precision": "auto", "micro_batch_size": None}
+_LATER_KEYS = {"precision": "auto", "micro_batch_size": None, "eval_precision": None, "draft_vocab": None, "draft_vocab_prompts": 64,
+               "speed": [], "speed_prompts": 24, "speed_gamma": "auto", "speed_max_gamma": 8,
+               "speed_pilot_prompts": 4}
 _RETIRED_KEYS = {"gradient_accumulation_steps": 1}
 
 

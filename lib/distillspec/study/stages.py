@@ -14,14 +14,16 @@ from ..atomic import write_json, write_parquet, write_text
 from ..config import Config
 from ..data import load_raw, render_prompts, task_spec, token_lengths
 from ..distill import distill, read_log
+from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
 from ..evaluate import expected_acceptance, target_tokens_per_s
-from ..models import count_parameters, load_tokenizer
+from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
 from ..sampling import SamplingConfig
 from ..specdec import speculative_generate
-from .report import (acceptance_by_entropy, format_expected_acceptance, format_table, plot_acceptance_vs_entropy,
-                     plot_training_curves, summary_table)
+from ..speed import measure_step_costs, time_decoding
+from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
+                     plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table)
 from .rundir import (BASELINE, RunPaths, draft_names, figure_paths, fingerprint, finished_drafts, load_prompt_file,
                      run_names, save_prompts)
 
@@ -81,22 +83,31 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     for name in todo:
         path = drafts[name]
         require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
-    target, tok = load_target(cfg)
+    decoding = cfg.for_decoding()  # eval_precision, e.g. bf16 on a CPU with bf16 instructions
+    target, tok = load_target(decoding)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    vocab = draft_vocab(cfg, run_dir, target, tok) if todo else None
     target_tps = _target_speed(cfg, paths, target, tok, prompts) if todo else None
     for name in tqdm(todo, desc="drafts"):
-        draft = load_draft(cfg, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
-        tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
-        write_parquet(tokens, paths.tokens(name))
-        write_parquet(steps, paths.steps(name))
+        draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
+        # on the draft's own samples (transformers generate), with the head it was trained with
         own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
                                   temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
                                   batch_size=cfg.eval_batch_size, progress=False)
-        row = {"draft": name, "draft_params": count_parameters(draft), "sd_tokens_per_s": tokens_per_s,
+        params = count_parameters(draft)  # as trained (a cut head adds untied rows, it does not make a new draft)
+        if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
+            draft = reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
+        tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
+        write_parquet(tokens, paths.tokens(name))
+        write_parquet(steps, paths.steps(name))
+        row = {"draft": name, "draft_params": params, "sd_tokens_per_s": tokens_per_s,
                "target_tokens_per_s": target_tps, "speedup": tokens_per_s / target_tps,
                "own_sample_expected_accept": own.expected_accept, "own_sample_draft_entropy": own.draft_entropy,
-               "sd_expected_accept_t1": float(tokens["expected_accept_t1"].mean()),
-               "fingerprint": fingerprint(cfg, run_dir)}  # config + prompt sets: checked when results are imported
+               "sd_expected_accept_t1": float(tokens["expected_accept_t1"].mean())}
+        if cfg.speed:
+            timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
+            write_parquet(timing, paths.timing(name))
+        row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
         write_json(row, paths.speed_row(name))  # written last: marks this draft as done
     speed = speed_table(cfg, run_dir)
     write_parquet(speed, paths.speed_table)
@@ -115,6 +126,63 @@ def _target_speed(cfg: Config, paths: RunPaths, target, tok, prompts) -> float:
                               max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg), seed=cfg.seed)
     write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size}, paths.target_speed)
     return tps
+
+
+def draft_vocab(cfg: Config, run_dir: str | Path, target=None, tok=None) -> dict | None:
+    """The reduced draft vocabulary of this run (config draft_vocab), chosen on first use and kept in
+    data/draft_vocab.json: the ids the teacher writes most in its answers to the first `draft_vocab_prompts`
+    training prompts (study sampling), with how many it saw and the share of its tokens they cover. Checked against
+    the tokenizer and the held-out prompts (EOS and the chat template's markers must be kept). None: full heads."""
+    if cfg.draft_vocab is None:
+        return None
+    paths = RunPaths(Path(run_dir))
+    if not paths.draft_vocab.is_file():
+        if target is None:
+            target, tok = load_target(cfg.for_decoding())
+        train = load_prompt_file(paths.train_prompts)
+        prompts = render_prompts(tok, train.select(range(min(cfg.draft_vocab_prompts, len(train)))))
+        counts = teacher_token_counts(target, tok, prompts, sampling=_sampling(cfg),
+                                      max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                      seed=cfg.data_seed)
+        ids = choose_draft_vocab(counts, tok, cfg.draft_vocab)
+        total = sum(counts.values())
+        write_json({"size": len(ids), "requested": cfg.draft_vocab, "n_prompts": len(prompts),
+                    "distinct_ids_seen": len(counts), "teacher_tokens": total,
+                    "coverage": sum(n for i, n in counts.items() if i in set(ids)) / max(1, total), "ids": ids},
+                   paths.draft_vocab)
+    vocab = json.loads(paths.draft_vocab.read_text())
+    tok = tok if tok is not None else load_tokenizer(cfg.teacher)
+    check_draft_vocab(vocab["ids"], tok, render_prompts(tok, load_prompt_file(paths.eval_prompts)))
+    return vocab
+
+
+def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, prompts, name: str
+                         ) -> tuple[pd.DataFrame, list[dict]]:
+    """Each `speed` setting: the step costs on this machine, the draft length (fixed, or the cost model's best for
+    the acceptance of a short pilot on training prompts), then SD and target-only timed on the first
+    `speed_prompts` held-out prompts. Returns the timing rows and, per setting, how its gamma was chosen."""
+    timed = prompts[: cfg.speed_prompts]
+    pilot = render_prompts(tok, load_prompt_file(paths.train_prompts))[: cfg.speed_pilot_prompts]
+    context = int(sum(map(len, timed)) / len(timed)) + cfg.task_max_new_tokens // 2  # mean context while decoding
+    frames, chosen = [], []
+    for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
+        batch = setting.get("batch_size", 1)
+        label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
+        costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma)
+        pilot_alpha = None
+        gamma = cfg.speed_gamma
+        if gamma == "auto":
+            res = speculative_generate(target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
+                                       max_new_tokens=cfg.task_max_new_tokens, eos_token_id=tok.eos_token_id,
+                                       record=False, seed=cfg.seed)
+            pilot_alpha = res.metrics.alpha_pos
+            gamma = costs.best_gamma(pilot_alpha)
+        frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
+                              max_new_tokens=cfg.task_max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
+        frame.insert(0, "setting", label)
+        frames.append(frame)
+        chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "costs": costs.as_dict()})
+    return pd.concat(frames, ignore_index=True), chosen
 
 
 def _decode(cfg: Config, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:
@@ -159,6 +227,16 @@ class Analysis:
     bins: pd.DataFrame
     tokens: dict[str, pd.DataFrame]
     figures: dict  # kind -> matplotlib Figure, saved under figures/
+    speed: pd.DataFrame  # decoding speed per draft and setting (empty without `speed` settings)
+
+
+def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
+    """03's timed runs of these drafts against the target alone, summarised (report.speed_summary)."""
+    paths = RunPaths(Path(run_dir))
+    have = [n for n in names if paths.timing(n).is_file()]
+    timing = {n: pd.read_parquet(paths.timing(n)) for n in have}
+    timed = {n: json.loads(paths.speed_row(n).read_text()).get("timed", []) for n in have}
+    return speed_summary(timing, timed) if have else pd.DataFrame()
 
 
 def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
@@ -182,6 +260,14 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
     results_md = header + format_table(table) + expected
+    speed_rows = decoding_speed(cfg, run_dir, names)
+    if len(speed_rows):
+        write_text(speed_rows.to_csv(index=False), paths.speed_summary)
+        results_md += (f"\nDecoding speed against target-only `generate` on the first {cfg.speed_prompts} held-out "
+                       f"prompts ({cfg.task_max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
+                       "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
+                       "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
+                       "steps):\n\n" + format_speed_table(speed_rows))
     write_text(results_md, paths.results)
     figs = figure_paths(cfg, run_dir)
     figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
@@ -196,4 +282,4 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     }
     for fig in figures.values():
         plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
-    return Analysis(table, results_md, bins, tokens, figures)
+    return Analysis(table, results_md, bins, tokens, figures, speed_rows)

@@ -1,0 +1,164 @@
+"""Decoding speed on this machine: a measured cost model of one SD step, the draft length it recommends, and timings
+of SD against target-only `generate` on the same prompts.
+
+Leviathan et al. assume verifying gamma + 1 tokens costs one decoding step; on a CPU it does not (a 5-token forward
+of SmolLM2-135M costs 1.3 steps, a 3-token one 2.0: small-matrix GEMM kernels), so the prediction here uses the
+measured cost of each verification size:
+
+    speedup(alpha, gamma) = E[tokens per step] * T_target(1) / (gamma * T_draft(1) + T_target(gamma + 1))
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from transformers import DynamicCache
+
+from .errors import require
+from .evaluate import sample_completions
+from .metrics import expected_tokens_per_step
+from .sampling import SamplingConfig
+from .specdec import speculative_generate
+
+MAX_GAMMA = 16  # longest draft block the cost model measures (a verification of 17 tokens)
+
+
+def median_seconds(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def forward_seconds(model, *, batch_size: int, context: int, new_tokens: int, reps: int = 10,
+                    body_only: bool = False) -> float:
+    """Median seconds of one forward feeding `new_tokens` per row after a KV cache of `context` tokens per row (the
+    cache is cropped back after each repetition, so every one sees the same state). body_only: skip the LM head."""
+    device = next(model.parameters()).device
+    ids = torch.randint(100, 1000, (batch_size, context + new_tokens), device=device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    mask = torch.ones(batch_size, context + new_tokens, dtype=torch.long, device=device)
+    positions = torch.arange(context, context + new_tokens, device=device)[None].expand(batch_size, -1)
+    net = model.model if body_only else model
+
+    def step():
+        net(input_ids=ids[:, context:], attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        cache.crop(-new_tokens)
+
+    return median_seconds(step, reps)
+
+
+@dataclass
+class StepCosts:
+    """Measured seconds of one forward at one batch size and context: the target with k new tokens per row
+    (k = 1 is a target-only decoding step, k = gamma + 1 a verification) and the draft with one."""
+
+    target_s: dict[int, float]
+    draft_s: float
+    batch_size: int
+    context: int
+
+    @property
+    def c(self) -> float:
+        """Cost ratio: one draft step / one target decoding step."""
+        return self.draft_s / self.target_s[1]
+
+    @property
+    def max_gamma(self) -> int:
+        return max(self.target_s) - 1
+
+    def verify_ratio(self, gamma: int) -> float:
+        """A verification of gamma + 1 tokens in target decoding steps (Leviathan et al. assume 1)."""
+        return self.target_s[gamma + 1] / self.target_s[1]
+
+    def speedup(self, alpha: float, gamma: int) -> float:
+        """Predicted SD tokens/s over target-only tokens/s at per-position acceptance alpha."""
+        require(1 <= gamma <= self.max_gamma, f"gamma={gamma}: the cost model measured 1..{self.max_gamma}.")
+        cost = gamma * self.draft_s + self.target_s[gamma + 1]
+        return expected_tokens_per_step(alpha, gamma) * self.target_s[1] / cost
+
+    def best_gamma(self, alpha: float) -> int:
+        """The draft length with the highest predicted speedup at this acceptance."""
+        return max(range(1, self.max_gamma + 1), key=lambda g: self.speedup(alpha, g))
+
+    def needed_alpha(self, goal: float) -> tuple[float, int]:
+        """Smallest acceptance (0.01 grid) at which some gamma reaches `goal` speedup, with that gamma."""
+        for a in range(0, 100):
+            gamma = self.best_gamma(a / 100)
+            if self.speedup(a / 100, gamma) >= goal:
+                return a / 100, gamma
+        return float("nan"), 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StepCosts:
+        return cls(**{**data, "target_s": {int(k): v for k, v in data["target_s"].items()}})
+
+
+def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10) -> StepCosts:
+    """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
+    forward: body and, possibly reduced, LM head) on this machine."""
+    require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
+    require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
+    target_s = {k: forward_seconds(target, batch_size=batch_size, context=context, new_tokens=k, reps=reps)
+                for k in range(1, max_gamma + 2)}
+    draft_s = forward_seconds(draft, batch_size=batch_size, context=context, new_tokens=1, reps=reps)
+    return StepCosts(target_s, draft_s, batch_size, context)
+
+
+def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
+                  batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
+    """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
+    batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
+    batch: seconds and new tokens of each, SD's steps and acceptance counts, and (greedy) whether SD's text was
+    identical to the target's. progress: show a bar with this label."""
+    from tqdm.auto import tqdm
+
+    require(len(prompts) > 0, "No prompts to time decoding on.")
+    eos = tokenizer.eos_token_id
+    rows = []
+    for i, start in enumerate(tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None)):
+        chunk = prompts[start : start + batch_size]
+
+        def run_target():
+            began = time.perf_counter()
+            (_, out, new), = sample_completions(target, tokenizer, chunk, sampling=sampling,
+                                                max_new_tokens=max_new_tokens, batch_size=len(chunk), seed=seed + start)
+            seconds = time.perf_counter() - began
+            width = out.shape[1] - new.shape[1]
+            return seconds, [row[: int(n)] for row, n in zip(out[:, width:].tolist(), new.sum(1).tolist())]
+
+        def run_sd():
+            return speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
+                                        sampling=sampling, eos_token_id=eos, record=False, seed=seed + start)
+
+        if i % 2 == 0:
+            target_s, target_out = run_target()
+            sd = run_sd()
+        else:
+            sd = run_sd()
+            target_s, target_out = run_target()
+        m = sd.metrics
+        rows.append({"batch": i, "prompts": len(chunk), "gamma": gamma, "target_s": target_s,
+                     "target_tokens": sum(map(len, target_out)), "sd_s": m.wall_s, "sd_tokens": m.new_tokens,
+                     "steps": m.steps, "target_calls": m.target_calls, "accepted": m.accepted,
+                     "verified": m.verified, "proposed": m.proposed,
+                     "identical": sd.sequences == target_out if sampling.greedy else None})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["MAX_GAMMA", "StepCosts", "forward_seconds", "measure_step_costs", "time_decoding"]

@@ -1,0 +1,134 @@
+"""The speed tools: the cost model's arithmetic, timing SD against target-only generate, the speed table, and the
+config's speed and draft-vocabulary settings. No test asserts a duration: timings only have to be well formed."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distillspec.config import Config
+from distillspec.errors import DistillSpecError
+from distillspec.metrics import ideal_speedup
+from distillspec.sampling import SamplingConfig
+from distillspec.speed import StepCosts, measure_step_costs, time_decoding
+from distillspec.study.report import speed_summary
+
+
+def _cpu_like_costs() -> StepCosts:
+    """Verification costs shaped like this project's CPU measurements: 5 new tokens cheaper than 2-4."""
+    target = {1: 0.062, 2: 0.107, 3: 0.126, 4: 0.097, 5: 0.080, 6: 0.086, 7: 0.105, 8: 0.081, 9: 0.090}
+    return StepCosts(target, draft_s=0.006, batch_size=1, context=150)
+
+
+def test_cost_model_is_leviathans_formula_when_verification_costs_one_step():
+    costs = StepCosts({k: 0.05 for k in range(1, 10)}, draft_s=0.01, batch_size=1, context=100)
+    for alpha in (0.0, 0.3, 0.8):
+        for gamma in (1, 4, 8):
+            assert costs.speedup(alpha, gamma) == pytest.approx(ideal_speedup(alpha, gamma, 0.2))
+    assert costs.c == pytest.approx(0.2) and costs.max_gamma == 8
+
+
+def test_cost_model_picks_the_cheap_verification_and_needs_more_acceptance_for_more_speed():
+    costs = _cpu_like_costs()
+    assert costs.verify_ratio(4) < costs.verify_ratio(2)
+    assert costs.best_gamma(0.5) == 4  # the 5-token verification is the cheapest multi-token one
+    assert costs.speedup(0.0, 1) < 1.0  # a draft that is never accepted only costs time
+    even, gamma_even = costs.needed_alpha(1.0)
+    goal, _ = costs.needed_alpha(1.3)
+    assert 0 < even < goal < 1
+    assert costs.speedup(even, gamma_even) >= 1.0 > costs.speedup(even - 0.01, costs.best_gamma(even - 0.01))
+    assert StepCosts.from_dict(costs.as_dict()) == costs
+    with pytest.raises(DistillSpecError, match="measured 1..8"):
+        costs.speedup(0.5, 9)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_and_draft():
+    from distillspec.models import draft_from_teacher, load_model
+
+    teacher, tok = load_model("tiny-qwen3")
+    return teacher, draft_from_teacher(teacher, 1), tok
+
+
+def test_step_costs_are_measured_for_every_verification_size(tiny_teacher_and_draft):
+    teacher, draft, _ = tiny_teacher_and_draft
+    costs = measure_step_costs(teacher, draft, batch_size=2, context=20, max_gamma=3, reps=2)
+    assert sorted(costs.target_s) == [1, 2, 3, 4]
+    assert all(s > 0 for s in costs.target_s.values()) and costs.draft_s > 0
+    with pytest.raises(DistillSpecError, match="max_gamma=0"):
+        measure_step_costs(teacher, draft, batch_size=1, context=20, max_gamma=0)
+
+
+def test_timed_greedy_sd_writes_the_targets_text(tiny_teacher_and_draft, tokenizer):
+    teacher, draft, tok = tiny_teacher_and_draft
+    prompts = [tok.encode(t) for t in ("What is 2 + 3?", "Say hello.", "Count to five:")]
+    rows = time_decoding(teacher, draft, tok, prompts, gamma=3, sampling=SamplingConfig(greedy=True), batch_size=1,
+                         max_new_tokens=10)
+    assert len(rows) == 3 and rows["identical"].all()
+    assert (rows["sd_tokens"] == rows["target_tokens"]).all()
+    assert (rows["sd_s"] > 0).all() and (rows["target_s"] > 0).all()
+    assert (rows["accepted"] <= rows["verified"]).all() and (rows["verified"] <= rows["proposed"]).all()
+    sampled = time_decoding(teacher, draft, tok, prompts, gamma=2, batch_size=2, max_new_tokens=6,
+                            sampling=SamplingConfig(temperature=0.6, top_p=0.95))
+    assert list(sampled["prompts"]) == [2, 1] and sampled["identical"].isna().all()
+
+
+def test_speed_summary_ratio_ci_and_prediction():
+    rng = np.random.default_rng(0)
+    n = 12
+    target_s = rng.uniform(1.0, 2.0, n)
+    frame = pd.DataFrame({"setting": "greedy, batch 1", "batch": range(n), "prompts": 1, "gamma": 4,
+                          "target_s": target_s, "target_tokens": 100, "sd_s": target_s / 1.5, "sd_tokens": 100,
+                          "steps": 40, "target_calls": 40, "accepted": 60, "verified": 100, "proposed": 160,
+                          "identical": True})
+    costs = _cpu_like_costs()
+    out = speed_summary({"fkl": frame}, {"fkl": [{"setting": "greedy, batch 1", "gamma": 4, "pilot_alpha": 0.5,
+                                                   "costs": costs.as_dict()}]})
+    row = out.iloc[0]
+    assert row["speedup"] == pytest.approx(1.5) and row["speedup_lo"] <= 1.5 <= row["speedup_hi"]
+    assert row["alpha_pos"] == pytest.approx(0.6) and row["predicted_speedup"] == pytest.approx(costs.speedup(0.6, 4))
+    assert row["identical"] == 1.0 and row["n_prompts"] == n and row["tau"] == pytest.approx(2.5)
+    frame["sd_s"] = target_s * rng.uniform(0.5, 1.5, n)  # noisy: the interval must widen around the estimate
+    noisy = speed_summary({"fkl": frame}, {}).iloc[0]
+    assert noisy["speedup_lo"] < noisy["speedup"] < noisy["speedup_hi"] and math.isnan(noisy["predicted_speedup"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"speed_gamma": 0}, "speed_gamma=0 must be 'auto'"),
+    ({"speed_gamma": 9}, r"\[1, speed_max_gamma=8\]"),
+    ({"speed_max_gamma": 17}, "speed_max_gamma=17 must be in"),
+    ({"speed": [{"greedy": True, "batch": 1}]}, "each setting is a mapping of"),
+    ({"speed": [{"batch_size": 0}]}, "batch_size=0 must be an integer >= 1"),
+    ({"speed": {"greedy": True}}, "must be a list of settings"),
+    ({"draft_vocab": 0}, "draft_vocab=0 must be >= 1"),
+    ({"eval_precision": "fp16"}, "precision='fp16' must be one of"),
+])
+def test_bad_speed_settings_are_refused(bad, message):
+    with pytest.raises(DistillSpecError, match=message):
+        Config(**bad)
+
+
+def test_eval_precision_changes_only_how_03_loads_the_models():
+    cfg = Config(precision="fp32", eval_precision="bf16")
+    assert cfg.for_decoding().precision == "bf16" and cfg.precision == "fp32"
+    assert Config(precision="fp32").for_decoding().precision == "fp32"
+
+
+def test_a_draft_vocabulary_without_eos_or_template_markers_is_refused(tokenizer):
+    from distillspec.draft_vocab import check_draft_vocab
+
+    prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
+                                                add_generation_prompt=True)["input_ids"])
+    special = set(tokenizer.all_special_ids)
+    markers = sorted({i for i in prompt if i in special})
+    assert markers, "the chat template must use special tokens for this test to mean anything"
+    text_ids = [i for i in prompt if i not in special]
+    check_draft_vocab(sorted(set(text_ids) | set(markers) | {tokenizer.eos_token_id}), tokenizer, [prompt])
+    with pytest.raises(DistillSpecError, match="leaves out"):
+        check_draft_vocab(sorted(set(text_ids) | set(markers) - {tokenizer.eos_token_id}), tokenizer, [prompt])
+    without_marker = sorted((set(text_ids) | {tokenizer.eos_token_id}) - {markers[0]})
+    with pytest.raises(DistillSpecError, match="chat template"):
+        check_draft_vocab(without_marker, tokenizer, [prompt])
+    with pytest.raises(DistillSpecError, match="outside the tokenizer"):
+        check_draft_vocab([*markers, tokenizer.eos_token_id, len(tokenizer) + 5], tokenizer, [prompt])
