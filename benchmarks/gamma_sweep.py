@@ -3,7 +3,7 @@
     python benchmarks/gamma_sweep.py --config configs/offline_gsm8k_fast.yaml --draft fkl --gammas 1 2 3 4 5 6 8
 
 The draft is a trained draft of a study run (runs/<preset>/drafts/<name>/student, or `baseline`), with its head
-cut to the run's reduced vocabulary when the preset sets draft_vocab (data/draft_vocab.json from 01). For each
+cut to the run's reduced vocabulary when the preset sets draft_vocab (data/draft_vocab.json). For each
 gamma: SD and target-only `generate` timed on the same --n-prompts held-out prompts (distillspec.speed.time_decoding,
 greedy unless --sampled, batch --batch-size), and the cost model (step costs measured once on this machine) at the
 acceptance that run reached. Also prints c and the acceptance needed for 1.0x and 1.3x. --eval-precision and
@@ -20,11 +20,11 @@ import torch
 
 from distillspec.config import Config
 from distillspec.data import render_prompts
-from distillspec.models import reduce_draft_vocab
-from distillspec.pair import load_draft, load_target
+from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
 from distillspec.speed import measure_step_costs, time_decoding
-from distillspec.study.rundir import BASELINE, RunPaths, default_run_dir, load_prompt_file
+from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file
+from distillspec.study.stages import decoding_draft
 
 
 def main():
@@ -45,12 +45,11 @@ def main():
     if args.no_mkldnn:
         torch.backends.mkldnn.enabled = False
     cfg = Config.from_yaml(args.config)
+    if args.eval_precision is not None:
+        cfg = cfg.replace(eval_precision=args.eval_precision)
     paths = RunPaths(Path(args.run_dir) if args.run_dir else default_run_dir(cfg))
-    cfg = cfg.for_decoding() if args.eval_precision is None else cfg.replace(precision=args.eval_precision)
-    target, tok = load_target(cfg)
-    draft = load_draft(cfg, target, tok, None if args.draft == BASELINE else paths.student(args.draft))
-    if cfg.draft_vocab is not None and not args.full_head:
-        draft = reduce_draft_vocab(draft, json.loads(paths.draft_vocab.read_text())["ids"], tok.eos_token_id)
+    target, tok = load_target(cfg.for_decoding())
+    draft = decoding_draft(cfg, paths.root, target, tok, args.draft, full_head=args.full_head)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: args.n_prompts]
     sampling = (SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p) if args.sampled
                 else SamplingConfig(greedy=True))

@@ -13,7 +13,6 @@ the gap is within bf16's rounding of the logits (about 2^-8 of their size).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -21,11 +20,11 @@ import torch
 from distillspec.config import Config
 from distillspec.data import render_prompts
 from distillspec.evaluate import sample_completions
-from distillspec.models import reduce_draft_vocab
-from distillspec.pair import load_draft, load_target
+from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
-from distillspec.study.rundir import BASELINE, RunPaths, default_run_dir, load_prompt_file
+from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file
+from distillspec.study.stages import decoding_draft
 
 
 def main():
@@ -38,11 +37,8 @@ def main():
     args = ap.parse_args()
     cfg = Config.from_yaml(args.config)
     paths = RunPaths(Path(args.run_dir) if args.run_dir else default_run_dir(cfg))
-    low = cfg.for_decoding()
-    target, tok = load_target(low)
-    draft = load_draft(low, target, tok, None if args.draft == BASELINE else paths.student(args.draft))
-    if cfg.draft_vocab is not None:
-        draft = reduce_draft_vocab(draft, json.loads(paths.draft_vocab.read_text())["ids"], tok.eos_token_id)
+    target, tok = load_target(cfg.for_decoding())
+    draft = decoding_draft(cfg, paths.root, target, tok, args.draft)
     exact = load_target(cfg.replace(precision="fp32"))[0]
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: args.n_prompts]
     print(f"target and draft in {target.dtype}, gamma {args.gamma}, {cfg.task_max_new_tokens} new tokens\n")

@@ -132,3 +132,24 @@ def test_a_draft_vocabulary_without_eos_or_template_markers_is_refused(tokenizer
         check_draft_vocab(without_marker, tokenizer, [prompt])
     with pytest.raises(DistillSpecError, match="outside the tokenizer"):
         check_draft_vocab([*markers, tokenizer.eos_token_id, len(tokenizer) + 5], tokenizer, [prompt])
+
+
+def test_a_finished_runs_draft_loads_as_03_decodes_with_it(tiny_run):
+    """stages.decoding_draft (the benchmarks' entry): the run's cut head by default, the trained full head on
+    request, the baseline by name."""
+    import json
+
+    from distillspec.pair import load_target
+    from distillspec.study.stages import decoding_draft
+
+    config, run_dir, _ = tiny_run
+    cfg = Config.from_yaml(config)
+    target, tok = load_target(cfg.for_decoding())
+    kept = json.loads((run_dir / "data" / "draft_vocab.json").read_text())["ids"]
+    cut = decoding_draft(cfg, run_dir, target, tok, "fkl")
+    assert cut.draft_vocab_ids.tolist() == kept
+    full = decoding_draft(cfg, run_dir, target, tok, "fkl", full_head=True)
+    assert getattr(full, "draft_vocab_ids", None) is None
+    assert full.get_output_embeddings().weight.shape[0] == len(tok)
+    baseline = decoding_draft(cfg, run_dir, target, tok, "baseline")
+    assert baseline.config.num_hidden_layers == cfg.student_keep_layers

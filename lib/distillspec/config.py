@@ -19,8 +19,8 @@ SAMPLING_MODES = ("on_policy", "skd")
 STUDY_KEYS = ("name", "teacher", "teacher_8bit", "precision", "task", "data_source", "train_split", "eval_split",
               "n_train", "n_eval", "max_article_tokens", "data_seed", "temperature", "top_p", "max_new_tokens",
               "gamma", "eval_batch_size", "divergences", "extra_runs", "min_bin_count", "n_bins", "run_dir",
-              "eval_precision", "draft_vocab", "draft_vocab_prompts", "speed", "speed_prompts", "speed_gamma", "speed_max_gamma",
-              "speed_pilot_prompts")
+              "eval_precision", "draft_vocab", "draft_vocab_prompts", "speed", "speed_prompts", "speed_gamma",
+              "speed_max_gamma", "speed_pilot_prompts")
 SPEED_KEYS = ("greedy", "batch_size")
 
 

@@ -1,9 +1,9 @@
 """Decoding speed on this machine: a measured cost model of one SD step, the draft length it recommends, and timings
 of SD against target-only `generate` on the same prompts.
 
-Leviathan et al. assume verifying gamma + 1 tokens costs one decoding step; on a CPU it does not (a 5-token forward
-of SmolLM2-135M costs 1.3 steps, a 3-token one 2.0: small-matrix GEMM kernels), so the prediction here uses the
-measured cost of each verification size:
+Leviathan et al. assume verifying gamma + 1 tokens costs one decoding step; on a CPU it need not (in fp32 a 5-token
+forward of SmolLM2-135M costs 1.3 steps, a 3-token one 2.0: small-matrix GEMM kernels; in bf16 1.0-1.1), so the
+prediction here uses the measured cost of each verification size:
 
     speedup(alpha, gamma) = E[tokens per step] * T_target(1) / (gamma * T_draft(1) + T_target(gamma + 1))
 """

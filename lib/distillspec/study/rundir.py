@@ -46,7 +46,7 @@ class RunPaths:
 
     @property
     def draft_vocab(self) -> Path:
-        """01's reduced draft vocabulary (config draft_vocab): the kept ids and how they were chosen."""
+        """The reduced draft vocabulary (config draft_vocab; 03 chooses it on first use): the kept ids and how."""
         return self.root / "data" / "draft_vocab.json"
 
     def draft_dir(self, name: str) -> Path:
@@ -159,9 +159,9 @@ _LOCATION_KEYS = ("data_source", "run_dir")
 # existed: at that value a key stays out of the fingerprint, so published records remain importable; any other
 # value is a different experiment. micro_batch_size replaced gradient_accumulation_steps, which was 1 (no
 # accumulation) in every run made before; micro_batch_size None is that setting.
-_LATER_KEYS = {"precision": "auto", "micro_batch_size": None, "eval_precision": None, "draft_vocab": None, "draft_vocab_prompts": 64,
-               "speed": [], "speed_prompts": 24, "speed_gamma": "auto", "speed_max_gamma": 8,
-               "speed_pilot_prompts": 4}
+_LATER_KEYS = {"precision": "auto", "micro_batch_size": None, "eval_precision": None, "draft_vocab": None,
+               "draft_vocab_prompts": 64, "speed": [], "speed_prompts": 24, "speed_gamma": "auto",
+               "speed_max_gamma": 8, "speed_pilot_prompts": 4}
 _RETIRED_KEYS = {"gradient_accumulation_steps": 1}
 
 

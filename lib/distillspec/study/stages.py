@@ -78,7 +78,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     names = draft_names(cfg) if names is None else list(names)
     unknown = sorted(set(names) - set(draft_names(cfg)))
     require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
-    drafts = {n: None if n == BASELINE else paths.student(n) for n in names}
+    drafts = {n: _draft_source(paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
     for name in todo:
         path = drafts[name]
@@ -145,15 +145,28 @@ def draft_vocab(cfg: Config, run_dir: str | Path, target=None, tok=None) -> dict
                                       max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.eval_batch_size,
                                       seed=cfg.data_seed)
         ids = choose_draft_vocab(counts, tok, cfg.draft_vocab)
-        total = sum(counts.values())
+        kept, total = set(ids), sum(counts.values())
         write_json({"size": len(ids), "requested": cfg.draft_vocab, "n_prompts": len(prompts),
                     "distinct_ids_seen": len(counts), "teacher_tokens": total,
-                    "coverage": sum(n for i, n in counts.items() if i in set(ids)) / max(1, total), "ids": ids},
+                    "coverage": sum(n for i, n in counts.items() if i in kept) / max(1, total), "ids": ids},
                    paths.draft_vocab)
     vocab = json.loads(paths.draft_vocab.read_text())
     tok = tok if tok is not None else load_tokenizer(cfg.teacher)
     check_draft_vocab(vocab["ids"], tok, render_prompts(tok, load_prompt_file(paths.eval_prompts)))
     return vocab
+
+
+def _draft_source(paths: RunPaths, name: str) -> Path | None:
+    """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)."""
+    return None if name == BASELINE else paths.student(name)
+
+
+def decoding_draft(cfg: Config, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
+    """Draft `name` of the run as 03 decodes with it (target from load_target(cfg.for_decoding())): its head cut to
+    the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
+    draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(RunPaths(Path(run_dir)), name))
+    vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
+    return draft if vocab is None else reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
 
 
 def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, prompts, name: str
@@ -164,18 +177,20 @@ def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, promp
     timed = prompts[: cfg.speed_prompts]
     pilot = render_prompts(tok, load_prompt_file(paths.train_prompts))[: cfg.speed_pilot_prompts]
     context = int(sum(map(len, timed)) / len(timed)) + cfg.task_max_new_tokens // 2  # mean context while decoding
-    frames, chosen = [], []
+    frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
         label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma)
         pilot_alpha = None
         gamma = cfg.speed_gamma
-        if gamma == "auto":
-            res = speculative_generate(target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
-                                       max_new_tokens=cfg.task_max_new_tokens, eos_token_id=tok.eos_token_id,
-                                       record=False, seed=cfg.seed)
-            pilot_alpha = res.metrics.alpha_pos
+        if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
+            if sampling not in pilot_alphas:
+                pilot_alphas[sampling] = speculative_generate(
+                    target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
+                    max_new_tokens=cfg.task_max_new_tokens, eos_token_id=tok.eos_token_id, record=False,
+                    seed=cfg.seed).metrics.alpha_pos
+            pilot_alpha = pilot_alphas[sampling]
             gamma = costs.best_gamma(pilot_alpha)
         frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
                               max_new_tokens=cfg.task_max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
