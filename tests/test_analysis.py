@@ -8,10 +8,10 @@ from distillspec.study.report import (
     bin_inspector,
     draft_colors,
     entropy_bin_edges,
-    ratio_bootstrap,
     summary_table,
     wilson_interval,
 )
+from distillspec.study.stats import ratio_bootstrap
 
 
 def _records(rate_fn, n=6000, seed=0, draft_rows=40):

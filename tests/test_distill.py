@@ -46,17 +46,28 @@ def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path,
     assert (result.student_dir / "model.safetensors").is_file()
 
 
-def test_interrupted_run_resumes_from_last_checkpoint(tiny_cfg, tmp_path):
+def _weights(student_dir):
+    from safetensors.torch import load_file
+
+    return load_file(student_dir / "model.safetensors")
+
+
+def test_interrupted_run_resumes_to_the_same_draft_bit_for_bit_and_the_seed_matters(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(max_steps=6, save_steps=2, logging_steps=1)
-    pair = load_pair(cfg)
     with pytest.raises(KeyboardInterrupt):
-        distill(cfg, tmp_path, pair=pair, callbacks=[StopAt(5)])
-    assert (tmp_path / "checkpoint-4").is_dir() and not (tmp_path / "student").exists()
-    result = distill(cfg, tmp_path, pair=pair)
+        distill(cfg, tmp_path / "resumed", pair=load_pair(cfg), callbacks=[StopAt(5)])
+    assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "student").exists()
+    result = distill(cfg, tmp_path / "resumed", pair=load_pair(cfg))
     assert result.resumed_from.endswith("checkpoint-4")
     log = read_log(result.log_path).dropna(subset=["loss"])
     assert sorted(set(log["step"])) == [1, 2, 3, 4, 5, 6]
     assert (result.student_dir / "config.json").is_file()
+    # the same seed from scratch, uninterrupted: the same draft; another seed (rollouts, data order): another draft
+    straight = _weights(distill(cfg, tmp_path / "straight", pair=load_pair(cfg)).student_dir)
+    resumed = _weights(result.student_dir)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    other = _weights(distill(cfg.replace(seed=1), tmp_path / "other", pair=load_pair(cfg)).student_dir)
+    assert not all(torch.equal(straight[k], other[k]) for k in straight)
 
 
 def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):

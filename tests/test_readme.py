@@ -54,7 +54,7 @@ def test_published_tables_in_the_docs_are_the_results_files_verbatim():
     published = [p.read_text() for p in sorted((REPO / "figures").glob("*/results.md"))]
     assert published
     for doc in ("README.md", "docs/results.md", "docs/speed.md"):
-        tables = re.findall(r"(?m)^(\| draft \| (?:alpha_tok|setting) .*\n(?:\|.*\n)+)", (REPO / doc).read_text())
+        tables = re.findall(r"(?m)^(\| draft \| (?:alpha_tok|setting|seeds) .*\n(?:\|.*\n)+)", (REPO / doc).read_text())
         assert tables, doc
         for table in tables:
             assert any(table in text for text in published), (doc, table[:200])

@@ -114,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="copy figures, the results table and finished drafts' records here (e.g. figures)")
     run.add_argument("--drafts", default=None,
                      help="comma-separated subset of the drafts to train and evaluate (baseline and the training "
-                          "runs' names), for a study that spans sessions; default: all")
+                          "runs' names; with seeds, a recipe's name means all its seeds: fkl = fkl_s0,fkl_s1,...), "
+                          "for a study that spans sessions; default: all")
     run.add_argument("--results-from", default=None,
                      help="a published records folder (e.g. figures/<name>/records) of an earlier session: its "
                           "finished drafts are imported, not retrained")
     run.set_defaults(func=_cmd_run)
     tr = sub.add_parser("train", help="one training run of a study (use under accelerate launch for DDP / FSDP2)")
     tr.add_argument("--config", required=True, help="a preset from configs/")
-    tr.add_argument("--draft", required=True, help="the training run's name (a divergence or an extra_runs name)")
+    tr.add_argument("--draft", required=True,
+                    help="the training run's name (a divergence or an extra_runs name; with seeds, <name>_s<seed>)")
     tr.add_argument("--run-dir", default=None, help="default: runs/<config name>, as `run` uses")
     tr.set_defaults(func=_cmd_train)
     ex = sub.add_parser("export", help="a trained draft as a self-contained checkpoint for transformers or vLLM")

@@ -20,7 +20,7 @@ STUDY_KEYS = ("name", "teacher", "teacher_8bit", "precision", "task", "data_sour
               "n_train", "n_eval", "max_article_tokens", "data_seed", "temperature", "top_p", "max_new_tokens",
               "gamma", "eval_batch_size", "divergences", "extra_runs", "min_bin_count", "n_bins", "run_dir",
               "eval_precision", "draft_vocab", "draft_vocab_prompts", "speed", "speed_prompts", "speed_gamma",
-              "speed_max_gamma", "speed_pilot_prompts")
+              "speed_max_gamma", "speed_pilot_prompts", "seeds")
 SPEED_KEYS = ("greedy", "batch_size")
 
 
@@ -70,7 +70,8 @@ class Config:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     chunk_size: int = 256  # loss chunk (positions): 19% of the naive peak memory at 1.00x time (README, loss_bench)
-    seed: int = 0
+    seed: int = 0  # training (rollouts, data order) and the evaluation's sampling
+    seeds: list[int] | None = None  # train every run once per seed (drafts <run>_s<seed>); evaluation keeps `seed`
     logging_steps: int = 5
     save_steps: int = 25
     # evaluation (speculative decoding)
@@ -159,6 +160,11 @@ class Config:
         require(self.micro_batch_size is None or self.micro_batch_size >= 1,
                 f"micro_batch_size={self.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
         self._validate_speed()
+        if self.seeds is not None:
+            require(isinstance(self.seeds, list) and self.seeds and len(set(self.seeds)) == len(self.seeds) and all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
+                f"seeds={self.seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, 2] (or null: one run "
+                "per divergence, with `seed`).")
         from .runtime import resolve_precision
 
         resolve_precision(self.precision)
@@ -202,7 +208,20 @@ class Config:
 
     def run_overrides(self) -> dict[str, dict]:
         """The study's training runs by name -> the config keys each changes: one run per entry of `divergences`,
-        then each of `extra_runs` (any training key may be overridden; study-wide keys may not)."""
+        then each of `extra_runs` (any training key may be overridden; study-wide keys may not); with `seeds`, each
+        of those once per seed, named <run>_s<seed>, in run order then seed order."""
+        return {name: overrides for runs in self.run_groups().values() for name, overrides in runs.items()}
+
+    def run_groups(self) -> dict[str, dict[str, dict]]:
+        """The training runs grouped by recipe: recipe name -> {run name: overrides}. Without `seeds` every group
+        is its single run under the recipe's own name."""
+        recipes = self._recipes()
+        if self.seeds is None:
+            return {name: {name: overrides} for name, overrides in recipes.items()}
+        return {name: {seed_run_name(name, s): {**overrides, "seed": s} for s in self.seeds}
+                for name, overrides in recipes.items()}
+
+    def _recipes(self) -> dict[str, dict]:
         runs = {d: {"divergence": d, "sampling": "on_policy"} for d in self.divergences}
         allowed = sorted({f.name for f in dataclasses.fields(self)} - set(STUDY_KEYS))
         for i, extra in enumerate(self.extra_runs):
@@ -215,6 +234,9 @@ class Config:
             fixed = sorted(set(extra) & set(STUDY_KEYS))
             require(not fixed, f"extra_runs '{name}': {fixed} are study-wide settings (the same for every draft, "
                                "or used by the evaluation); set them at the top level, or make a second preset.")
+            require(not (self.seeds is not None and "seed" in extra),
+                    f"extra_runs '{name}' sets seed, but the study trains every run with each of seeds={self.seeds}; "
+                    "leave seed out of the run (or drop `seeds`).")
             unknown = sorted(set(extra) - set(allowed))
             require(not unknown, f"extra_runs '{name}': unknown keys {unknown}; a run may override {allowed}.")
             overrides = {"divergence": self.divergence, "sampling": "on_policy", **extra}
@@ -255,6 +277,11 @@ class Config:
         """A preset file: its keys over those of its `base:` preset, if it names one; overrides (taken as given,
         relative to the current directory) over both."""
         return cls.from_dict({**read_preset(Path(path)), **overrides})
+
+
+def seed_run_name(run: str, seed: int) -> str:
+    """The training run of recipe `run` with seed `seed` in a study with `seeds`."""
+    return f"{run}_s{seed}"
 
 
 def read_preset(path: Path, _through: tuple = ()) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from ..config import Config
 from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, require
 from .handoff import export_results, import_results
-from .rundir import REPO, RunPaths, default_run_dir, draft_names, figure_paths, finished_drafts, run_names
+from .rundir import (REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
+                     run_names)
 
 
 def notebooks_dir() -> Path:
@@ -150,9 +152,7 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
     with data_dir_env_resolved():  # the kernels inherit it
         cfg = Config.from_yaml(config_path)
         if drafts is not None:
-            unknown = sorted(set(drafts) - set(draft_names(cfg)))
-            require(drafts and not unknown, f"--drafts {','.join(drafts)}: unknown or empty; this study's drafts are "
-                                            f"{','.join(draft_names(cfg))}.")
+            drafts = expand_drafts(cfg, drafts)
         require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
         run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,9 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
                     for p in step.clean:
                         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 log(f"run  {step.executed}")
+                started = time.perf_counter()
                 _execute(step, run_dir, kernel)
+                log(f"done {step.executed} in {(time.perf_counter() - started) / 60:.1f} min")
             if step.then:
                 log(step.then())
         if publish_dir is not None:

@@ -8,27 +8,7 @@ import pandas as pd
 from ..errors import require
 from ..metrics import expected_tokens_per_step
 from ..speed import StepCosts
-
-
-def bootstrap(statistic, n_units: int, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """statistic(index) on all units and its percentile bootstrap CI, resampling units (prompts) with replacement;
-    statistic takes an index array [n_boot, n] (or [n]) of units and returns one value per row."""
-    require(n_units > 0, "bootstrap needs at least one unit (prompt).")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        estimate = float(statistic(np.arange(n_units)[None])[0])
-        idx = np.random.default_rng(seed).integers(0, n_units, size=(n_boot, n_units))
-        stats = np.asarray(statistic(idx), dtype=float)
-    stats = stats[np.isfinite(stats)]
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(stats, [tail, 100 - tail]) if len(stats) else (float("nan"), float("nan"))
-    return estimate, float(lo), float(hi)
-
-
-def ratio_bootstrap(num, den, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """sum(num)/sum(den) with a percentile bootstrap CI, resampling units (prompts) with replacement."""
-    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    require(len(num) == len(den) and len(num) > 0, "bootstrap needs one numerator and denominator per unit.")
-    return bootstrap(lambda i: num[i].sum(-1) / den[i].sum(-1), len(num), n_boot=n_boot, level=level, seed=seed)
+from .stats import bootstrap, group_metric, prompt_sums, wilson_interval
 
 
 def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
@@ -79,39 +59,24 @@ def format_speed_table(speed: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96):
-    """Wilson score interval for binomial proportions (vectorised)."""
-    successes, n = np.asarray(successes, float), np.asarray(n, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = successes / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
                   speed: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The reference study's Table 1 per draft: alpha_tok and alpha_pos (95% bootstrap CIs over prompts),
     tau, the Leviathan prediction, n prompts and tokens, and measured speed when given."""
     rows = []
     for draft, st in steps.items():
-        per_prompt = st.groupby("row").agg(accepted=("accepted", "sum"), proposed=("proposed", "sum"),
-                                           emitted=("emitted", "sum"), calls=("step", "size"))
-        verified = np.minimum(st["accepted"] + 1, st["proposed"]).groupby(st["row"]).sum()
-        a_tok, a_tok_lo, a_tok_hi = ratio_bootstrap(per_prompt["accepted"], per_prompt["proposed"],
-                                                    n_boot=n_boot, seed=seed)
-        a_pos, a_pos_lo, a_pos_hi = ratio_bootstrap(per_prompt["accepted"], verified.loc[per_prompt.index],
-                                                    n_boot=n_boot, seed=seed)
-        tau, tau_lo, tau_hi = ratio_bootstrap(per_prompt["emitted"], per_prompt["calls"], n_boot=n_boot, seed=seed)
-        row = {
-            "draft": draft, "alpha_tok": a_tok, "alpha_tok_lo": a_tok_lo, "alpha_tok_hi": a_tok_hi,
-            "alpha_pos": a_pos, "alpha_pos_lo": a_pos_lo, "alpha_pos_hi": a_pos_hi,
-            "tau": tau, "tau_lo": tau_lo, "tau_hi": tau_hi,
-            "predicted_tau": expected_tokens_per_step(a_pos, gamma),
+        est = {m: group_metric(steps, {draft: [draft]}, m, n_boot=n_boot, seed=seed).iloc[0]
+               for m in ("alpha_tok", "alpha_pos", "tau")}
+        row = {"draft": draft}
+        for m, r in est.items():
+            row.update({m: r["mean"], f"{m}_lo": r["lo"], f"{m}_hi": r["hi"]})
+        sums = prompt_sums(st)
+        row.update({
+            "predicted_tau": expected_tokens_per_step(row["alpha_pos"], gamma),
             "mean_expected_accept": float(tokens[draft]["expected_accept"].mean()) if draft in tokens else np.nan,
-            "n_prompts": len(per_prompt), "n_tokens": int(per_prompt["emitted"].sum()),
-            "n_verified": int(verified.sum()),
-        }
+            "n_prompts": int(est["tau"]["n_prompts"]), "n_tokens": int(sums["emitted"].sum()),
+            "n_verified": int(sums["verified"].sum()),
+        })
         if speed and draft in speed:
             row.update(speed[draft])
         rows.append(row)
@@ -202,16 +167,18 @@ def draft_colors(names) -> dict[str, str]:
 
 
 def plot_acceptance_vs_entropy(bins: pd.DataFrame, title: str, path=None):
-    """Figure 1: acceptance vs teacher entropy (log x), one line per draft, bubble area = tokens in the bin."""
+    """Figure 1: acceptance vs teacher entropy (log x), one line per draft, bubble area = tokens in the bin; the band
+    is the Wilson 95% CI, or with seeds (seeds.bins_over_seeds) the range from the lowest to the highest seed."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     biggest = max(bins["n"].max(), 1) if len(bins) else 1
     colors = draft_colors(bins["draft"].unique())
+    band = ("seed_lo", "seed_hi") if "seed_lo" in bins else ("ci_lo", "ci_hi")
     for draft, d in bins.groupby("draft", sort=False):
         ax.plot(d["center"], d["accept_rate"], label=draft, color=colors[draft])
         ax.scatter(d["center"], d["accept_rate"], s=20 + 400 * d["n"] / biggest, alpha=0.5, color=colors[draft])
-        ax.fill_between(d["center"], d["ci_lo"], d["ci_hi"], alpha=0.12, color=colors[draft])
+        ax.fill_between(d["center"], d[band[0]], d[band[1]], alpha=0.12, color=colors[draft])
     ax.set_xscale("log")
     ax.set_xlabel("teacher entropy H(p) at T=1 (nats, log scale)")
     ax.set_ylabel("acceptance rate of verified draft tokens (alpha_pos)")
@@ -224,17 +191,24 @@ def plot_acceptance_vs_entropy(bins: pd.DataFrame, title: str, path=None):
     return fig
 
 
-def plot_training_curves(logs: dict[str, pd.DataFrame], title: str, path=None):
-    """Loss and expected acceptance (teacher-scored, on the positions trained that step) per logging step."""
+def plot_training_curves(logs: dict[str, pd.DataFrame], title: str, path=None,
+                         groups: dict[str, list[str]] | None = None):
+    """Loss and expected acceptance (teacher-scored, on the positions trained that step) per logging step; with
+    groups (recipe -> its seeds' runs), one colour and one legend entry per recipe, one line per seed."""
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    colors = draft_colors(list(logs))
+    recipe = {run: group for group, runs in (groups or {n: [n] for n in logs}).items() for run in runs}
+    colors = draft_colors(list(dict.fromkeys(recipe[n] for n in logs)))
+    labelled = set()
     for name, log in logs.items():
         log = log.dropna(subset=["loss"])
-        ax1.plot(log["step"], log["loss"], label=name, color=colors[name])
+        group = recipe[name]
+        label = None if group in labelled else group
+        labelled.add(group)
+        ax1.plot(log["step"], log["loss"], label=label, color=colors[group])
         if "expected_accept" in log:
-            ax2.plot(log["step"], log["expected_accept"], label=name, color=colors[name])
+            ax2.plot(log["step"], log["expected_accept"], label=label, color=colors[group])
     ax1.set_xlabel("training step")
     ax1.set_ylabel("distillation loss (per token)")
     ax2.set_xlabel("training step")

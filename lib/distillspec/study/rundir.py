@@ -92,6 +92,21 @@ class RunPaths:
         return self.root / "speed_summary.csv"
 
     @property
+    def seed_summary(self) -> Path:
+        """With seeds: per recipe and metric, the mean over seeds, its CI and each seed's value."""
+        return self.root / "seed_summary.csv"
+
+    @property
+    def differences(self) -> Path:
+        """With seeds: every pair of recipes, the difference of their mean alpha_tok with its CI."""
+        return self.root / "differences.csv"
+
+    @property
+    def entropy_regions(self) -> Path:
+        """With seeds and an entropy-adaptive recipe: its acceptance minus each other's, per entropy region."""
+        return self.root / "entropy_regions.csv"
+
+    @property
     def results(self) -> Path:
         return self.root / "results.md"
 
@@ -133,6 +148,24 @@ def draft_names(cfg: Config) -> list[str]:
     return [BASELINE, *run_names(cfg)]
 
 
+def draft_groups(cfg: Config) -> dict[str, list[str]]:
+    """Every draft grouped by its recipe, in table order: the baseline alone, then each training run's seeds (a
+    study without `seeds` has one draft per group, named as the group)."""
+    return {BASELINE: [BASELINE], **{group: list(runs) for group, runs in cfg.run_groups().items()}}
+
+
+def expand_drafts(cfg: Config, names: list[str]) -> list[str]:
+    """Drafts named on the command line, where a recipe's name means all its seeds (fkl -> fkl_s0, fkl_s1, ...),
+    in table order."""
+    groups = draft_groups(cfg)
+    unknown = sorted(set(names) - set(groups) - set(draft_names(cfg)))
+    require(names and not unknown, f"--drafts {','.join(names)}: unknown or empty; this study's drafts are "
+            f"{','.join(draft_names(cfg))}" + (f" (or a recipe for all its seeds: {','.join(groups)})"
+                                               if cfg.seeds is not None else "") + ".")
+    wanted = {d for n in names for d in groups.get(n, [n])}
+    return [d for d in draft_names(cfg) if d in wanted]
+
+
 def finished_drafts(cfg: Config, run_dir: str | Path) -> list[str]:
     """The study's drafts whose evaluation is complete (03 writes the speed row last), in table order."""
     paths = RunPaths(Path(run_dir))
@@ -161,7 +194,7 @@ _LOCATION_KEYS = ("data_source", "run_dir")
 # accumulation) in every run made before; micro_batch_size None is that setting.
 _LATER_KEYS = {"precision": "auto", "micro_batch_size": None, "eval_precision": None, "draft_vocab": None,
                "draft_vocab_prompts": 64, "speed": [], "speed_prompts": 24, "speed_gamma": "auto",
-               "speed_max_gamma": 8, "speed_pilot_prompts": 4}
+               "speed_max_gamma": 8, "speed_pilot_prompts": 4, "seeds": None}
 _RETIRED_KEYS = {"gradient_accumulation_steps": 1}
 
 

@@ -4,6 +4,7 @@ notebooks stay thin and everything they do is testable. Where each stage writes:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..distill import distill, read_log
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
 from ..evaluate import expected_acceptance, target_tokens_per_s
+from ..losses import AdaptiveBeta
 from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
 from ..sampling import SamplingConfig
@@ -24,8 +26,11 @@ from ..specdec import speculative_generate
 from ..speed import measure_step_costs, time_decoding
 from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
                      plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table)
-from .rundir import (BASELINE, RunPaths, draft_names, figure_paths, fingerprint, finished_drafts, load_prompt_file,
-                     run_names, save_prompts)
+from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
+                     load_prompt_file, run_names, save_prompts)
+from .seeds import (bins_over_seeds, format_differences, format_headline, format_region_differences,
+                    format_wall_times, pairwise_differences, ranking_text, region_differences, speed_over_seeds)
+from .stats import STEP_METRICS, group_metric
 
 
 def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
@@ -89,6 +94,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     vocab = draft_vocab(cfg, run_dir, target, tok) if todo else None
     target_tps = _target_speed(cfg, paths, target, tok, prompts) if todo else None
     for name in tqdm(todo, desc="drafts"):
+        started = time.perf_counter()
         draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
         # on the draft's own samples (transformers generate), with the head it was trained with
         own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
@@ -107,6 +113,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         if cfg.speed:
             timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
             write_parquet(timing, paths.timing(name))
+        row["eval_s"] = time.perf_counter() - started  # this draft's 03 on this machine (wall seconds)
         row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
         write_json(row, paths.speed_row(name))  # written last: marks this draft as done
     speed = speed_table(cfg, run_dir)
@@ -256,7 +263,8 @@ def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.Dat
 
 def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, the per-bin acceptance table, and both
-    figures (acceptance vs teacher entropy, training curves) under figures/."""
+    figures (acceptance vs teacher entropy, training curves) under figures/. With `seeds`, results.md leads with
+    each recipe's mean over seeds (seeds.py) and states which differences its CIs separate."""
     import matplotlib.pyplot as plt
 
     paths = RunPaths(Path(run_dir))
@@ -274,27 +282,79 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
               f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
-    results_md = header + format_table(table) + expected
     speed_rows = decoding_speed(cfg, run_dir, names)
+    speed_md = ""
     if len(speed_rows):
         write_text(speed_rows.to_csv(index=False), paths.speed_summary)
-        results_md += (f"\nDecoding speed against target-only `generate` on the first {cfg.speed_prompts} held-out "
-                       f"prompts ({cfg.task_max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
-                       "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
-                       "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
-                       "steps):\n\n" + format_speed_table(speed_rows))
+        speed_md = (f"\nDecoding speed against target-only `generate` on the first {cfg.speed_prompts} held-out "
+                    f"prompts ({cfg.task_max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
+                    "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
+                    "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
+                    "steps):\n\n" + format_speed_table(speed_rows))
+    groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
+    if cfg.seeds is None:
+        results_md = header + format_table(table) + expected + speed_md
+        figure_bins = bins
+    else:
+        results_md = header + _seeded_results(cfg, paths, groups, steps, tokens, speed_rows, seed) + (
+            "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n" + format_table(table)
+            + expected + speed_md)
+        figure_bins = bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     figs = figure_paths(cfg, run_dir)
     figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
+    band = "the lowest to the highest seed" if cfg.seeds is not None else "Wilson 95% CI"
     figures = {
         "entropy": plot_acceptance_vs_entropy(
-            bins, f"{cfg.task}: acceptance vs teacher entropy (bins with >= {cfg.min_bin_count} tokens)",
-            path=figs["entropy"]),
+            figure_bins, f"{cfg.task}: acceptance vs teacher entropy (bins with >= {cfg.min_bin_count} tokens"
+                         f"{' per seed' if cfg.seeds is not None else ''}; band: {band})", path=figs["entropy"]),
         "training": plot_training_curves(
             logs, f"{cfg.task}: distilling the draft (lmbda={cfg.lmbda}: share of steps on its own samples)",
-            path=figs["training"]),
+            path=figs["training"], groups={g: r for g, r in groups.items() if g != BASELINE}),
     }
     for fig in figures.values():
         plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)
+
+
+def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], steps, tokens,
+                    speed_rows: pd.DataFrame, seed: int) -> str:
+    """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
+    speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
+    differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
+    metrics = [group_metric(steps, groups, m, seed=seed) for m in STEP_METRICS]
+    if len(speed_rows):
+        timing = {n: pd.read_parquet(paths.timing(n)) for d in groups.values() for n in d if paths.timing(n).is_file()}
+        metrics.append(speed_over_seeds(timing, groups, speed_rows, seed=seed))
+    metrics = pd.concat(metrics, ignore_index=True)
+    write_text(metrics.to_csv(index=False), paths.seed_summary)
+    differences = pairwise_differences(steps, groups, "alpha_tok", seed=seed)
+    write_text(differences.to_csv(index=False), paths.differences)
+    n_seeds = " or ".join(map(str, sorted({len(r) for g, r in groups.items() if g != BASELINE})))
+    md = (f"Each recipe trained with seeds {cfg.seeds} (the seed sets the rollouts and the data order; every seed is "
+          "evaluated on the same prompts with the same decoding seed). Mean over seeds with a 95% CI from a crossed "
+          f"bootstrap (prompts resampled once per replicate, seeds resampled per recipe; {n_seeds} seeds, so the "
+          "seed part of the CI is coarse); speedup over target-only `generate` as in the speed table below, with "
+          "each seed's gamma and the cost model's prediction (mean over seeds):\n\n"
+          + format_headline(metrics))
+    md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
+           "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
+           + "\n" + format_differences(differences))
+    md += "\nWall time per draft (minutes on this machine, each seed):\n\n" + format_wall_times(
+        groups, {n: read_log(paths.train_log(n)) for n in run_names(cfg) if paths.train_log(n).is_file()},
+        {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d})
+    adaptive = [g for g, runs in cfg.run_groups().items() if g in groups
+                and any(o.get("adaptive_beta") for o in runs.values())]
+    for group in adaptive:
+        schedule = AdaptiveBeta(**next(iter(cfg.run_groups()[group].values()))["adaptive_beta"])
+        regions = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
+        others = {g: r for g, r in groups.items() if g != BASELINE}
+        diffs = region_differences(tokens, others, group, regions, seed=seed)
+        write_text(diffs.to_csv(index=False), paths.entropy_regions)
+        md += (f"\nThe entropy-adaptive recipe `{group}` ({schedule.low.upper()} below {schedule.h_low:g} nats of "
+               f"teacher entropy, {schedule.high.upper()} above {schedule.h_high:g}, blended between) against each "
+               "other trained recipe: alpha_pos difference in points within each region of its schedule (teacher "
+               "entropy at T=1), 95% crossed-bootstrap CI; (higher) / (lower) where the CI excludes 0:\n\n"
+               + format_region_differences(diffs))
+    return md
