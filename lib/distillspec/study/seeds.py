@@ -220,5 +220,4 @@ def format_region_differences(diffs: pd.DataFrame) -> str:
 
 
 __all__ = ["bins_over_seeds", "format_differences", "format_headline", "format_region_differences",
-           "format_wall_times", "group_metric", "pairwise_differences", "ranking_text",
-           "region_differences", "seed_mean", "speed_over_seeds", "unit_matrix"]
+           "format_wall_times", "pairwise_differences", "ranking_text", "region_differences", "speed_over_seeds"]
