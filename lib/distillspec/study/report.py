@@ -8,7 +8,7 @@ import pandas as pd
 from ..errors import require
 from ..metrics import expected_tokens_per_step
 from ..speed import StepCosts
-from .stats import bootstrap, group_metric, prompt_sums, wilson_interval
+from .stats import SPEED_COLUMNS, STEP_METRICS, bootstrap, group_metric, prompt_sums, speed_ratio, wilson_interval
 
 
 def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
@@ -19,13 +19,9 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
     for draft, frame in timing.items():
         chosen = {t["setting"]: t for t in timed.get(draft, [])}
         for setting, f in frame.groupby("setting", sort=False):
-            cols = {k: f[k].to_numpy(float) for k in ("sd_tokens", "sd_s", "target_tokens", "target_s")}
-
-            def speedup(i):
-                sd = cols["sd_tokens"][i].sum(-1) / cols["sd_s"][i].sum(-1)
-                return sd / (cols["target_tokens"][i].sum(-1) / cols["target_s"][i].sum(-1))
-
-            measured, lo, hi = bootstrap(speedup, len(f), seed=seed)
+            cols = {k: f[k].to_numpy(float) for k in SPEED_COLUMNS}
+            measured, lo, hi = bootstrap(lambda i: speed_ratio(*(cols[k][i].sum(-1) for k in SPEED_COLUMNS)), len(f),
+                                         seed=seed)
             alpha = f["accepted"].sum() / f["verified"].sum() if f["verified"].sum() else float("nan")
             info = chosen.get(setting, {})
             costs = StepCosts.from_dict(info["costs"]) if "costs" in info else None
@@ -63,18 +59,18 @@ def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame
                   speed: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The reference study's Table 1 per draft: alpha_tok and alpha_pos (95% bootstrap CIs over prompts),
     tau, the Leviathan prediction, n prompts and tokens, and measured speed when given."""
+    metrics = {m: group_metric(steps, {d: [d] for d in steps}, m, n_boot=n_boot, seed=seed).set_index("group")
+               for m in STEP_METRICS}  # each draft its own group: the prompt bootstrap
     rows = []
     for draft, st in steps.items():
-        est = {m: group_metric(steps, {draft: [draft]}, m, n_boot=n_boot, seed=seed).iloc[0]
-               for m in ("alpha_tok", "alpha_pos", "tau")}
         row = {"draft": draft}
-        for m, r in est.items():
-            row.update({m: r["mean"], f"{m}_lo": r["lo"], f"{m}_hi": r["hi"]})
+        for m, table in metrics.items():
+            row.update({m: table.at[draft, "mean"], f"{m}_lo": table.at[draft, "lo"], f"{m}_hi": table.at[draft, "hi"]})
         sums = prompt_sums(st)
         row.update({
             "predicted_tau": expected_tokens_per_step(row["alpha_pos"], gamma),
             "mean_expected_accept": float(tokens[draft]["expected_accept"].mean()) if draft in tokens else np.nan,
-            "n_prompts": int(est["tau"]["n_prompts"]), "n_tokens": int(sums["emitted"].sum()),
+            "n_prompts": int(metrics["tau"].at[draft, "n_prompts"]), "n_tokens": int(sums["emitted"].sum()),
             "n_verified": int(sums["verified"].sum()),
         })
         if speed and draft in speed:

@@ -13,12 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import require
-from .stats import STEP_METRICS, crossed_bootstrap, metric_arrays, ratio, seed_mean, unit_matrix
-
-
-def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
-    """SD tokens/s over target-only tokens/s."""
-    return (sd_tokens / sd_s) / (target_tokens / target_s)
+from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, metric_arrays, ratio, seed_mean, speed_ratio,
+                    unit_matrix)
 
 
 def pairwise_differences(steps: dict[str, pd.DataFrame], groups: dict[str, list[str]], metric: str = "alpha_tok",
@@ -75,7 +71,7 @@ def speed_over_seeds(timing: dict[str, pd.DataFrame], groups: dict[str, list[str
     95% CI (timed batches shared, seeds drawn), each seed's value and gamma, and the cost model's prediction (mean
     over seeds; predicted: report.speed_summary's rows, one per draft and setting)."""
     rows = []
-    cols = ("sd_tokens", "sd_s", "target_tokens", "target_s")
+    cols = SPEED_COLUMNS
     for group, drafts in groups.items():
         have = [d for d in drafts if d in timing]
         if not have:

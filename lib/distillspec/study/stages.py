@@ -252,13 +252,20 @@ class Analysis:
     speed: pd.DataFrame  # decoding speed per draft and setting (empty without `speed` settings)
 
 
-def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
-    """03's timed runs of these drafts against the target alone, summarised (report.speed_summary)."""
+def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame]:
+    """03's timing rows (SD against the target alone) of those of these drafts that were timed."""
     paths = RunPaths(Path(run_dir))
-    have = [n for n in names if paths.timing(n).is_file()]
-    timing = {n: pd.read_parquet(paths.timing(n)) for n in have}
-    timed = {n: json.loads(paths.speed_row(n).read_text()).get("timed", []) for n in have}
-    return speed_summary(timing, timed) if have else pd.DataFrame()
+    return {n: pd.read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
+
+
+def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str],
+                   timing: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """03's timed runs of these drafts against the target alone, summarised (report.speed_summary); timing: the
+    drafts' timing rows when already loaded (load_timing)."""
+    paths = RunPaths(Path(run_dir))
+    timing = load_timing(run_dir, names) if timing is None else timing
+    timed = {n: json.loads(paths.speed_row(n).read_text()).get("timed", []) for n in timing}
+    return speed_summary(timing, timed) if timing else pd.DataFrame()
 
 
 def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
@@ -282,7 +289,8 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
               f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
-    speed_rows = decoding_speed(cfg, run_dir, names)
+    timing = load_timing(run_dir, names)
+    speed_rows = decoding_speed(cfg, run_dir, names, timing)
     speed_md = ""
     if len(speed_rows):
         write_text(speed_rows.to_csv(index=False), paths.speed_summary)
@@ -292,18 +300,18 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
                     "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
                     "steps):\n\n" + format_speed_table(speed_rows))
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
+    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     if cfg.seeds is None:
         results_md = header + format_table(table) + expected + speed_md
         figure_bins = bins
     else:
-        results_md = header + _seeded_results(cfg, paths, groups, steps, tokens, speed_rows, seed) + (
+        results_md = header + _seeded_results(cfg, paths, groups, steps, tokens, timing, speed_rows, logs, seed) + (
             "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n" + format_table(table)
             + expected + speed_md)
         figure_bins = bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     figs = figure_paths(cfg, run_dir)
     figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
-    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     band = "the lowest to the highest seed" if cfg.seeds is not None else "Wilson 95% CI"
     figures = {
         "entropy": plot_acceptance_vs_entropy(
@@ -318,14 +326,13 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)
 
 
-def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], steps, tokens,
-                    speed_rows: pd.DataFrame, seed: int) -> str:
+def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
+                    speed_rows: pd.DataFrame, logs: dict[str, pd.DataFrame], seed: int) -> str:
     """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
     speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
     differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
     metrics = [group_metric(steps, groups, m, seed=seed) for m in STEP_METRICS]
     if len(speed_rows):
-        timing = {n: pd.read_parquet(paths.timing(n)) for d in groups.values() for n in d if paths.timing(n).is_file()}
         metrics.append(speed_over_seeds(timing, groups, speed_rows, seed=seed))
     metrics = pd.concat(metrics, ignore_index=True)
     write_text(metrics.to_csv(index=False), paths.seed_summary)
@@ -342,12 +349,12 @@ def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], 
            "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
            + "\n" + format_differences(differences))
     md += "\nWall time per draft (minutes on this machine, each seed):\n\n" + format_wall_times(
-        groups, {n: read_log(paths.train_log(n)) for n in run_names(cfg) if paths.train_log(n).is_file()},
+        groups, logs,
         {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d})
-    adaptive = [g for g, runs in cfg.run_groups().items() if g in groups
-                and any(o.get("adaptive_beta") for o in runs.values())]
+    recipes = cfg.run_groups()
+    adaptive = [g for g, runs in recipes.items() if g in groups and any(o.get("adaptive_beta") for o in runs.values())]
     for group in adaptive:
-        schedule = AdaptiveBeta(**next(iter(cfg.run_groups()[group].values()))["adaptive_beta"])
+        schedule = AdaptiveBeta(**next(iter(recipes[group].values()))["adaptive_beta"])
         regions = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
         others = {g: r for g, r in groups.items() if g != BASELINE}
         diffs = region_differences(tokens, others, group, regions, seed=seed)

@@ -72,6 +72,14 @@ def ratio(num, den):
     return num / den
 
 
+SPEED_COLUMNS = ("sd_tokens", "sd_s", "target_tokens", "target_s")  # 03's timing rows, in speed_ratio's order
+
+
+def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
+    """SD tokens/s over target-only tokens/s."""
+    return (sd_tokens / sd_s) / (target_tokens / target_s)
+
+
 def unit_matrix(frames: Sequence[pd.DataFrame], columns: Sequence[str], unit: str, what: str
                 ) -> dict[str, np.ndarray]:
     """Per-unit sums of `columns` for each seed's frame, as [S, U] arrays on a shared unit axis (a prompt's row, or
@@ -120,5 +128,5 @@ def group_metric(steps: dict[str, pd.DataFrame], groups: dict[str, list[str]], m
     return pd.DataFrame(rows)
 
 
-__all__ = ["STEP_METRICS", "bootstrap", "crossed_bootstrap", "group_metric", "metric_arrays", "prompt_sums", "ratio",
-           "ratio_bootstrap", "seed_mean", "unit_matrix", "wilson_interval"]
+__all__ = ["SPEED_COLUMNS", "STEP_METRICS", "bootstrap", "crossed_bootstrap", "group_metric", "metric_arrays", "prompt_sums", "ratio",
+           "ratio_bootstrap", "seed_mean", "speed_ratio", "unit_matrix", "wilson_interval"]
