@@ -94,8 +94,9 @@ def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny
     last_records = os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet")
     first = RUNS[0]  # a draft retrained after its evaluation must be evaluated again
     first_records = os.path.getmtime(run_dir / "records" / f"{first}_tokens.parquet")
+    retrained = os.path.getmtime(run_dir / "records" / f"{first}_speed.json") + 10  # after its last record
     student_config = run_dir / "drafts" / first / "student" / "config.json"
-    os.utime(student_config, (first_records + 10, first_records + 10))
+    os.utime(student_config, (retrained, retrained))
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir)]) == 0
     assert os.path.getmtime(run_dir / "records" / "baseline_tokens.parquet") == baseline_records  # kept
     assert os.path.getmtime(run_dir / "records" / f"{last}_tokens.parquet") > last_records  # redone
@@ -126,6 +127,20 @@ def test_eval_command_writes_records(tmp_path, shared_data, capsys):
     assert '"alpha_tok"' in capsys.readouterr().out
     assert main(["eval", "--teacher", "tiny-qwen3", "--gamma", "0", "--data", str(shared_data),
                  "--out", str(out)]) == 2
+
+
+def test_eval_with_a_config_decodes_its_own_prompts(tmp_path, shared_data, monkeypatch, capsys):
+    """`eval --config` reads the preset's data_source, as 01 does, not $DISTILLSPEC_DATA_DIR (or the hub)."""
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg.update(data_source=str(shared_data))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("DISTILLSPEC_DATA_DIR", str(tmp_path / "not-here"))
+    assert main(["eval", "--config", str(config), "--n", "2", "--max-new-tokens", "6",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert '"alpha_tok"' in capsys.readouterr().out
+    assert main(["eval", "--config", str(config), "--data", str(tmp_path / "not-here"), "--n", "2"]) == 2
+    assert "Data directory not found" in capsys.readouterr().err
 
 
 def test_papermill_parses_every_parameter():

@@ -22,7 +22,8 @@ def _cmd_eval(args) -> None:
     task = args.task or cfg.task
     spec = task_spec(task)
     target, draft, tok = load_pair(cfg, args.draft)
-    prompts = load_prompts(task, args.split, args.n, source=args.data, seed=args.seed, tokenizer=tok)
+    source = args.data if args.data is not None else cfg.data_source  # a preset's own data, as 01 reads it
+    prompts = load_prompts(task, args.split, args.n, source=source, seed=args.seed, tokenizer=tok)
     ids = render_prompts(tok, prompts)
     sampling = SamplingConfig(greedy=True) if args.greedy else SamplingConfig(
         temperature=args.temperature or spec.temperature, top_p=args.top_p)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--task", default=None, help="default: the config's task (gsm8k)")
     ev.add_argument("--split", default="test")
     ev.add_argument("--n", type=int, default=8)
-    ev.add_argument("--data", default=None, help="'hub' or a directory of jsonl files (default $DISTILLSPEC_DATA_DIR)")
+    ev.add_argument("--data", default=None, help="'hub' or a directory of jsonl files (default: the config's "
+                                                 "data_source, else $DISTILLSPEC_DATA_DIR)")
     ev.add_argument("--gamma", type=int, default=5)
     ev.add_argument("--max-new-tokens", type=int, default=None)
     ev.add_argument("--temperature", type=float, default=None)
