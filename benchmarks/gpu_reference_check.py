@@ -1,17 +1,20 @@
-"""The reference preset's own path (configs/qwen3_gsm8k.yaml: 01 data, 02 training, the eval command) at the real
-Qwen3-4B / Qwen3-0.6B shapes on one GPU, with random weights: the lent GPU machines reach no model hub.
+"""A reference preset's own path (01's prompt sets, 02's training, the eval command) at the real shapes of its pair
+on one GPU, with random weights: the lent GPU machines reach no model hub.
 
-    python benchmarks/gpu_reference_check.py prepare --work gpucheck      # here: tokenizer and a data subset
-    python benchmarks/gpu_reference_check.py run --work gpucheck --steps 3  # on the GPU (carry gpucheck)
+    python benchmarks/gpu_reference_check.py prepare --work gpucheck       # here: tokenizers and data subsets
+    python benchmarks/gpu_reference_check.py run --preset qwen3_gsm8k --work gpucheck --steps 2   # on the GPU
+    python benchmarks/gpu_reference_check.py run --preset smollm_cnndm --work gpucheck --steps 2
 
-`prepare` writes the SmolLM2 tokenizer with its vocabulary padded to Qwen3's 151,936 ids (the extra ids decode to
-`<pad_N>` and are never produced by encoding), so random models that sample any id can be decoded, and the first
-rows of the local GSM8K files. `run` builds random-init checkpoints of both shapes, trains the preset's RKL draft
-for --steps optimiser steps (global batch 32 in micro-batches of 8, 312-token rollouts, precision auto = bf16
-mixed precision, gradient checkpointing, a checkpoint at the last step), checks what that path promises (fp32
-master weights saved, the teacher in bf16, finite losses, weights that moved) and decodes a few held-out prompts
-with the baseline and the trained draft through `python -m distillspec eval`. Prints one JSON object; the
-numbers are those of random weights (near-uniform distributions), except memory and time, which are the shapes'.
+`prepare` writes the SmolLM2 tokenizer as it is (SmolLM's vocabulary) and padded to Qwen3's 151,936 ids (the extra
+ids decode to `<pad_N>` and are never produced by encoding, so random models that sample any id can be decoded),
+and the first rows of the local GSM8K and CNN/DM files. `run` builds random-init checkpoints of the pair's
+published shapes and trains the preset's RKL draft with everything else as the preset has it (global batch 32 in
+micro-batches of 8, its rollout length, precision auto = bf16 mixed precision on a GPU, gradient checkpointing)
+for 2 x --steps steps twice: stopped after --steps (its checkpoint) and resumed, and straight through. It
+reports memory, step times, the training logs, the saved draft's dtypes and how far its weights moved, and decodes
+8 held-out prompts with the baseline and the trained draft through `python -m distillspec eval`. Prints one JSON
+object; its acceptance numbers are those of random weights (near-uniform distributions), its memory and times the
+shapes'. docs/distillation.md ("At real shapes on one GPU") has the measured results.
 """
 
 from __future__ import annotations
