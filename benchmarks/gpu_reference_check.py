@@ -193,7 +193,7 @@ def run(work: Path, preset: str, steps: int, out: Path | None = None) -> dict:
     report["build_s"] = round(time.perf_counter() - started, 1)
     dump(report, out)
     cfg_path = write_preset(work, preset, steps)
-    cfg = Config.from_yaml(cfg_path).replace(max_steps=2 * steps)
+    cfg = Config.from_yaml(cfg_path)  # 2 x steps, a checkpoint after `steps`
     teacher, _ = load_target(cfg)
     report["teacher_dtype"] = str(next(teacher.parameters()).dtype)
     del teacher
