@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from datasets import Dataset
@@ -5,7 +7,7 @@ from datasets import Dataset
 from distillspec import DistillSpecError
 from distillspec.config import Config
 from distillspec.data import load_prompts, render_prompts
-from distillspec.distill import distill, load_pair, read_log
+from distillspec.distill import CollapseWarning, distill, load_pair, read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.tiny import tiny_model
 from multiproc_worker import StopAt  # tests/ is on sys.path under pytest
@@ -205,3 +207,25 @@ def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path,
     assert other.mean().item() != pytest.approx(ref.item(), rel=1e-3)  # the two temperatures are distinguishable
     with pytest.raises(DistillSpecError, match="loss_temperature=0.0 must be > 0"):
         cfg.replace(loss_temperature=0.0)
+
+
+def _collapse_warnings(entropies):
+    """The CollapseWarning messages for a run that logs these student entropies every 5 steps."""
+    from types import SimpleNamespace
+
+    callback = CollapseWarning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, entropy in enumerate(entropies):
+            callback.on_log(None, SimpleNamespace(global_step=5 * (i + 1)), None,
+                            logs={"loss": 1.0, "entropy": entropy, "grad_norm": 1e-9})
+    return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_collapsed_draft_is_named_once_and_a_dip_is_not():
+    """Entropy paths like the GSM8K seeds study's RKL runs: one seed fell to 0 at step 10 and stayed there (its
+    acceptance ended below the baseline); the others dipped to 0.06 and recovered."""
+    collapsed = _collapse_warnings([0.71, 0.0, 1e-9, 0.0, 0.0, 0.0])
+    assert len(collapsed) == 1 and "collapsed" in collapsed[0] and "steps 10-20" in collapsed[0], collapsed
+    assert _collapse_warnings([0.61, 0.2, 0.06, 0.3, 0.24]) == []
+    assert _collapse_warnings([0.5, 0.0, 0.0, 0.4, 0.0, 0.0, 0.3]) == []  # never 3 logged steps in a row

@@ -193,6 +193,31 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class CollapseWarning(TrainerCallback):
+    """Warn once when the draft has collapsed: its entropy on its own rollouts stays near zero for `patience`
+    logged steps. A collapsed draft emits one deterministic text, its divergence gradient vanishes (RKL cannot
+    climb back out) and its acceptance ends near or below the untrained baseline; training goes on unchanged."""
+
+    def __init__(self, threshold: float = 1e-3, patience: int = 3):
+        self.threshold, self.patience = threshold, patience
+        self.low: list[int] = []  # the logged steps in the current run of near-zero entropy
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entropy = (logs or {}).get("entropy")
+        if entropy is None or self.warned:
+            return
+        self.low = self.low + [state.global_step] if entropy < self.threshold else []
+        if len(self.low) >= self.patience:
+            self.warned = True
+            warnings.warn(
+                f"the draft has collapsed: its entropy on its own rollouts has been below {self.threshold:g} nats "
+                f"at logged steps {self.low[0]}-{self.low[-1]} (now {entropy:.2e}; grad_norm "
+                f"{(logs or {}).get('grad_norm', float('nan')):.2e}). It now emits one deterministic text and will "
+                "accept poorly; training continues. To avoid it: a lower learning_rate, warmup_steps, or another "
+                "divergence (FKL/JSD keep mass on the teacher's support).", RuntimeWarning, stacklevel=2)
+
+
 def training_args(cfg: Config, output_dir: Path) -> DistillationConfig:
     """TRL arguments for this config on this launch: the global batch split over the processes, mixed precision
     from `precision` (fp32 weights, bf16 autocast)."""
@@ -296,7 +321,7 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     log_path = output_dir / TRAIN_LOG
     trainer = DistillSpecTrainer(
         model=student, teacher_model=teacher, args=training_args(cfg, output_dir), train_dataset=dataset,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[JsonlLogCallback(log_path), *(callbacks or [])],
+        processing_class=tokenizer, peft_config=peft_config, callbacks=[JsonlLogCallback(log_path), CollapseWarning(), *(callbacks or [])],
         ds_config=cfg,
     )
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
@@ -305,4 +330,4 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
 
 
-__all__ = ["DistillResult", "DistillSpecTrainer", "distill", "load_pair", "read_log"]
+__all__ = ["CollapseWarning", "DistillResult", "DistillSpecTrainer", "distill", "load_pair", "read_log"]
