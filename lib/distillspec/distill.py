@@ -204,16 +204,17 @@ class CollapseWarning(TrainerCallback):
         self.warned = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        entropy = (logs or {}).get("entropy")
-        if entropy is None or self.warned:
+        logs = logs or {}
+        if "entropy" not in logs or self.warned or not state.is_world_process_zero:  # one warning, not one per rank
             return
+        entropy = logs["entropy"]
         self.low = self.low + [state.global_step] if entropy < self.threshold else []
         if len(self.low) >= self.patience:
             self.warned = True
             warnings.warn(
                 f"the draft has collapsed: its entropy on its own rollouts has been below {self.threshold:g} nats "
                 f"at logged steps {self.low[0]}-{self.low[-1]} (now {entropy:.2e}; grad_norm "
-                f"{(logs or {}).get('grad_norm', float('nan')):.2e}). It now emits one deterministic text and will "
+                f"{logs.get('grad_norm', float('nan')):.2e}). It now emits one deterministic text and will "
                 "accept poorly; training continues. To avoid it: a lower learning_rate, warmup_steps, or another "
                 "divergence (FKL/JSD keep mass on the teacher's support).", RuntimeWarning, stacklevel=2)
 
@@ -321,7 +322,8 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     log_path = output_dir / TRAIN_LOG
     trainer = DistillSpecTrainer(
         model=student, teacher_model=teacher, args=training_args(cfg, output_dir), train_dataset=dataset,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[JsonlLogCallback(log_path), CollapseWarning(), *(callbacks or [])],
+        processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[JsonlLogCallback(log_path), CollapseWarning(), *(callbacks or [])],
         ds_config=cfg,
     )
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
