@@ -8,7 +8,7 @@ import pytest
 from distillspec.config import Config
 from distillspec.errors import DistillSpecError
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
-from distillspec.study.seeds import (bins_over_seeds, pairwise_differences, ranking_text, region_differences,
+from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text, region_differences,
                                      speed_over_seeds)
 from distillspec.study.stats import group_metric, ratio_bootstrap
 
@@ -106,6 +106,21 @@ def test_speed_over_seeds_pairs_batches_and_lists_gammas():
     assert row["lo"] == pytest.approx(1.2) and row["hi"] == pytest.approx(1.3)
 
 
+def test_collapsed_seeds_are_named_from_their_training_logs():
+    """04 names the seeds whose own-rollout entropy stayed ~0 (like the GSM8K study's rkl_s2, 0 from step 10) and
+    not those that dipped once; a study without training logs says nothing."""
+    def log(entropies):
+        return pd.DataFrame({"step": [5 * (i + 1) for i in range(len(entropies))], "entropy": entropies})
+
+    groups = {"baseline": ["baseline"], "rkl": ["rkl_s0", "rkl_s1"], "jsd": ["jsd_s0"]}
+    logs = {"rkl_s0": log([0.7, 0.3, 0.2, 0.2]), "rkl_s1": log([0.71, 1.7e-5, 1.5e-6, 7e-8, 0.0]),
+            "jsd_s0": log([0.5, 1e-6, 0.4, 1e-6, 1e-6, 0.3])}
+    text = collapse_text(groups, logs)
+    assert "rkl_s1 from step 10" in text and "rkl_s0" not in text and "jsd_s0" not in text, text
+    assert "No trained draft collapsed" in collapse_text(groups, {k: v for k, v in logs.items() if k != "rkl_s1"})
+    assert collapse_text({"baseline": ["baseline"]}, {}) == ""
+
+
 def test_seeds_name_one_draft_per_recipe_and_seed():
     cfg = Config(divergences=["fkl", "rkl"], extra_runs=[{"name": "ad", "adaptive_beta": {"h_low": 0.5}}],
                  seeds=[0, 3])
@@ -180,6 +195,7 @@ def test_a_seeded_study_reports_means_over_seeds(seeded_run):
     assert "speedup, greedy, batch 1 [95% CI] (gamma; predicted)" in results
     assert "Ranking by alpha_tok" in results and "| adaptive minus |" in results
     assert "| fkl_s1 |" in results  # each seed's own row too
+    assert "No trained draft collapsed" in results  # random-init tiny drafts keep their entropy
     diffs = pd.read_csv(paths.differences)
     assert len(diffs) == 3  # baseline, fkl, adaptive: three pairs
     regions = pd.read_csv(paths.entropy_regions)

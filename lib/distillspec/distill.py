@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,14 +194,26 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+def collapse_span(log: Iterable[tuple[int, float]], threshold: float = 1e-3,
+                  patience: int = 3) -> tuple[int, int] | None:
+    """(first, last) step of the first `patience` logged steps in a row whose own-rollout entropy is below
+    `threshold` nats, or None: the sign of a collapsed draft (CollapseWarning during training, 04 afterwards)."""
+    low: list[int] = []
+    for step, entropy in log:
+        low = low + [int(step)] if entropy < threshold else []  # NaN resets too
+        if len(low) >= patience:
+            return low[0], low[-1]
+    return None
+
+
 class CollapseWarning(TrainerCallback):
-    """Warn once when the draft has collapsed: its entropy on its own rollouts stays near zero for `patience`
-    logged steps. A collapsed draft emits one deterministic text, its divergence gradient vanishes (RKL cannot
-    climb back out) and its acceptance ends near or below the untrained baseline; training goes on unchanged."""
+    """Warn once when the draft has collapsed (collapse_span): its entropy on its own rollouts stays near zero for
+    `patience` logged steps. A collapsed draft emits one deterministic text, its divergence gradient vanishes (RKL
+    cannot climb back out) and its acceptance ends near or below the untrained baseline; training goes on unchanged."""
 
     def __init__(self, threshold: float = 1e-3, patience: int = 3):
         self.threshold, self.patience = threshold, patience
-        self.low: list[int] = []  # the logged steps in the current run of near-zero entropy
+        self.seen: list[tuple[int, float]] = []  # (logged step, own-rollout entropy)
         self.warned = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -208,12 +221,13 @@ class CollapseWarning(TrainerCallback):
         if "entropy" not in logs or self.warned or not state.is_world_process_zero:  # one warning, not one per rank
             return
         entropy = logs["entropy"]
-        self.low = self.low + [state.global_step] if entropy < self.threshold else []
-        if len(self.low) >= self.patience:
+        self.seen.append((state.global_step, entropy))
+        span = collapse_span(self.seen, self.threshold, self.patience)
+        if span:
             self.warned = True
             warnings.warn(
                 f"the draft has collapsed: its entropy on its own rollouts has been below {self.threshold:g} nats "
-                f"at logged steps {self.low[0]}-{self.low[-1]} (now {entropy:.2e}; grad_norm "
+                f"at logged steps {span[0]}-{span[1]} (now {entropy:.2e}; grad_norm "
                 f"{logs.get('grad_norm', float('nan')):.2e}). It now emits one deterministic text and will "
                 "accept poorly; training continues. To avoid it: a lower learning_rate, warmup_steps, or another "
                 "divergence (FKL/JSD keep mass on the teacher's support).", RuntimeWarning, stacklevel=2)
@@ -332,4 +346,5 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
 
 
-__all__ = ["CollapseWarning", "DistillResult", "DistillSpecTrainer", "distill", "load_pair", "read_log"]
+__all__ = ["CollapseWarning", "DistillResult", "DistillSpecTrainer", "collapse_span", "distill", "load_pair",
+           "read_log"]

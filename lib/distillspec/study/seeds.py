@@ -12,6 +12,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from ..distill import collapse_span
 from ..errors import require
 from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, metric_arrays, ratio, seed_mean, speed_ratio,
                     unit_matrix)
@@ -140,6 +141,27 @@ def format_wall_times(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame
     return "\n".join(lines) + "\n"
 
 
+def collapse_text(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame]) -> str:
+    """In words: which seeds' drafts collapsed during training (distill.collapse_span on their logs), so that a low
+    per-seed value reads as what it is; their values stay in the means and CIs (a collapse is one outcome of a seed)."""
+    rule = "own-rollout entropy below 1e-3 nats for 3 logged steps in a row"
+    spans = {}
+    for drafts in groups.values():
+        for draft in drafts:
+            log = logs.get(draft)
+            if log is not None and "entropy" in log:
+                rows = log.dropna(subset=["entropy"])
+                spans[draft] = collapse_span(zip(rows["step"], rows["entropy"]))
+    collapsed = {d: span for d, span in spans.items() if span}
+    if not spans:
+        return ""
+    if not collapsed:
+        return f"No trained draft collapsed ({rule}).\n"
+    return (f"Collapsed during training ({rule}; such a draft emits one deterministic text and accepts near or below "
+            "the baseline; its value stays in its recipe's mean and CI): "
+            + "; ".join(f"{d} from step {span[0]}" for d, span in collapsed.items()) + ".\n")
+
+
 def bins_over_seeds(bins: pd.DataFrame, groups: dict[str, list[str]]) -> pd.DataFrame:
     """Per-draft entropy bins (report.acceptance_by_entropy, shared edges) pooled per group: tokens, acceptance
     over all seeds, and the seed spread (lowest and highest seed's rate) where every seed has the bin."""
@@ -215,5 +237,5 @@ def format_region_differences(diffs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bins_over_seeds", "format_differences", "format_headline", "format_region_differences",
+__all__ = ["bins_over_seeds", "collapse_text", "format_differences", "format_headline", "format_region_differences",
            "format_wall_times", "pairwise_differences", "ranking_text", "region_differences", "speed_over_seeds"]

@@ -28,7 +28,7 @@ from .report import (acceptance_by_entropy, format_expected_acceptance, format_s
                      plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table)
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
                      load_prompt_file, run_names, save_prompts)
-from .seeds import (bins_over_seeds, format_differences, format_headline, format_region_differences,
+from .seeds import (bins_over_seeds, collapse_text, format_differences, format_headline, format_region_differences,
                     format_wall_times, pairwise_differences, ranking_text, region_differences, speed_over_seeds)
 from .stats import STEP_METRICS, group_metric
 
@@ -348,6 +348,8 @@ def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], 
     md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
            "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
            + "\n" + format_differences(differences))
+    collapses = collapse_text(groups, logs)
+    md += f"\n{collapses}" if collapses else ""
     md += "\nWall time per draft (minutes on this machine, each seed):\n\n" + format_wall_times(
         groups, logs,
         {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d})
