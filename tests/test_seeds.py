@@ -8,8 +8,8 @@ import pytest
 from distillspec.config import Config
 from distillspec.errors import DistillSpecError
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
-from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text, region_differences,
-                                     speed_over_seeds)
+from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text,
+                                     region_differences, speed_over_seeds)
 from distillspec.study.stats import group_metric, ratio_bootstrap
 
 

@@ -194,8 +194,11 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def collapse_span(log: Iterable[tuple[int, float]], threshold: float = 1e-3,
-                  patience: int = 3) -> tuple[int, int] | None:
+COLLAPSE_ENTROPY, COLLAPSE_PATIENCE = 1e-3, 3  # nats; logged steps in a row
+
+
+def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_ENTROPY,
+                  patience: int = COLLAPSE_PATIENCE) -> tuple[int, int] | None:
     """(first, last) step of the first `patience` logged steps in a row whose own-rollout entropy is below
     `threshold` nats, or None: the sign of a collapsed draft (CollapseWarning during training, 04 afterwards)."""
     low: list[int] = []
@@ -211,7 +214,7 @@ class CollapseWarning(TrainerCallback):
     `patience` logged steps. A collapsed draft emits one deterministic text, its divergence gradient vanishes (RKL
     cannot climb back out) and its acceptance ends near or below the untrained baseline; training goes on unchanged."""
 
-    def __init__(self, threshold: float = 1e-3, patience: int = 3):
+    def __init__(self, threshold: float = COLLAPSE_ENTROPY, patience: int = COLLAPSE_PATIENCE):
         self.threshold, self.patience = threshold, patience
         self.seen: list[tuple[int, float]] = []  # (logged step, own-rollout entropy)
         self.warned = False
@@ -346,5 +349,5 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
 
 
-__all__ = ["CollapseWarning", "DistillResult", "DistillSpecTrainer", "collapse_span", "distill", "load_pair",
-           "read_log"]
+__all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "CollapseWarning", "DistillResult", "DistillSpecTrainer",
+           "collapse_span", "distill", "load_pair", "read_log"]

@@ -12,7 +12,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..distill import collapse_span
+from ..distill import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from ..errors import require
 from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, metric_arrays, ratio, seed_mean, speed_ratio,
                     unit_matrix)
@@ -144,17 +144,16 @@ def format_wall_times(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame
 def collapse_text(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame]) -> str:
     """In words: which seeds' drafts collapsed during training (distill.collapse_span on their logs), so that a low
     per-seed value reads as what it is; their values stay in the means and CIs (a collapse is one outcome of a seed)."""
-    rule = "own-rollout entropy below 1e-3 nats for 3 logged steps in a row"
     spans = {}
-    for drafts in groups.values():
-        for draft in drafts:
-            log = logs.get(draft)
-            if log is not None and "entropy" in log:
-                rows = log.dropna(subset=["entropy"])
-                spans[draft] = collapse_span(zip(rows["step"], rows["entropy"]))
-    collapsed = {d: span for d, span in spans.items() if span}
+    for draft in (d for drafts in groups.values() for d in drafts):
+        log = logs.get(draft)
+        if log is not None and "entropy" in log:
+            rows = log.dropna(subset=["entropy"])
+            spans[draft] = collapse_span(zip(rows["step"], rows["entropy"]))
     if not spans:
         return ""
+    rule = f"own-rollout entropy below {COLLAPSE_ENTROPY:g} nats for {COLLAPSE_PATIENCE} logged steps in a row"
+    collapsed = {d: span for d, span in spans.items() if span}
     if not collapsed:
         return f"No trained draft collapsed ({rule}).\n"
     return (f"Collapsed during training ({rule}; such a draft emits one deterministic text and accepts near or below "
