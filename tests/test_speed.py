@@ -60,6 +60,23 @@ def test_step_costs_are_measured_for_every_verification_size(tiny_teacher_and_dr
         measure_step_costs(teacher, draft, batch_size=1, context=20, max_gamma=0)
 
 
+def test_a_slow_spell_of_the_machine_does_not_skew_one_forward_against_another(monkeypatch):
+    """Two equally costly steps; the machine runs 3x slower for the first 8 calls. Timed in rounds, each step gets
+    only some of the slow calls and both medians stay 1 (one after the other, the first step's would be 3)."""
+    from distillspec import speed
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def step():
+        clock["calls"] += 1
+        clock["now"] += 3.0 if clock["calls"] <= 8 else 1.0
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock["now"])
+    assert speed.median_seconds_each({"a": step, "b": step}, reps=10) == {"a": 1.0, "b": 1.0}
+    clock.update(now=0.0, calls=0)
+    assert speed.median_seconds(step, reps=10) == 3.0  # alone, the step sits inside the slow spell
+
+
 def test_timed_greedy_sd_writes_the_targets_text(tiny_teacher_and_draft, tokenizer):
     teacher, draft, tok = tiny_teacher_and_draft
     prompts = [tok.encode(t) for t in ("What is 2 + 3?", "Say hello.", "Count to five:")]

@@ -27,37 +27,59 @@ from .specdec import speculative_generate
 MAX_GAMMA = 16  # longest draft block the cost model measures (a verification of 17 tokens)
 
 
+def median_seconds_each(fns: dict, reps: int) -> dict:
+    """Median seconds of each callable, timed in rounds that run every one once (in a rotating order), so a slow
+    spell of the machine lands on all of them alike instead of on whichever was being timed at the moment."""
+    for fn in fns.values():
+        fn()  # warm-up
+    keys = list(fns)
+    times = {key: [] for key in keys}
+    for rep in range(reps):
+        shift = rep % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            start = time.perf_counter()
+            fns[key]()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(seconds) for key, seconds in times.items()}
+
+
 def median_seconds(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds_each({0: fn}, reps)[0]
+
+
+def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int], body_only: bool = False) -> dict:
+    """One callable per entry of `new_tokens`: a forward feeding that many tokens per row after a KV cache of
+    `context` tokens per row. They share one cache, cropped back after each call, so every call sees the same
+    state. body_only: skip the LM head. Call them under torch.inference_mode()."""
+    device = next(model.parameters()).device
+    ids = torch.randint(100, 1000, (batch_size, context + max(new_tokens)), device=device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    net = model.model if body_only else model
+
+    def step_of(k: int):
+        mask = torch.ones(batch_size, context + k, dtype=torch.long, device=device)
+        positions = torch.arange(context, context + k, device=device)[None].expand(batch_size, -1)
+
+        def step():
+            net(input_ids=ids[:, context : context + k], attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            cache.crop(-k)
+
+        return step
+
+    return {k: step_of(k) for k in new_tokens}
 
 
 @torch.inference_mode()
 def forward_seconds(model, *, batch_size: int, context: int, new_tokens: int, reps: int = 10,
                     body_only: bool = False) -> float:
-    """Median seconds of one forward feeding `new_tokens` per row after a KV cache of `context` tokens per row (the
-    cache is cropped back after each repetition, so every one sees the same state). body_only: skip the LM head."""
-    device = next(model.parameters()).device
-    ids = torch.randint(100, 1000, (batch_size, context + new_tokens), device=device)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    mask = torch.ones(batch_size, context + new_tokens, dtype=torch.long, device=device)
-    positions = torch.arange(context, context + new_tokens, device=device)[None].expand(batch_size, -1)
-    net = model.model if body_only else model
-
-    def step():
-        net(input_ids=ids[:, context:], attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        cache.crop(-new_tokens)
-
-    return median_seconds(step, reps)
+    """Median seconds of one forward feeding `new_tokens` per row after a KV cache of `context` tokens per row."""
+    steps = forward_steps(model, batch_size=batch_size, context=context, new_tokens=[new_tokens],
+                          body_only=body_only)
+    return median_seconds(steps[new_tokens], reps)
 
 
 @dataclass
@@ -109,14 +131,17 @@ class StepCosts:
         return cls(**{**data, "target_s": {int(k): v for k, v in data["target_s"].items()}})
 
 
+@torch.inference_mode()
 def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10) -> StepCosts:
     """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
-    forward: body and, possibly reduced, LM head) on this machine."""
+    forward: body and, possibly reduced, LM head) on this machine, interleaved (`median_seconds_each`): the
+    ratios between them, which choose gamma, are what must not drift."""
     require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
     require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
-    target_s = {k: forward_seconds(target, batch_size=batch_size, context=context, new_tokens=k, reps=reps)
-                for k in range(1, max_gamma + 2)}
-    draft_s = forward_seconds(draft, batch_size=batch_size, context=context, new_tokens=1, reps=reps)
+    steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)))
+    steps["draft"] = forward_steps(draft, batch_size=batch_size, context=context, new_tokens=[1])[1]
+    target_s = median_seconds_each(steps, reps)
+    draft_s = target_s.pop("draft")
     return StepCosts(target_s, draft_s, batch_size, context)
 
 
