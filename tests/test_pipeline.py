@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import nbformat
 import pandas as pd
@@ -315,3 +316,32 @@ def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, token
                    for t in row["timed"])  # gamma 'auto': a pilot, and costs up to speed_max_gamma + 1 tokens
         timing = pd.read_parquet(run_dir / "records" / f"{draft}_timing.parquet")
         assert timing.groupby("setting")["prompts"].sum().tolist() == [2, 2]
+
+
+def test_retime_measures_evaluated_drafts_again_and_the_next_run_rebuilds_04(tiny_run, tmp_path, capsys):
+    """`retime` times the named drafts against the target again (new costs and timing rows; their acceptance
+    records and the other drafts untouched), removes 04's table, and the next `run` rebuilds it; a draft whose
+    student is not in the run directory is refused with the fix."""
+    from distillspec.study.rundir import RunPaths
+
+    config, run_dir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    records = copy / "records"
+    before = {n: json.loads((records / f"{n}_speed.json").read_text()) for n in ["baseline", *RUNS[:2]]}
+    tokens = (records / f"{RUNS[0]}_tokens.parquet").read_bytes()
+    assert main(["retime", "--config", str(config), "--run-dir", str(copy), "--drafts", f"baseline,{RUNS[0]}"]) == 0
+    assert "04's table was removed" in capsys.readouterr().out and not (copy / "results.md").exists()
+    for name in ["baseline", RUNS[0]]:
+        after = json.loads((records / f"{name}_speed.json").read_text())
+        assert after["timed"] != before[name]["timed"]  # measured again
+        assert [t["setting"] for t in after["timed"]] == [t["setting"] for t in before[name]["timed"]]
+        assert {k: v for k, v in after.items() if k != "timed"} == {
+            k: v for k, v in before[name].items() if k != "timed"}
+    assert json.loads((records / f"{RUNS[1]}_speed.json").read_text()) == before[RUNS[1]]
+    assert (records / f"{RUNS[0]}_tokens.parquet").read_bytes() == tokens
+    assert main(["run", "--config", str(config), "--run-dir", str(copy)]) == 0
+    assert (copy / "results.md").is_file() and "skip 03_specdec_eval.ipynb" in capsys.readouterr().out
+    shutil.rmtree(RunPaths(copy).student(RUNS[1]))
+    assert main(["retime", "--config", str(config), "--run-dir", str(copy), "--drafts", RUNS[1]]) == 2
+    assert "no trained student" in capsys.readouterr().err

@@ -86,6 +86,23 @@ def _cmd_run(args) -> None:
         print(f"published to:  {Path(args.publish).resolve() / name}")
 
 
+def _cmd_retime(args) -> None:
+    """03's timing again on this machine for drafts already evaluated; publishes their records when asked."""
+    from .config import Config
+    from .study.pipeline import publish
+    from .study.rundir import default_run_dir, expand_drafts
+    from .study.stages import retime_drafts
+
+    cfg = Config.from_yaml(args.config)
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
+    names = expand_drafts(cfg, [d.strip() for d in args.drafts.split(",") if d.strip()])
+    print(retime_drafts(cfg, run_dir, names).to_string(index=False))
+    if args.publish:
+        publish(cfg, run_dir, Path(args.publish))
+        print(f"published to {Path(args.publish).resolve() / cfg.name}")
+    print("04's table was removed: `python -m distillspec run` rebuilds it with these timings.")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distillspec", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -122,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="a published records folder (e.g. figures/<name>/records) of an earlier session: its "
                           "finished drafts are imported, not retrained")
     run.set_defaults(func=_cmd_run)
+    rt = sub.add_parser("retime", help="time evaluated drafts against the target again, on this machine")
+    rt.add_argument("--config", required=True, help="a preset from configs/")
+    rt.add_argument("--drafts", required=True, help="comma-separated drafts (a recipe's name means all its seeds)")
+    rt.add_argument("--run-dir", default=None, help="default: runs/<config name>, as `run` uses")
+    rt.add_argument("--publish", default=None, help="copy the drafts' records here afterwards (e.g. figures)")
+    rt.set_defaults(func=_cmd_retime)
     tr = sub.add_parser("train", help="one training run of a study (use under accelerate launch for DDP / FSDP2)")
     tr.add_argument("--config", required=True, help="a preset from configs/")
     tr.add_argument("--draft", required=True,

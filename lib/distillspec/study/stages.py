@@ -121,6 +121,36 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     return speed
 
 
+def retime_drafts(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
+    """03's timing again, on this machine, for drafts already evaluated (their acceptance records stay): the step
+    costs, the chosen gamma, and SD against the target alone. For records timed elsewhere or by an older rule; it
+    needs the trained students in the run directory. 04's table is removed, so the next `run` rebuilds it."""
+    require(cfg.speed, f"The preset '{cfg.name}' has no `speed` settings: there is nothing to time.")
+    paths = RunPaths(Path(run_dir))
+    unknown = sorted(set(names) - set(draft_names(cfg)))
+    require(names and not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    pending = [n for n in names if not paths.speed_row(n).is_file()]
+    require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
+            "(python -m distillspec run --drafts ...), which times them too.")
+    drafts = {n: _draft_source(paths, n) for n in names}
+    absent = [n for n, path in drafts.items() if path is not None and not (path / "config.json").is_file()]
+    require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
+            "only?): timing needs the model. Train them here, or retime where they were trained.")
+    decoding = cfg.for_decoding()
+    target, tok = load_target(decoding)
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    vocab = draft_vocab(cfg, run_dir, target, tok)
+    for name in tqdm(names, desc="drafts"):
+        draft = load_draft(decoding, target, tok, drafts[name])
+        if vocab is not None:
+            draft = reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
+        timing, timed = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
+        write_parquet(timing, paths.timing(name))
+        write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed}, paths.speed_row(name))
+    paths.results.unlink(missing_ok=True)  # 04 ran on the old timings
+    return decoding_speed(cfg, run_dir, names)
+
+
 def _sampling(cfg: Config) -> SamplingConfig:
     return SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
 
