@@ -331,7 +331,7 @@ def test_retime_measures_evaluated_drafts_again_and_the_next_run_rebuilds_04(tin
     before = {n: json.loads((records / f"{n}_speed.json").read_text()) for n in ["baseline", *RUNS[:2]]}
     tokens = (records / f"{RUNS[0]}_tokens.parquet").read_bytes()
     assert main(["retime", "--config", str(config), "--run-dir", str(copy), "--drafts", f"baseline,{RUNS[0]}"]) == 0
-    assert "04's table was removed" in capsys.readouterr().out and not (copy / "results.md").exists()
+    assert "rebuilds 04's table" in capsys.readouterr().out and not (copy / "results.md").exists()
     for name in ["baseline", RUNS[0]]:
         after = json.loads((records / f"{name}_speed.json").read_text())
         assert after["timed"] != before[name]["timed"]  # measured again

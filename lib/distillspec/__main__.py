@@ -100,7 +100,7 @@ def _cmd_retime(args) -> None:
     if args.publish:
         publish(cfg, run_dir, Path(args.publish))
         print(f"published to {Path(args.publish).resolve() / cfg.name}")
-    print("04's table was removed: `python -m distillspec run` rebuilds it with these timings.")
+    print("the next `python -m distillspec run` rebuilds 04's table with these timings.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,15 +74,19 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
     return paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
 
 
+def _known_drafts(cfg: Config, names: list[str]) -> list[str]:
+    unknown = sorted(set(names) - set(draft_names(cfg)))
+    require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    return list(names)
+
+
 def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
     """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
     target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
     speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
     evaluation resumes at the next draft."""
     paths = RunPaths(Path(run_dir))
-    names = draft_names(cfg) if names is None else list(names)
-    unknown = sorted(set(names) - set(draft_names(cfg)))
-    require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    names = draft_names(cfg) if names is None else _known_drafts(cfg, names)
     drafts = {n: _draft_source(paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
     for name in todo:
@@ -127,23 +131,18 @@ def retime_drafts(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.Data
     needs the trained students in the run directory. 04's table is removed, so the next `run` rebuilds it."""
     require(cfg.speed, f"The preset '{cfg.name}' has no `speed` settings: there is nothing to time.")
     paths = RunPaths(Path(run_dir))
-    unknown = sorted(set(names) - set(draft_names(cfg)))
-    require(names and not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    names = _known_drafts(cfg, names)
+    require(names, "No drafts named to time again.")
     pending = [n for n in names if not paths.speed_row(n).is_file()]
     require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
             "(python -m distillspec run --drafts ...), which times them too.")
-    drafts = {n: _draft_source(paths, n) for n in names}
-    absent = [n for n, path in drafts.items() if path is not None and not (path / "config.json").is_file()]
+    absent = [n for n in names if n != BASELINE and not (paths.student(n) / "config.json").is_file()]
     require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
             "only?): timing needs the model. Train them here, or retime where they were trained.")
-    decoding = cfg.for_decoding()
-    target, tok = load_target(decoding)
+    target, tok = load_target(cfg.for_decoding())
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
-    vocab = draft_vocab(cfg, run_dir, target, tok)
     for name in tqdm(names, desc="drafts"):
-        draft = load_draft(decoding, target, tok, drafts[name])
-        if vocab is not None:
-            draft = reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
+        draft = decoding_draft(cfg, run_dir, target, tok, name)
         timing, timed = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
         write_parquet(timing, paths.timing(name))
         write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed}, paths.speed_row(name))
