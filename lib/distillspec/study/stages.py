@@ -379,9 +379,10 @@ def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], 
            + "\n" + format_differences(differences))
     collapses = collapse_text(groups, logs)
     md += f"\n{collapses}" if collapses else ""
-    md += "\nWall time per draft (minutes on this machine, each seed):\n\n" + format_wall_times(
-        groups, logs,
-        {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d})
+    rows = {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d}
+    md += ("\nWall time per draft (minutes, each seed, on the machine that ran the stage: drafts imported with "
+           "--results-from keep their own; the speed table's target tok/s tells machines apart):\n\n"
+           + format_wall_times(groups, logs, rows))
     recipes = cfg.run_groups()
     adaptive = [g for g, runs in recipes.items() if g in groups and any(o.get("adaptive_beta") for o in runs.values())]
     for group in adaptive:
