@@ -184,12 +184,18 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
 def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:
     """Copy a run's figures, results table and the config that made them into publish_dir/<run name>/ (e.g.
     figures/offline_gsm8k_full/, so presets of the same task do not overwrite each other), and every finished
-    draft's records into its records/ (what 04 needs, and what a later run imports)."""
+    draft's records into its records/ (what 04 needs, and what a later run imports). Where 04 has not run on these
+    records (a study in parts, or after `retime`), a table and figures published before are removed: they describe
+    other records."""
     paths = RunPaths(run_dir)
     out = publish_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     sources = [paths.config]
+    made_by_04 = [*figure_paths(cfg, run_dir).values(), paths.results]
     if paths.results.is_file():  # 04 has run
-        sources += [*figure_paths(cfg, run_dir).values(), paths.results]
+        sources += made_by_04
+    else:
+        for stale in made_by_04:
+            (out / stale.name).unlink(missing_ok=True)
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
     return copied + export_results(run_dir, out / "records", finished_drafts(cfg, run_dir))
