@@ -198,8 +198,9 @@ def test_imported_results_reproduce_the_table_without_training(tiny_run, tmp_pat
 
 
 def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
-    """Session 1 evaluates only the baseline (04 waits); session 2 imports it and the drafts of other sessions,
-    trains and evaluates the one draft still missing, and completes the table."""
+    """Session 1 evaluates only the baseline (04 waits); session 2 names the one draft still missing (--drafts),
+    imports the baseline and the drafts of other sessions, trains and evaluates that draft, and completes the
+    table."""
     import shutil
 
     config, _, _ = tiny_run
@@ -217,7 +218,8 @@ def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
         if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
             shutil.copy(f, records / f.name)
     baseline_tokens = pd.read_parquet(records / "baseline_tokens.parquet")
-    assert main(["run", "--config", str(config), "--run-dir", str(second), "--results-from", str(records)]) == 0
+    assert main(["run", "--config", str(config), "--run-dir", str(second), "--drafts", RUNS[0],
+                 "--results-from", str(records)]) == 0
     assert [p.name for p in second.glob("02_distill_*.ipynb")] == [f"02_distill_{RUNS[0]}.ipynb"]
     assert pd.read_parquet(second / "records" / "baseline_tokens.parquet").equals(baseline_tokens)  # not redone
     assert pd.read_csv(second / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
@@ -316,6 +318,14 @@ def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, token
                    for t in row["timed"])  # gamma 'auto': a pilot, and costs up to speed_max_gamma + 1 tokens
         timing = pd.read_parquet(run_dir / "records" / f"{draft}_timing.parquet")
         assert timing.groupby("setting")["prompts"].sum().tolist() == [2, 2]
+    # the speed table times each draft at its gamma; 03's eval-run throughput is not shown as a speedup beside it
+    results = (run_dir / "results.md").read_text()
+    assert "| speedup [95% CI] |" in results and "speedup vs target" not in results
+    from distillspec.study.report import format_table
+
+    for eval_speed, columns in ((True, 7), (False, 6)):  # without a speed table, the eval run's ratio is shown
+        rows = format_table(pd.read_csv(run_dir / "summary.csv"), eval_speed=eval_speed).splitlines()
+        assert {row.count("|") for row in rows} == {columns + 1} and ("speedup vs target" in rows[0]) == eval_speed
 
 
 def test_retime_measures_evaluated_drafts_again_and_the_next_run_rebuilds_04(tiny_run, tmp_path, capsys):

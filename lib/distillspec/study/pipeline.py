@@ -70,13 +70,14 @@ def _failed(executed: Path) -> bool:
 def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None,
          results_from: Path | None = None) -> list[Step]:
     """The notebooks to execute: 01, 02 per training run, 03, 04; with drafts, only those drafts' 02 and 03.
-    results_from: a published records folder whose finished drafts are imported right after 01."""
+    results_from: a published records folder whose finished drafts (any of the study's, not only those selected)
+    are imported right after 01, so the part of a study that finishes the last drafts also runs 04."""
     paths = RunPaths(run_dir)
     drafts = draft_names(cfg) if drafts is None else drafts
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
 
     def import_finished() -> str:
-        imported = import_results(cfg, run_dir, results_from, drafts)
+        imported = import_results(cfg, run_dir, results_from, draft_names(cfg))
         return f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}"
 
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],

@@ -79,17 +79,20 @@ def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """Markdown: estimates in percent with their 95% CIs, as the README shows them."""
-    lines = ["| draft | alpha_tok % [95% CI] | alpha_pos % [95% CI] | tau [95% CI] | speedup vs target | "
-             "prompts | tokens |", "|---|---|---|---|---|---|---|"]
+def format_table(table: pd.DataFrame, eval_speed: bool = True) -> str:
+    """Markdown: estimates in percent with their 95% CIs, as the README shows them. eval_speed: add 03's SD
+    throughput over the target's at the evaluation settings (fixed gamma, per-token records); a preset with a
+    `speed` table leaves it out, since that table times each draft at its best gamma against the target alone."""
+    speed_head, speed_rule = (" speedup vs target |", "---|") if eval_speed else ("", "")
+    lines = [f"| draft | alpha_tok % [95% CI] | alpha_pos % [95% CI] | tau [95% CI] |{speed_head} prompts | tokens |",
+             f"|---|---|---|---|{speed_rule}---|---|"]
     for _, r in table.iterrows():
         speed = f"{r['speedup']:.2f}x" if "speedup" in r and pd.notna(r.get("speedup")) else "n/a"
         lines.append(
             f"| {r['draft']} | {100 * r['alpha_tok']:.2f} [{100 * r['alpha_tok_lo']:.2f}, {100 * r['alpha_tok_hi']:.2f}]"
             f" | {100 * r['alpha_pos']:.2f} [{100 * r['alpha_pos_lo']:.2f}, {100 * r['alpha_pos_hi']:.2f}]"
-            f" | {r['tau']:.3f} [{r['tau_lo']:.3f}, {r['tau_hi']:.3f}] | {speed} | {r['n_prompts']} | "
-            f"{r['n_tokens']} |")
+            f" | {r['tau']:.3f} [{r['tau_lo']:.3f}, {r['tau_hi']:.3f}] |{f' {speed} |' if eval_speed else ''} "
+            f"{r['n_prompts']} | {r['n_tokens']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -331,11 +331,12 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     if cfg.seeds is None:
-        results_md = header + format_table(table) + expected + speed_md
+        results_md = header + format_table(table, eval_speed=not cfg.speed) + expected + speed_md
         figure_bins = bins
     else:
         results_md = header + _seeded_results(cfg, paths, groups, steps, tokens, timing, speed_rows, logs, seed) + (
-            "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n" + format_table(table)
+            "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n"
+            + format_table(table, eval_speed=not cfg.speed)
             + expected + speed_md)
         figure_bins = bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
