@@ -83,16 +83,19 @@ def format_table(table: pd.DataFrame, eval_speed: bool = True) -> str:
     """Markdown: estimates in percent with their 95% CIs, as the README shows them. eval_speed: add 03's SD
     throughput over the target's at the evaluation settings (fixed gamma, per-token records); a preset with a
     `speed` table leaves it out, since that table times each draft at its best gamma against the target alone."""
-    speed_head, speed_rule = (" speedup vs target |", "---|") if eval_speed else ("", "")
-    lines = [f"| draft | alpha_tok % [95% CI] | alpha_pos % [95% CI] | tau [95% CI] |{speed_head} prompts | tokens |",
-             f"|---|---|---|---|{speed_rule}---|---|"]
+    def line(cells: list) -> str:
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    def ci(r, col, scale, digits):
+        return f"{scale * r[col]:.{digits}f} [{scale * r[col + '_lo']:.{digits}f}, {scale * r[col + '_hi']:.{digits}f}]"
+
+    speed_head = ["speedup vs target"] if eval_speed else []
+    head = ["draft", "alpha_tok % [95% CI]", "alpha_pos % [95% CI]", "tau [95% CI]", *speed_head, "prompts", "tokens"]
+    lines = [line(head), "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        speed = f"{r['speedup']:.2f}x" if "speedup" in r and pd.notna(r.get("speedup")) else "n/a"
-        lines.append(
-            f"| {r['draft']} | {100 * r['alpha_tok']:.2f} [{100 * r['alpha_tok_lo']:.2f}, {100 * r['alpha_tok_hi']:.2f}]"
-            f" | {100 * r['alpha_pos']:.2f} [{100 * r['alpha_pos_lo']:.2f}, {100 * r['alpha_pos_hi']:.2f}]"
-            f" | {r['tau']:.3f} [{r['tau_lo']:.3f}, {r['tau_hi']:.3f}] |{f' {speed} |' if eval_speed else ''} "
-            f"{r['n_prompts']} | {r['n_tokens']} |")
+        speed = [f"{r['speedup']:.2f}x" if pd.notna(r.get("speedup")) else "n/a"] if eval_speed else []
+        lines.append(line([r["draft"], ci(r, "alpha_tok", 100, 2), ci(r, "alpha_pos", 100, 2), ci(r, "tau", 1, 3),
+                           *speed, r["n_prompts"], r["n_tokens"]]))
     return "\n".join(lines) + "\n"
 
 
