@@ -10,7 +10,7 @@ from distillspec.errors import DistillSpecError
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
 from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text,
                                      region_differences, speed_over_seeds)
-from distillspec.study.stats import group_metric, ratio_bootstrap
+from distillspec.study.stats import format_interval, group_metric, ratio_bootstrap
 
 
 def fake_steps(rate: float, n_prompts: int = 30, steps_per_prompt: int = 20, gamma: int = 4, seed: int = 0):
@@ -80,6 +80,13 @@ def test_region_differences_find_where_a_recipe_gains():
     low, high = diffs.iloc[0], diffs.iloc[1]
     assert not low["separated"] and abs(low["difference"]) < 0.05
     assert high["separated"] and high["difference"] == pytest.approx(0.3, abs=0.05)
+
+
+def test_intervals_scale_and_round_the_estimate_and_both_bounds_alike():
+    assert format_interval(0.07434, 0.06849, 0.07981, scale=100) == "7.43 [6.85, 7.98]"
+    assert format_interval(1.0691, 1.0615, 1.0754, digits=3) == "1.069 [1.062, 1.075]"
+    assert format_interval(1.163, 1.139, 1.191, unit="x") == "1.16x [1.14, 1.19]"
+    assert format_interval(0.012, -0.004, 0.03, scale=100, signed=True) == "+1.20 [-0.40, +3.00]"
 
 
 def test_bins_pool_seeds_and_keep_their_spread():

@@ -8,7 +8,8 @@ import pandas as pd
 from ..errors import require
 from ..metrics import expected_tokens_per_step
 from ..speed import StepCosts
-from .stats import SPEED_COLUMNS, STEP_METRICS, bootstrap, group_metric, prompt_sums, speed_ratio, wilson_interval
+from .stats import (SPEED_COLUMNS, STEP_METRICS, bootstrap, format_interval, group_metric, prompt_sums, speed_ratio,
+                    wilson_interval)
 
 
 def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
@@ -49,8 +50,9 @@ def format_speed_table(speed: pd.DataFrame) -> str:
         same = f"{100 * r['identical']:.0f}%" if pd.notna(r["identical"]) else "n/a (sampled)"
         lines.append(
             f"| {r['draft']} | {r['setting']} | {r['gamma']} | {100 * r['alpha_pos']:.1f} | {r['c']:.3f} | "
-            f"{r['verify_steps']:.2f} | {r['predicted_speedup']:.2f}x | {r['speedup']:.2f}x [{r['speedup_lo']:.2f}, "
-            f"{r['speedup_hi']:.2f}] | {r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
+            f"{r['verify_steps']:.2f} | {r['predicted_speedup']:.2f}x | "
+            f"{format_interval(r['speedup'], r['speedup_lo'], r['speedup_hi'], unit='x')} | "
+            f"{r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
             f"{r['n_prompts']} |")
     return "\n".join(lines) + "\n"
 
@@ -87,7 +89,7 @@ def format_table(table: pd.DataFrame, eval_speed: bool = True) -> str:
         return "| " + " | ".join(map(str, cells)) + " |"
 
     def ci(r, col, scale, digits):
-        return f"{scale * r[col]:.{digits}f} [{scale * r[col + '_lo']:.{digits}f}, {scale * r[col + '_hi']:.{digits}f}]"
+        return format_interval(r[col], r[col + "_lo"], r[col + "_hi"], scale=scale, digits=digits)
 
     speed_head = ["speedup vs target"] if eval_speed else []
     head = ["draft", "alpha_tok % [95% CI]", "alpha_pos % [95% CI]", "tau [95% CI]", *speed_head, "prompts", "tokens"]

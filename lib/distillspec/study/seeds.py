@@ -14,8 +14,8 @@ import pandas as pd
 
 from ..distill import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from ..errors import require
-from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, metric_arrays, ratio, seed_mean, speed_ratio,
-                    unit_matrix)
+from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, format_interval, metric_arrays, ratio, seed_mean,
+                    speed_ratio, unit_matrix)
 
 
 def pairwise_differences(steps: dict[str, pd.DataFrame], groups: dict[str, list[str]], metric: str = "alpha_tok",
@@ -61,7 +61,7 @@ def ranking_text(means: pd.DataFrame, differences: pd.DataFrame, metric: str = "
 def format_differences(differences: pd.DataFrame) -> str:
     lines = ["| higher | lower | difference, points [95% CI] | separated |", "|---|---|---|---|"]
     for r in differences.itertuples():
-        lines.append(f"| {r.higher} | {r.lower} | {100 * r.difference:.2f} [{100 * r.lo:.2f}, {100 * r.hi:.2f}] | "
+        lines.append(f"| {r.higher} | {r.lower} | {format_interval(r.difference, r.lo, r.hi, scale=100)} | "
                      f"{'yes' if r.separated else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -104,17 +104,17 @@ def format_headline(metrics: pd.DataFrame) -> str:
     by = {(r.group, r.metric): r for r in metrics[metrics["metric"] != "speedup"].itertuples()}
     for group in dict.fromkeys(metrics["group"]):
         tok, pos, tau = by[group, "alpha_tok"], by[group, "alpha_pos"], by[group, "tau"]
-        cells = [group, str(tok.n_seeds), f"{100 * tok.mean:.2f} [{100 * tok.lo:.2f}, {100 * tok.hi:.2f}]",
+        cells = [group, str(tok.n_seeds), format_interval(tok.mean, tok.lo, tok.hi, scale=100),
                  " / ".join(f"{100 * x:.2f}" for x in tok.per_seed),
-                 f"{100 * pos.mean:.2f} [{100 * pos.lo:.2f}, {100 * pos.hi:.2f}]",
-                 f"{tau.mean:.3f} [{tau.lo:.3f}, {tau.hi:.3f}]"]
+                 format_interval(pos.mean, pos.lo, pos.hi, scale=100),
+                 format_interval(tau.mean, tau.lo, tau.hi, digits=3)]
         for s in settings:
             r = speed[(speed["group"] == group) & (speed["setting"] == s)]
             if r.empty:
                 cells.append("n/a")
                 continue
             r = r.iloc[0]
-            cells.append(f"{r['mean']:.2f}x [{r['lo']:.2f}, {r['hi']:.2f}] "
+            cells.append(f"{format_interval(r['mean'], r['lo'], r['hi'], unit='x')} "
                          f"({'/'.join(map(str, r['gammas']))}; {r['predicted_speedup']:.2f}x)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -228,7 +228,7 @@ def format_region_differences(diffs: pd.DataFrame) -> str:
                 cells.append("n/a (no verified tokens)")
                 continue
             mark = "" if not r["separated"] else (" (higher)" if r["difference"] > 0 else " (lower)")
-            cells.append(f"{100 * r['difference']:+.2f} [{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}]{mark}")
+            cells.append(format_interval(r["difference"], r["lo"], r["hi"], scale=100, signed=True) + mark)
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     tokens = [int(diffs[(diffs["entropy_lo"] == lo) & (diffs["entropy_hi"] == hi)]["tokens"].iloc[0])
               for lo, hi in regions]

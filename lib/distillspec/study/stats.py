@@ -128,5 +128,14 @@ def group_metric(steps: dict[str, pd.DataFrame], groups: dict[str, list[str]], m
     return pd.DataFrame(rows)
 
 
-__all__ = ["SPEED_COLUMNS", "STEP_METRICS", "bootstrap", "crossed_bootstrap", "group_metric", "metric_arrays", "prompt_sums", "ratio",
-           "ratio_bootstrap", "seed_mean", "speed_ratio", "unit_matrix", "wilson_interval"]
+def format_interval(value: float, lo: float, hi: float, *, scale: float = 1, digits: int = 2, signed: bool = False,
+                    unit: str = "") -> str:
+    """'value [lo, hi]': how every results table shows an estimate with its CI, all three scaled and rounded alike
+    (scale=100 for percent; signed for differences; unit follows the value, e.g. 'x' for a speedup)."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"{scale * value:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}]"
+
+
+__all__ = ["SPEED_COLUMNS", "STEP_METRICS", "bootstrap", "crossed_bootstrap", "format_interval", "group_metric",
+           "metric_arrays", "prompt_sums", "ratio", "ratio_bootstrap", "seed_mean", "speed_ratio", "unit_matrix",
+           "wilson_interval"]
