@@ -1,5 +1,5 @@
 """Does the cost model time the forward that decoding runs? One forward of a run's target and draft at a batch size,
-feeding k new tokens per row after a KV cache of the held-out prompts, with an all-ones attention mask (how
+feeding k new tokens per row after a KV cache with the held-out prompts' lengths, with an all-ones mask (how
 `speed.measure_step_costs` times it) and with the prompts' own left padding (how `generate` and SD run a ragged
 batch).
 
@@ -15,40 +15,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from distillspec.config import Config
 from distillspec.data import render_prompts
 from distillspec.pair import load_target
-from distillspec.speed import median_seconds_each
+from distillspec.speed import forward_steps, median_seconds_each
 from distillspec.study import stages
 from distillspec.study.rundir import RunPaths, load_prompt_file
-
-
-@torch.inference_mode()
-def forward_costs(model, prompts: list[list[int]], new_tokens: list[int], padded: bool, reps: int) -> dict:
-    """Median seconds of one forward per k in new_tokens after a cache of the left-padded prompts (plus room)."""
-    width = max(map(len, prompts))
-    ids = torch.randint(100, 1000, (len(prompts), width + max(new_tokens)))
-    base = torch.ones(len(prompts), width, dtype=torch.long)  # [B, L] 1 = real token
-    if padded:
-        for b, prompt in enumerate(prompts):
-            base[b, : width - len(prompt)] = 0
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :width], attention_mask=base, past_key_values=cache, use_cache=True, logits_to_keep=1)
-
-    def step_of(k: int):
-        mask = torch.cat([base, torch.ones(len(prompts), k, dtype=torch.long)], 1)
-        positions = base.sum(1, keepdim=True) + torch.arange(k)[None]  # [B, k] each row's real-token count on
-
-        def step():
-            model(input_ids=ids[:, width : width + k], attention_mask=mask, position_ids=positions,
-                  past_key_values=cache, use_cache=True)
-            cache.crop(-k)
-
-        return step
-
-    return median_seconds_each({k: step_of(k) for k in new_tokens}, reps)
 
 
 def main():
@@ -69,7 +42,10 @@ def main():
     print("|---|---|" + "---|" * len(args.new_tokens))
     for who, model in (("target", target), ("draft", draft)):
         for padded in (False, True):
-            costs = forward_costs(model, prompts, args.new_tokens, padded, args.reps)
+            pad = [max(lengths) - n for n in lengths] if padded else None
+            with torch.inference_mode():
+                costs = median_seconds_each(forward_steps(model, batch_size=len(prompts), context=max(lengths),
+                                                          new_tokens=args.new_tokens, left_pad=pad), args.reps)
             cells = " | ".join(f"{1000 * costs[k]:.1f}" for k in args.new_tokens)
             print(f"| {who} | {'left-padded' if padded else 'all ones'} | {cells} |")
 

@@ -6,12 +6,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from distillspec.config import Config
 from distillspec.errors import DistillSpecError
 from distillspec.metrics import ideal_speedup
 from distillspec.sampling import SamplingConfig
-from distillspec.speed import StepCosts, measure_step_costs, time_decoding
+from distillspec.speed import StepCosts, forward_steps, measure_step_costs, time_decoding
 from distillspec.study.report import speed_summary
 
 
@@ -58,6 +59,25 @@ def test_step_costs_are_measured_for_every_verification_size(tiny_teacher_and_dr
     assert all(s > 0 for s in costs.target_s.values()) and costs.draft_s > 0
     with pytest.raises(DistillSpecError, match="max_gamma=0"):
         measure_step_costs(teacher, draft, batch_size=1, context=20, max_gamma=0)
+
+
+def test_timed_forwards_with_left_padding_score_each_row_as_if_it_were_alone(tiny_teacher_and_draft):
+    """forward_steps' left_pad (a ragged batch, as decoding runs it): a padded row's logits are those of its real
+    tokens alone, the unpadded row is untouched, and bad counts are refused."""
+    teacher, _, _ = tiny_teacher_and_draft
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        padded = forward_steps(teacher, batch_size=2, context=12, new_tokens=[2], left_pad=[0, 5])[2]().logits
+        torch.manual_seed(0)
+        ids = torch.randint(100, 1000, (2, 14))  # the ids forward_steps drew: its first draw, same seed
+        torch.manual_seed(0)
+        plain = forward_steps(teacher, batch_size=2, context=12, new_tokens=[2])[2]().logits
+        alone = teacher(input_ids=ids[1:, 5:]).logits[:, -2:]  # row 1 without its 5 padding slots
+    torch.testing.assert_close(padded[1:], alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(padded[:1], plain[:1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(padded[1:], plain[1:], atol=1e-3)
+    with pytest.raises(DistillSpecError, match="left_pad"):
+        forward_steps(teacher, batch_size=2, context=12, new_tokens=[1], left_pad=[12, 0])
 
 
 def test_a_slow_spell_of_the_machine_does_not_skew_one_forward_against_another(monkeypatch):

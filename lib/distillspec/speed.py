@@ -47,26 +47,37 @@ def median_seconds(fn, reps: int) -> float:
     return median_seconds_each({0: fn}, reps)[0]
 
 
-def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int], body_only: bool = False) -> dict:
+def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int], body_only: bool = False,
+                  left_pad: list[int] | None = None) -> dict:
     """One callable per entry of `new_tokens`: a forward feeding that many tokens per row after a KV cache of
-    `context` tokens per row. They share one cache, cropped back after each call, so every call sees the same
-    state. body_only: skip the LM head. Call them under torch.inference_mode()."""
+    `context` tokens per row; each returns its output. They share one cache, cropped back after each call, so every
+    call sees the same state. body_only: skip the LM head. left_pad: per row, how many of its `context` slots are
+    padding (masked, positions counting real tokens only), as in the ragged batch that `generate` and SD decode;
+    None keeps every slot real, an all-ones mask, which transformers drops for a one-token query, so attention can
+    take another path (benchmarks/mask_path_costs.py). Call them under torch.inference_mode()."""
     device = next(model.parameters()).device
     ids = torch.randint(100, 1000, (batch_size, context + max(new_tokens)), device=device)
+    real = torch.ones(batch_size, context, dtype=torch.long, device=device)  # [B, context] 1 = real slot
+    if left_pad is not None:
+        require(len(left_pad) == batch_size and all(0 <= n < context for n in left_pad),
+                f"left_pad={left_pad}: give one count per row ({batch_size}), each in [0, {context}).")
+        real = (torch.arange(context, device=device)[None] >= torch.tensor(left_pad, device=device)[:, None]).long()
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids[:, :context], attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp_min(0),
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
     net = model.model if body_only else model
 
     def step_of(k: int):
-        mask = torch.ones(batch_size, context + k, dtype=torch.long, device=device)
-        positions = torch.arange(context, context + k, device=device)[None].expand(batch_size, -1)
+        mask = torch.cat([real, real.new_ones(batch_size, k)], 1)
+        positions = real.sum(1, keepdim=True) + torch.arange(k, device=device)[None]  # [B, k]
 
         def step():
-            net(input_ids=ids[:, context : context + k], attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True)
+            out = net(input_ids=ids[:, context : context + k], attention_mask=mask, position_ids=positions,
+                      past_key_values=cache, use_cache=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             cache.crop(-k)
+            return out
 
         return step
 
@@ -186,4 +197,4 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     return pd.DataFrame(rows)
 
 
-__all__ = ["MAX_GAMMA", "StepCosts", "forward_seconds", "measure_step_costs", "time_decoding"]
+__all__ = ["MAX_GAMMA", "StepCosts", "forward_seconds", "forward_steps", "measure_step_costs", "time_decoding"]
