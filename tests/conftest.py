@@ -10,6 +10,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _clear_earlier_scratch(tmp_path_factory):
+    """Remove earlier sessions' numbered scratch folders (pytest-N) now: pytest does it only when a session ends,
+    which on a shared runner with a nearly full disk comes after this session's checkpoints have failed to save.
+    Folders still locked by a running session are left alone (pytest's own rule)."""
+    from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
+
+    base = tmp_path_factory.getbasetemp()
+    if base.name.startswith("pytest-"):  # not a --basetemp the user chose
+        cleanup_numbered_dir(base.parent, "pytest-", keep=1,
+                             consider_lock_dead_if_created_before=base.stat().st_mtime - LOCK_TIMEOUT)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DISTILLSPEC_SHARED_DATA", REPO.parent / "shared" / "data"))
 
