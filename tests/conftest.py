@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _clear_earlier_scratch(tmp_path_factory):
+def _clear_earlier_scratch(tmp_path_factory, pytestconfig):
     """Remove earlier sessions' numbered scratch folders (pytest-N) now: pytest does it only when a session ends,
     which on a shared runner with a nearly full disk comes after this session's checkpoints have failed to save.
     Folders still locked by a running session are left alone (pytest's own rule)."""
@@ -20,7 +20,8 @@ def _clear_earlier_scratch(tmp_path_factory):
 
     base = tmp_path_factory.getbasetemp()
     if base.name.startswith("pytest-"):  # not a --basetemp the user chose
-        cleanup_numbered_dir(base.parent, "pytest-", keep=1,
+        keep = int(pytestconfig.getini("tmp_path_retention_count"))  # pyproject.toml's, so the two cannot differ
+        cleanup_numbered_dir(base.parent, "pytest-", keep=keep,
                              consider_lock_dead_if_created_before=base.stat().st_mtime - LOCK_TIMEOUT)
 
 
