@@ -60,6 +60,31 @@ def test_exactness_does_not_depend_on_compaction(tiny_pair, greedy_case, compact
     assert res.sequences == refs
 
 
+def test_draft_is_fed_two_slots_only_after_a_fully_accepted_block(tiny_pair, greedy_case):
+    """The first draft forward of a step feeds [B, 2] (last draft + bonus token) only when some active row had its
+    whole block accepted in the step before; otherwise one slot per row, no hole."""
+    target, draft = tiny_pair
+    prompts, eos, refs = greedy_case
+    widths = []
+    hook = draft.register_forward_pre_hook(lambda _, args, kw: widths.append(kw["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    try:
+        gamma = 2
+        res = speculative_generate(target, draft, prompts, gamma=gamma, max_new_tokens=40, eos_token_id=eos)
+    finally:
+        hook.remove()
+    assert res.sequences == refs
+    steps = res.steps_df()
+    per_step = [widths[1 + s * gamma : 1 + (s + 1) * gamma] for s in range(res.metrics.steps)]  # after the prefill
+    assert len(widths) == 1 + gamma * res.metrics.steps and all(w[1:] == [1] * (gamma - 1) for w in per_step)
+    first = [w[0] for w in per_step]
+    for step, width in enumerate(first):
+        active = set(steps.loc[steps["step"] == step, "row"])
+        before = steps[(steps["step"] == step - 1) & steps["row"].isin(active)]
+        assert width == (2 if (before["accepted"] == gamma).any() else 1), f"step {step}"
+    assert 1 in first and 2 in first, "the case must exercise both widths"
+
+
 def test_greedy_exactness_on_a_llama_pair():
     target = tiny_model("llama", seed=7, init_std=0.5, hidden_size=32, num_layers=3)
     draft = perturbed_copy(target, 0.02, seed=1)

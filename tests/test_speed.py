@@ -12,7 +12,7 @@ from distillspec.config import Config
 from distillspec.errors import DistillSpecError
 from distillspec.metrics import ideal_speedup
 from distillspec.sampling import SamplingConfig
-from distillspec.speed import StepCosts, forward_steps, measure_step_costs, time_decoding
+from distillspec.speed import StepCosts, decoding_shape, forward_steps, measure_step_costs, time_decoding
 from distillspec.study.report import speed_summary
 
 

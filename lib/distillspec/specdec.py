@@ -6,7 +6,8 @@ Design (one cache per model, stock transformers DynamicCache):
   a hole never shifts positions. Nothing is ever recomputed: every forward after the prefill feeds at most
   gamma + 1 new slots per row.
 - The target always has exactly one unconsumed token per row (the last emitted one); the draft has one or two
-  (two after a fully accepted block: the last draft token and the bonus token), fed right-aligned.
+  (two after a fully accepted block: the last draft token and the bonus token), fed right-aligned, and only one
+  slot per row in a step where no row has two (a hole would cost a 2-token forward and widen the cache).
 - When compaction would shorten a cache by more than `compact_fraction`, it is compacted by a per-row gather; finished rows (EOS or
   length) leave the batch via batch_select_indices.
 - The acceptance rule is pluggable (`acceptance.py`): lossless rejection sampling, DistillSpec's lossy variants,
@@ -243,6 +244,8 @@ def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, g
     vocab_ids = getattr(drf.model, "draft_vocab_ids", None)  # [N] or None
     tokens, qs, logits_seen = [], [], []
     ids, valid = rows.pending, rows.pending_valid
+    if not bool(valid[:, 0].any()):  # no row has two pending tokens: feed one slot, not a hole and a token
+        ids, valid = ids[:, 1:], valid[:, 1:]
     for _ in range(gamma):
         logits = drf.forward(ids, valid)[:, -1]  # [B, N]
         q = sampling.probs(logits)  # [B, N]

@@ -102,6 +102,7 @@ class StepCosts:
     draft_s: float
     batch_size: int
     context: int
+    left_pad: list[int] | None = None  # the ragged batch's padding per row the forwards ran with (None: none)
 
     @property
     def c(self) -> float:
@@ -142,18 +143,37 @@ class StepCosts:
         return cls(**{**data, "target_s": {int(k): v for k, v in data["target_s"].items()}})
 
 
+def decoding_shape(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> tuple[int, list[int]]:
+    """The KV cache that decoding these prompts batch_size at a time runs its steps on, for the cost model to time:
+    (context, left_pad). context: the cache's width half-way through decoding (longest prompt of a batch plus half
+    the new tokens); left_pad: per row, the padding of a ragged batch (rows sorted by it). Both are means over the
+    batches `time_decoding` splits the prompts into; a single batch of one prompt has no padding at all."""
+    require(len(prompts) > 0 and batch_size >= 1, f"Need prompts and batch_size >= 1 (got {len(prompts)} prompts, "
+            f"batch_size={batch_size}).")
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    full = [b for b in batches if len(b) == batch_size] or [(prompts * batch_size)[:batch_size]]
+    widths = [max(map(len, b)) for b in full]
+    pads = [sorted((w - len(p) for p in b), reverse=True) for w, b in zip(widths, full)]  # [batches][batch_size]
+    context = round(sum(widths) / len(widths)) + max_new_tokens // 2
+    return context, [min(round(sum(col) / len(col)), context - 1) for col in zip(*pads)]
+
+
 @torch.inference_mode()
-def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10) -> StepCosts:
+def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10,
+                       left_pad: list[int] | None = None) -> StepCosts:
     """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
     forward: body and, possibly reduced, LM head) on this machine, interleaved (`median_seconds_each`): the
-    ratios between them, which choose gamma, are what must not drift."""
+    ratios between them, which choose gamma, are what must not drift. left_pad: the ragged batch's padding per row
+    (`decoding_shape`), so the forwards take the attention path that decoding takes (`forward_steps`)."""
     require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
     require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
-    steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)))
-    steps["draft"] = forward_steps(draft, batch_size=batch_size, context=context, new_tokens=[1])[1]
+    steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)),
+                          left_pad=left_pad)
+    steps["draft"] = forward_steps(draft, batch_size=batch_size, context=context, new_tokens=[1],
+                                   left_pad=left_pad)[1]
     target_s = median_seconds_each(steps, reps)
     draft_s = target_s.pop("draft")
-    return StepCosts(target_s, draft_s, batch_size, context)
+    return StepCosts(target_s, draft_s, batch_size, context, None if left_pad is None else list(left_pad))
 
 
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
@@ -197,4 +217,4 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     return pd.DataFrame(rows)
 
 
-__all__ = ["MAX_GAMMA", "StepCosts", "forward_seconds", "forward_steps", "measure_step_costs", "time_decoding"]
+__all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs", "time_decoding"]

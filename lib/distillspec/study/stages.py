@@ -23,7 +23,7 @@ from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
 from ..sampling import SamplingConfig
 from ..specdec import speculative_generate
-from ..speed import measure_step_costs, time_decoding
+from ..speed import decoding_shape, measure_step_costs, time_decoding
 from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
                      plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table)
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
@@ -212,12 +212,13 @@ def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, promp
     `speed_prompts` held-out prompts. Returns the timing rows and, per setting, how its gamma was chosen."""
     timed = prompts[: cfg.speed_prompts]
     pilot = render_prompts(tok, load_prompt_file(paths.train_prompts))[: cfg.speed_pilot_prompts]
-    context = int(sum(map(len, timed)) / len(timed)) + cfg.task_max_new_tokens // 2  # mean context while decoding
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
         label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
-        costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma)
+        context, left_pad = decoding_shape(timed, batch, cfg.task_max_new_tokens)
+        costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
+                                   left_pad=left_pad)
         pilot_alpha = None
         gamma = cfg.speed_gamma
         if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
