@@ -6,7 +6,9 @@ The draft is a trained draft of a study run (runs/<preset>/drafts/<name>/student
 cut to the run's reduced vocabulary when the preset sets draft_vocab (data/draft_vocab.json). For each
 gamma: SD and target-only `generate` timed on the same --n-prompts held-out prompts (distillspec.speed.time_decoding,
 greedy unless --sampled, batch --batch-size), and the cost model (step costs measured once on this machine) at the
-acceptance that run reached. Also prints c and the acceptance needed for 1.0x and 1.3x. --eval-precision and
+acceptance that run reached: its forwards timed with the batch's left padding, as decoding runs them, and (the
+`all-ones mask` column) without, which on a CPU takes another attention path (benchmarks/mask_path_costs.py).
+Also prints c and the acceptance needed for 1.0x and 1.3x. --eval-precision and
 --no-mkldnn change how both models run (target-only and SD alike).
 """
 
@@ -22,7 +24,7 @@ from distillspec.config import Config
 from distillspec.data import render_prompts
 from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
-from distillspec.speed import measure_step_costs, time_decoding
+from distillspec.speed import decoding_shape, measure_step_costs, time_decoding
 from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file
 from distillspec.study.stages import decoding_draft
 
@@ -53,14 +55,17 @@ def main():
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: args.n_prompts]
     sampling = (SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p) if args.sampled
                 else SamplingConfig(greedy=True))
-    context = int(sum(map(len, prompts)) / len(prompts)) + cfg.task_max_new_tokens // 2
-    costs = measure_step_costs(target, draft, batch_size=args.batch_size, context=context, max_gamma=max(args.gammas))
+    context, left_pad = decoding_shape(prompts, args.batch_size, cfg.task_max_new_tokens)
+    costs = measure_step_costs(target, draft, batch_size=args.batch_size, context=context, max_gamma=max(args.gammas),
+                               left_pad=left_pad)
+    ones = measure_step_costs(target, draft, batch_size=args.batch_size, context=context, max_gamma=max(args.gammas))
     print(f"c = {costs.c:.3f}; verify / step by gamma: "
           + ", ".join(f"{g}: {costs.verify_ratio(g):.2f}" for g in range(1, costs.max_gamma + 1)))
     for goal in (1.0, 1.3):
         alpha, gamma = costs.needed_alpha(goal)
         print(f"alpha needed for {goal}x: {alpha:.2f} (gamma {gamma})")
-    print("\n| gamma | alpha_pos | predicted | measured | target tok/s | SD tok/s | same text |\n|---|---|---|---|---|---|---|")
+    print("\n| gamma | alpha_pos | predicted | predicted, all-ones mask | measured | target tok/s | SD tok/s | "
+          "same text |\n|---|---|---|---|---|---|---|---|")
     rows = []
     for gamma in args.gammas:
         t = time_decoding(target, draft, tok, prompts, gamma=gamma, sampling=sampling, batch_size=args.batch_size,
@@ -68,14 +73,16 @@ def main():
         alpha = t["accepted"].sum() / t["verified"].sum()
         target_tps, sd_tps = t["target_tokens"].sum() / t["target_s"].sum(), t["sd_tokens"].sum() / t["sd_s"].sum()
         row = {"gamma": gamma, "alpha_pos": float(alpha), "predicted": costs.speedup(alpha, gamma),
-               "measured": sd_tps / target_tps, "target_tokens_per_s": target_tps, "sd_tokens_per_s": sd_tps,
+               "predicted_all_ones_mask": ones.speedup(alpha, gamma), "measured": sd_tps / target_tps,
+               "target_tokens_per_s": target_tps, "sd_tokens_per_s": sd_tps,
                "identical": None if args.sampled else float(t["identical"].mean())}
         rows.append(row)
         same = "n/a" if row["identical"] is None else f"{100 * row['identical']:.0f}%"
-        print(f"| {gamma} | {alpha:.3f} | {row['predicted']:.2f}x | {row['measured']:.2f}x | {target_tps:.1f} | "
-              f"{sd_tps:.1f} | {same} |", flush=True)
+        print(f"| {gamma} | {alpha:.3f} | {row['predicted']:.2f}x | {row['predicted_all_ones_mask']:.2f}x | "
+              f"{row['measured']:.2f}x | {target_tps:.1f} | {sd_tps:.1f} | {same} |", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"costs": costs.as_dict(), "rows": rows}, indent=2))
+        out = {"costs": costs.as_dict(), "costs_all_ones_mask": ones.as_dict(), "rows": rows}
+        Path(args.out).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -217,4 +217,5 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     return pd.DataFrame(rows)
 
 
-__all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs", "time_decoding"]
+__all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",
+           "time_decoding"]
