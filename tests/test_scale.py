@@ -15,8 +15,11 @@ from distillspec.config import Config
 from distillspec.distill import distill, load_pair
 from distillspec.losses import chunked_distill_loss, naive_distill_loss
 from distillspec.models import count_parameters, draft_from_teacher, load_model, save_pretrained_atomic
+from distillspec import runtime
 from distillspec.study.pipeline import plan
 from distillspec.runtime import batch_layout, check_engine, compute_dtype, process_device, resolve_precision
+from distillspec.study import stages
+from distillspec.study.rundir import RunPaths
 from distillspec.tiny import tiny_model
 
 
@@ -150,6 +153,35 @@ def test_each_process_loads_on_its_own_device(monkeypatch):
     assert process_device() == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert process_device() == torch.device("cpu")
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for has_bf16, precision, warns in ((False, "bf16", True), (True, "bf16", False), (None, "bf16", False),
+                                       (False, "fp32", False), (False, "auto", False)):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runtime.warn_if_emulated_bf16(precision, "eval_precision")
+        assert [str(w.message).startswith("eval_precision is bf16") for w in caught] == ([True] if warns else [])
+    assert runtime.machine().startswith("cpu: ")
+
+
+def test_target_speed_is_reused_only_on_the_machine_that_measured_it(monkeypatch, tmp_path):
+    """A run directory that moved (a persistent disk on a new machine) must not divide this machine's SD speed by
+    another machine's target speed."""
+    paths = RunPaths(tmp_path)
+    paths.target_speed.parent.mkdir(parents=True)
+    measured = []
+    monkeypatch.setattr(stages, "target_tokens_per_s", lambda *a, **k: measured.append(1) or 50.0 + len(measured))
+    monkeypatch.setattr(stages, "machine", lambda: "cpu: here")
+    cfg = Config()
+    for saved, expect, calls in (({"tokens_per_s": 9.0, "machine": "cpu: here"}, 9.0, 0),
+                                 ({"tokens_per_s": 9.0, "machine": "cpu: elsewhere"}, 51.0, 1),
+                                 ({"tokens_per_s": 9.0}, 52.0, 2)):  # an older run: no machine recorded
+        paths.target_speed.write_text(json.dumps(saved))
+        assert stages._target_speed(cfg, paths, None, None, [[1, 2]]) == expect and len(measured) == calls
+        assert json.loads(paths.target_speed.read_text())["machine"] == "cpu: here"
 
 
 def test_8bit_teacher_and_zero3_are_refused_up_front(tiny_cfg, monkeypatch):

@@ -1,12 +1,15 @@
 """Results over training seeds (study.seeds): the crossed bootstrap, recipe means, pairwise differences, the
 entropy-region comparison, and the config / command-line side of `seeds`."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from distillspec.config import Config
 from distillspec.errors import DistillSpecError
+from distillspec.runtime import machine
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
 from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text,
                                      region_differences, speed_over_seeds)
@@ -181,6 +184,8 @@ def test_a_seeded_study_reports_means_over_seeds(seeded_run):
     assert draft_names(cfg) == ["baseline", "fkl_s0", "fkl_s1", "adaptive_s0", "adaptive_s1"]
     for name in draft_names(cfg):
         assert paths.speed_row(name).is_file() and paths.timing(name).is_file()
+        assert json.loads(paths.speed_row(name).read_text())["machine"] == machine()  # which machine timed it
+    assert json.loads(paths.target_speed.read_text())["machine"] == machine()
     # the seed changes training: two seeds, two different drafts
     from safetensors.torch import load_file
 

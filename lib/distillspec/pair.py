@@ -10,7 +10,7 @@ import os
 from .config import Config
 from .errors import require
 from .models import check_compatible, draft_from_teacher, load_model
-from .runtime import check_8bit_teacher, check_engine, compute_dtype
+from .runtime import check_8bit_teacher, check_engine, compute_dtype, warn_if_emulated_bf16
 
 
 def load_target(cfg: Config):
@@ -19,6 +19,7 @@ def load_target(cfg: Config):
     if cfg.teacher_8bit:  # both refusals before any weights load
         check_8bit_teacher()
         require(cfg.student is not None, "An 8-bit teacher cannot seed a derived draft; set `student` to a model.")
+    warn_if_emulated_bf16(cfg.precision, "The precision the models run in (`precision`; `eval_precision` in 03)")
     teacher, tokenizer = load_model(cfg.teacher, dtype=compute_dtype(cfg.precision), load_in_8bit=cfg.teacher_8bit)
     return teacher.eval().requires_grad_(False), tokenizer
 

@@ -5,6 +5,7 @@ distributed engine (DDP, FSDP2) — one place for what changes between a laptop,
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,6 +40,33 @@ def resolve_precision(precision: str) -> str:
 def compute_dtype(precision: str) -> torch.dtype:
     """dtype of frozen models (teacher, evaluation) and of the autocast region under `precision`."""
     return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bf16 instructions (x86: avx512_bf16 or amx_bf16; arm64: bf16); None if unknown."""
+    caps = torch.cpu.get_capabilities()
+    keys = [k for k in ("avx512_bf16", "amx_bf16", "bf16") if k in caps]
+    return any(caps[k] for k in keys) if keys else None
+
+
+def machine() -> str:
+    """This process's device in words, stored with every timing so results from different machines are told
+    apart: the GPU's name, or the CPU's with its cores and whether it has bf16 instructions."""
+    if cuda_available():
+        return f"cuda: {torch.cuda.get_device_name(process_device())}"
+    caps = torch.cpu.get_capabilities()
+    bf16 = {True: "bf16 instructions", False: "no bf16 instructions", None: "bf16 instructions unknown"}
+    return (f"cpu: {caps.get('cpu_name', caps.get('architecture', 'unknown'))}, "
+            f"{caps.get('num_physical_cores', os.cpu_count())} cores, {bf16[cpu_has_bf16()]}")
+
+
+def warn_if_emulated_bf16(precision: str, what: str) -> None:
+    """Warn when `precision` runs bf16 on a CPU without bf16 instructions: there it is no faster than fp32 and
+    slower for multi-token forwards (docs/speed.md), so timings from it say little about CPUs that have them."""
+    if resolve_precision(precision) == "bf16" and not cuda_available() and cpu_has_bf16() is False:
+        warnings.warn(f"{what} is bf16, but this CPU ({machine()}) has no bf16 instructions: bf16 runs no faster than "
+                      "fp32 here and slower for multi-token forwards such as SD's verification, and its timings do not "
+                      "carry over to CPUs that have them. Set it to fp32 on this machine.", stacklevel=2)
 
 
 def world_size() -> int:
@@ -130,5 +158,6 @@ def full_params(*models):
             m.reshard()
 
 
-__all__ = ["BatchLayout", "PRECISIONS", "batch_layout", "check_8bit_teacher", "check_engine", "compute_dtype",
-           "full_params", "full_weight", "process_device", "rank", "resolve_precision", "world_size"]
+__all__ = ["PRECISIONS", "batch_layout", "BatchLayout", "check_8bit_teacher", "check_engine", "compute_dtype",
+           "cpu_has_bf16", "full_params", "full_weight", "machine", "process_device", "rank", "resolve_precision",
+           "warn_if_emulated_bf16", "world_size"]

@@ -21,6 +21,7 @@ from ..evaluate import expected_acceptance, target_tokens_per_s
 from ..losses import AdaptiveBeta
 from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
+from ..runtime import machine
 from ..sampling import SamplingConfig
 from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, time_decoding
@@ -118,6 +119,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
             timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
             write_parquet(timing, paths.timing(name))
         row["eval_s"] = time.perf_counter() - started  # this draft's 03 on this machine (wall seconds)
+        row["machine"] = machine()
         row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
         write_json(row, paths.speed_row(name))  # written last: marks this draft as done
     speed = speed_table(cfg, run_dir)
@@ -145,7 +147,8 @@ def retime_drafts(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.Data
         draft = decoding_draft(cfg, run_dir, target, tok, name)
         timing, timed = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
         write_parquet(timing, paths.timing(name))
-        write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed}, paths.speed_row(name))
+        write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed, "timed_on": machine()},
+                   paths.speed_row(name))
     paths.results.unlink(missing_ok=True)  # 04 ran on the old timings
     return decoding_speed(cfg, run_dir, names)
 
@@ -155,12 +158,19 @@ def _sampling(cfg: Config) -> SamplingConfig:
 
 
 def _target_speed(cfg: Config, paths: RunPaths, target, tok, prompts) -> float:
-    """Target-only tokens/s on the held-out prompts, measured once per run directory (so per machine), reused after."""
+    """Target-only tokens/s on the held-out prompts, measured once per machine and reused by the run's later drafts;
+    measured again when the run directory has moved to another machine (or kept no machine: an older run)."""
+    here = machine()
     if paths.target_speed.is_file():
-        return json.loads(paths.target_speed.read_text())["tokens_per_s"]
+        saved = json.loads(paths.target_speed.read_text())
+        if saved.get("machine") == here:
+            return saved["tokens_per_s"]
+        where = saved.get("machine", "an unrecorded machine")
+        print(f"target-only speed in {paths.target_speed} was measured on {where}; measuring it again here ({here})")
     tps = target_tokens_per_s(target, tok, prompts, batch_size=cfg.eval_batch_size,
                               max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg), seed=cfg.seed)
-    write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size}, paths.target_speed)
+    write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size, "machine": here},
+               paths.target_speed)
     return tps
 
 
