@@ -8,7 +8,9 @@ from distillspec.study.report import (
     bin_inspector,
     draft_colors,
     entropy_bin_edges,
+    format_timing_machines,
     summary_table,
+    timing_machines,
     wilson_interval,
 )
 from distillspec.study.stats import ratio_bootstrap
@@ -113,3 +115,19 @@ def test_draft_colors_are_the_same_in_every_figure():
     b = draft_colors(["skd", "jsd", "mine", "other"])  # different order, a subset, and unknown names
     assert a["jsd"] == b["jsd"] and a["skd"] == b["skd"]
     assert len(set(b.values())) == 4 and b["mine"] not in a.values() and b["other"] not in a.values()
+
+
+def test_drafts_timed_on_different_machines_are_listed_apart():
+    """A speedup is only comparable with one timed on the same machine: results name where each draft was timed
+    (the recorded machine; for older records, their run's target-only tok/s) and say nothing when it was one."""
+    timed = [{"setting": "greedy, batch 1", "gamma": 1}]
+    old = {"timed": timed, "target_tokens_per_s": 110.94}
+    slow = {"timed": timed, "target_tokens_per_s": 22.0, "machine": "cpu: X, 2 cores, no bf16 instructions"}
+    rows = {"a": old, "b": dict(old), "c": slow, "d": {**slow, "timed_on": "cuda: Y"}, "e": {"target_tokens_per_s": 5}}
+    assert timing_machines(rows) == {("not recorded", "110.9"): ["a", "b"],
+                                     ("cpu: X, 2 cores, no bf16 instructions", "22.0"): ["c"],
+                                     ("cuda: Y", "-"): ["d"]}  # e was never timed; d was timed again elsewhere
+    text = format_timing_machines(rows)
+    assert "| not recorded | 110.9 | a, b |" in text and "| cuda: Y | - | d |" in text and "| e" not in text
+    assert format_timing_machines({"a": old, "b": old}) == ""
+    assert format_timing_machines({"a": {**old, "machine": "m"}, "b": {**old, "machine": "m"}}) == ""

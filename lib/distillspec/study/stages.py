@@ -26,7 +26,8 @@ from ..sampling import SamplingConfig
 from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, time_decoding
 from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
-                     plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table)
+                     format_timing_machines, plot_acceptance_vs_entropy, plot_training_curves, speed_summary,
+                     summary_table)
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
                      load_prompt_file, run_names, save_prompts)
 from .seeds import (bins_over_seeds, collapse_text, format_differences, format_headline, format_region_differences,
@@ -338,7 +339,8 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
                     f"prompts ({cfg.task_max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
                     "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
                     "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
-                    "steps):\n\n" + format_speed_table(speed_rows))
+                    "steps):\n\n" + format_speed_table(speed_rows)
+                    + format_timing_machines({n: json.loads(paths.speed_row(n).read_text()) for n in timing}))
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     if cfg.seeds is None:
@@ -386,12 +388,15 @@ def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], 
           "seed part of the CI is coarse); speedup over target-only `generate` as in the speed table below, with "
           "each seed's gamma and the cost model's prediction (mean over seeds):\n\n"
           + format_headline(metrics))
+    rows = {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d}
+    if format_timing_machines(rows):
+        md += ("\nThese speedups were timed on more than one machine or run; which drafts were timed where is listed "
+               "under the speed table below.\n")
     md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
            "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
            + "\n" + format_differences(differences))
     collapses = collapse_text(groups, logs)
     md += f"\n{collapses}" if collapses else ""
-    rows = {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d}
     md += ("\nWall time per draft (minutes, each seed, on the machine that ran the stage: drafts imported with "
            "--results-from keep their own; the speed table's target tok/s tells machines apart):\n\n"
            + format_wall_times(groups, logs, rows))
