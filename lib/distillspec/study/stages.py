@@ -27,7 +27,7 @@ from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, time_decoding
 from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
                      format_timing_machines, plot_acceptance_vs_entropy, plot_training_curves, speed_summary,
-                     summary_table)
+                     summary_table, timing_machines)
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
                      load_prompt_file, run_names, save_prompts)
 from .seeds import (bins_over_seeds, collapse_text, format_differences, format_headline, format_region_differences,
@@ -319,6 +319,7 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     speed = speed_table(cfg, run_dir)
     require(len(speed), f"No evaluated drafts in {paths.root}: run 03 first.")
     names = speed["draft"].tolist()
+    rows = {n: json.loads(paths.speed_row(n).read_text()) for n in names}  # as written: absent keys stay absent
     tokens, steps = load_records(run_dir, names)
     speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
     table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
@@ -340,14 +341,15 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
                     "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
                     "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
                     "steps):\n\n" + format_speed_table(speed_rows)
-                    + format_timing_machines({n: json.loads(paths.speed_row(n).read_text()) for n in timing}))
+                    + format_timing_machines(rows))
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     if cfg.seeds is None:
         results_md = header + format_table(table, eval_speed=not cfg.speed) + expected + speed_md
         figure_bins = bins
     else:
-        results_md = header + _seeded_results(cfg, paths, groups, steps, tokens, timing, speed_rows, logs, seed) + (
+        lead = _seeded_results(cfg, paths, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
+        results_md = header + lead + (
             "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n"
             + format_table(table, eval_speed=not cfg.speed)
             + expected + speed_md)
@@ -370,7 +372,8 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
 
 
 def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
-                    speed_rows: pd.DataFrame, logs: dict[str, pd.DataFrame], seed: int) -> str:
+                    speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame],
+                    seed: int) -> str:
     """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
     speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
     differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
@@ -388,8 +391,7 @@ def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], 
           "seed part of the CI is coarse); speedup over target-only `generate` as in the speed table below, with "
           "each seed's gamma and the cost model's prediction (mean over seeds):\n\n"
           + format_headline(metrics))
-    rows = {n: json.loads(paths.speed_row(n).read_text()) for d in groups.values() for n in d}
-    if format_timing_machines(rows):
+    if len(timing_machines(rows)) > 1:
         md += ("\nThese speedups were timed on more than one machine or run; which drafts were timed where is listed "
                "under the speed table below.\n")
     md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
