@@ -265,11 +265,17 @@ def _decode(cfg: Config, target, draft, tok, prompts, name: str) -> tuple[pd.Dat
     return pd.concat(tokens, ignore_index=True), pd.concat(steps, ignore_index=True), new_tokens / wall
 
 
-def speed_table(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
-    """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order."""
+def read_speed_rows(cfg: Config, run_dir: str | Path) -> dict[str, dict]:
+    """Each finished draft's speed row as written (absent keys stay absent), in table order."""
     paths = RunPaths(Path(run_dir))
-    rows = [json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)]
-    return pd.DataFrame(rows).drop(columns="fingerprint", errors="ignore")
+    return {n: json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)}
+
+
+def speed_table(cfg: Config, run_dir: str | Path, rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order;
+    rows: the speed rows when already read (read_speed_rows)."""
+    rows = read_speed_rows(cfg, run_dir) if rows is None else rows
+    return pd.DataFrame(list(rows.values())).drop(columns="fingerprint", errors="ignore")
 
 
 def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
@@ -299,13 +305,14 @@ def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame
     return {n: pd.read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
 
 
-def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str],
-                   timing: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """03's timed runs of these drafts against the target alone, summarised (report.speed_summary); timing: the
-    drafts' timing rows when already loaded (load_timing)."""
+def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,
+                   rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """03's timed runs of these drafts against the target alone, summarised (report.speed_summary); timing, rows:
+    the drafts' timing rows and speed rows when already read (load_timing, read_speed_rows)."""
     paths = RunPaths(Path(run_dir))
     timing = load_timing(run_dir, names) if timing is None else timing
-    timed = {n: json.loads(paths.speed_row(n).read_text()).get("timed", []) for n in timing}
+    rows = rows or {n: json.loads(paths.speed_row(n).read_text()) for n in timing}
+    timed = {n: rows[n].get("timed", []) for n in timing}
     return speed_summary(timing, timed) if timing else pd.DataFrame()
 
 
@@ -316,10 +323,10 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     import matplotlib.pyplot as plt
 
     paths = RunPaths(Path(run_dir))
-    speed = speed_table(cfg, run_dir)
-    require(len(speed), f"No evaluated drafts in {paths.root}: run 03 first.")
-    names = speed["draft"].tolist()
-    rows = {n: json.loads(paths.speed_row(n).read_text()) for n in names}  # as written: absent keys stay absent
+    rows = read_speed_rows(cfg, run_dir)
+    require(bool(rows), f"No evaluated drafts in {paths.root}: run 03 first.")
+    speed = speed_table(cfg, run_dir, rows)
+    names = list(rows)
     tokens, steps = load_records(run_dir, names)
     speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
     table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
@@ -332,7 +339,7 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
     timing = load_timing(run_dir, names)
-    speed_rows = decoding_speed(cfg, run_dir, names, timing)
+    speed_rows = decoding_speed(cfg, run_dir, names, timing, rows)
     speed_md = ""
     if len(speed_rows):
         write_text(speed_rows.to_csv(index=False), paths.speed_summary)
