@@ -27,7 +27,9 @@ from transformers import TrainerCallback
 from distillspec.atomic import write_json
 from distillspec.config import Config
 from distillspec.data import load_prompts, render_prompts
-from distillspec.distill import distill, load_pair, read_log
+from distillspec.distill import distill
+from distillspec.pair import load_pair
+from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.models import load_model
 
@@ -70,7 +72,7 @@ def main():
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     cfg = Config.from_yaml(args.config, **overrides)
     out = Path(args.out) / args.name
-    teacher, student, tok = load_pair(cfg)
+    teacher, student, tok = load_pair(cfg, training=True)
     prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, args.n_eval, source=cfg.data_source,
                                                seed=cfg.data_seed, tokenizer=tok))
     # the undistilled draft's scores are shared by runs with the same draft and evaluation settings

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from distillspec.config import Config
 from distillspec.data import render_prompts
-from distillspec.distill import load_pair
+from distillspec.pair import load_pair
 from distillspec.evaluate import completion_mask
 from distillspec.models import load_model
 from distillspec.sampling import SamplingConfig
@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
     cfg = Config.from_yaml(args.config)
-    teacher, base, tok = load_pair(cfg)
+    teacher, base, tok = load_pair(cfg, training=True)
     prompts = render_prompts(tok, cfg.replace(n_eval=args.n_eval).prompt_set("eval", tok))
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
     torch.manual_seed(cfg.seed)

@@ -170,7 +170,7 @@ def stop_at(step: int):
 
 
 def logged_steps(log_path: Path) -> list[dict]:
-    from distillspec.distill import read_log
+    from distillspec.trainlog import read_log
 
     return [{k: v for k, v in row.items() if k in LOGGED and v == v}  # v == v drops NaN
             for row in read_log(log_path).round(6).to_dict(orient="records")]

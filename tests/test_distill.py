@@ -7,7 +7,9 @@ from datasets import Dataset
 from distillspec import DistillSpecError
 from distillspec.config import Config
 from distillspec.data import load_prompts, render_prompts
-from distillspec.distill import CollapseWarning, distill, load_pair, read_log
+from distillspec.distill import CollapseWarning, distill
+from distillspec.pair import load_pair
+from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.tiny import tiny_model
 from multiproc_worker import StopAt  # tests/ is on sys.path under pytest
@@ -32,7 +34,7 @@ def _held_out_acceptance(cfg, teacher, student, tok):
 def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, sampling):
     mix = {"lmbda": float(sampling.split("=")[1]), "sampling": "on_policy"} if "lmbda" in sampling else {}
     cfg = tiny_cfg.replace(**{"divergence": divergence, "sampling": sampling, **mix})
-    teacher, student, tok = load_pair(cfg)
+    teacher, student, tok = load_pair(cfg, training=True)
     before = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
     result = distill(cfg, tmp_path / divergence, pair=(teacher, student, tok))
     log = read_log(result.log_path).dropna(subset=["loss"])
@@ -57,18 +59,18 @@ def _weights(student_dir):
 def test_interrupted_run_resumes_to_the_same_draft_bit_for_bit_and_the_seed_matters(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(max_steps=6, save_steps=2, logging_steps=1)
     with pytest.raises(KeyboardInterrupt):
-        distill(cfg, tmp_path / "resumed", pair=load_pair(cfg), callbacks=[StopAt(5)])
+        distill(cfg, tmp_path / "resumed", pair=load_pair(cfg, training=True), callbacks=[StopAt(5)])
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "student").exists()
-    result = distill(cfg, tmp_path / "resumed", pair=load_pair(cfg))
+    result = distill(cfg, tmp_path / "resumed", pair=load_pair(cfg, training=True))
     assert result.resumed_from.endswith("checkpoint-4")
     log = read_log(result.log_path).dropna(subset=["loss"])
     assert sorted(set(log["step"])) == [1, 2, 3, 4, 5, 6]
     assert (result.student_dir / "config.json").is_file()
     # the same seed from scratch, uninterrupted: the same draft; another seed (rollouts, data order): another draft
-    straight = _weights(distill(cfg, tmp_path / "straight", pair=load_pair(cfg)).student_dir)
+    straight = _weights(distill(cfg, tmp_path / "straight", pair=load_pair(cfg, training=True)).student_dir)
     resumed = _weights(result.student_dir)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    other = _weights(distill(cfg.replace(seed=1), tmp_path / "other", pair=load_pair(cfg)).student_dir)
+    other = _weights(distill(cfg.replace(seed=1), tmp_path / "other", pair=load_pair(cfg, training=True)).student_dir)
     assert not all(torch.equal(straight[k], other[k]) for k in straight)
 
 
@@ -81,7 +83,7 @@ def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
         Config.from_dict({"divergense": "rkl"})
     with pytest.raises(DistillSpecError, match="sampling='offline'"):
         tiny_cfg.replace(sampling="offline")
-    teacher, student, tok = load_pair(tiny_cfg)
+    teacher, student, tok = load_pair(tiny_cfg, training=True)
     small = tiny_model("llama", vocab_size=1000)
     with pytest.raises(DistillSpecError, match="output layer has 1000 rows but the tokenizer has 49152"):
         distill(tiny_cfg, tmp_path / "a", pair=(teacher, small, tok))
@@ -162,7 +164,7 @@ def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
     from distillspec.distill import DistillSpecTrainer, training_args
 
     cfg = tiny_cfg.replace(lmbda=0.0, temperature=1e-4, top_p=1.0)
-    teacher, student, tok = load_pair(cfg)
+    teacher, student, tok = load_pair(cfg, training=True)
     trainer = DistillSpecTrainer(model=student, teacher_model=teacher, args=training_args(cfg, tmp_path),
                                  train_dataset=Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]),
                                  processing_class=tok, ds_config=cfg)
@@ -186,7 +188,7 @@ def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path,
 
     cfg = tiny_cfg.replace(divergence="fkl", temperature=0.6, loss_temperature=loss_temperature)
     assert cfg.divergence_temperature == (0.6 if loss_temperature is None else 1.0)
-    teacher, student, tok = load_pair(cfg)
+    teacher, student, tok = load_pair(cfg, training=True)
     trainer = DistillSpecTrainer(model=student, teacher_model=teacher, args=training_args(cfg, tmp_path),
                                  train_dataset=Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]),
                                  processing_class=tok, ds_config=cfg)

@@ -2,6 +2,8 @@
 never imports the study machinery built on it."""
 
 import ast
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -64,3 +66,49 @@ def test_the_library_does_not_import_the_study():
         {m: sorted(graph[m]) for m in core if any(e.startswith("distillspec.study") for e in graph[m])}
     assert not any(e.startswith("distillspec.study.") and e != "distillspec.study.rundir"
                    for e in graph["distillspec.study.rundir"])
+
+
+_STATE = """
+import logging, sys, warnings
+def state():
+    import datasets.utils.logging as dl
+    from transformers.utils import logging as hf
+    return (list(map(str, warnings.filters)), {n: logging.getLogger(n).level for n in ("bitsandbytes", "transformers",
+            "transformers.trainer_utils", "datasets")}, [len(logging.getLogger(n).filters) for n in
+            ("transformers.trainer_utils",)], dl.is_progress_bar_enabled(), hf.is_progress_bar_enabled())
+"""
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_public_api_imports_without_side_effects():
+    """`from distillspec import ...` gives the public API and leaves warning filters, logging levels and progress
+    bars as they were (the entry points quiet third-party output, not the import); the package alone loads no
+    torch."""
+    out = _run(_STATE + """
+import distillspec
+assert "torch" not in sys.modules, "import distillspec loaded torch"
+import accelerate, datasets, matplotlib.pyplot, pandas, peft, scipy.stats, torch, transformers, trl  # their own filters
+import nbformat, papermill, tqdm.auto
+before = state()
+from distillspec import speculative_generate, SpecDecResult, distill, Config, load_model, load_pair
+import distillspec.study.stages, distillspec.study.pipeline, distillspec.study.workbook
+after = state()
+assert before == after, (before, after)
+print("ok")
+""")
+    assert out.strip().endswith("ok")
+
+
+def test_run_directory_and_results_need_no_trl():
+    """The run directory, the training log and the statistics load without TRL (only training needs it)."""
+    out = _run("""
+import sys
+import distillspec.study.rundir, distillspec.study.seeds, distillspec.trainlog
+print(sorted(m for m in ("trl", "peft") if m in sys.modules))
+""")
+    assert out.strip() == "[]", out

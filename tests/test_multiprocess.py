@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from distillspec.distill import read_log
+from distillspec.trainlog import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiproc_worker.py"

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from distillspec import DistillSpecError
 from distillspec.config import Config
-from distillspec.distill import distill, load_pair
+from distillspec.distill import distill
+from distillspec.pair import load_pair
 from distillspec.losses import chunked_distill_loss, naive_distill_loss
 from distillspec.models import count_parameters, draft_from_teacher, load_model, save_pretrained_atomic
 from distillspec import runtime
@@ -33,7 +34,7 @@ def test_bf16_keeps_fp32_master_weights_and_small_steps_apply(tiny_cfg, tmp_path
     is below bf16's resolution and would round away), the forward runs under bf16 autocast."""
     cfg = tiny_cfg.replace(precision="bf16", learning_rate=1e-5, max_steps=2, logging_steps=1, save_steps=10,
                            warmup_steps=0)
-    teacher, student, tok = load_pair(cfg)
+    teacher, student, tok = load_pair(cfg, training=True)
     assert {p.dtype for p in student.parameters()} == {torch.float32}
     before = {k: v.clone() for k, v in student.state_dict().items()}
     seen = []
@@ -87,7 +88,7 @@ def test_a_separate_student_is_the_baseline_everywhere(tiny_cfg, tmp_path, token
     separate = tiny_model("llama", seed=5, init_std=0.25, hidden_size=48, num_layers=3)
     save_pretrained_atomic(separate, tokenizer, student_dir)
     cfg = tiny_cfg.replace(student=str(student_dir), n_eval=2, max_new_tokens=6, divergences=[], extra_runs=[])
-    teacher, draft, _ = load_pair(cfg)
+    teacher, draft, _ = load_pair(cfg, training=True)
     derived = draft_from_teacher(teacher, cfg.student_keep_layers)
     assert count_parameters(draft) == count_parameters(separate) != count_parameters(derived)
     assert torch.equal(draft.model.layers[2].mlp.up_proj.weight, separate.model.layers[2].mlp.up_proj.weight)
@@ -187,7 +188,7 @@ def test_target_speed_is_reused_only_on_the_machine_that_measured_it(monkeypatch
 def test_8bit_teacher_and_zero3_are_refused_up_front(tiny_cfg, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(DistillSpecError, match="teacher_8bit: true needs a CUDA GPU"):
-            load_pair(tiny_cfg.replace(teacher_8bit=True))
+            load_pair(tiny_cfg.replace(teacher_8bit=True), training=True)
         with pytest.raises(DistillSpecError, match="load_in_8bit=True needs a CUDA|teacher_8bit: true needs a CUDA"):
             load_model("tiny-qwen3", load_in_8bit=True)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -195,7 +196,7 @@ def test_8bit_teacher_and_zero3_are_refused_up_front(tiny_cfg, monkeypatch):
     with pytest.raises(DistillSpecError, match="DeepSpeed ZeRO-3 is not supported.*FSDP2"):
         check_engine()
     with pytest.raises(DistillSpecError, match="DeepSpeed ZeRO-3"):
-        load_pair(tiny_cfg)
+        load_pair(tiny_cfg, training=True)
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     check_engine()
 

@@ -51,6 +51,26 @@ def test_greedy_sd_is_token_identical_to_target_generate(tiny_pair, greedy_case,
     assert m.new_tokens == sum(len(r) for r in refs)
 
 
+@pytest.mark.parametrize("sampling", ["greedy", {"temperature": 0.8, "top_p": 0.9}])
+def test_timing_is_opt_in_and_changes_no_output(tiny_pair, greedy_case, sampling):
+    """timed=True times every forward (the metrics' c, forward_s, overhead); off by default, with no per-forward
+    host sync, and the tokens, records and counts are the same either way."""
+    target, draft = tiny_pair
+    prompts, eos, _ = greedy_case
+    runs = {timed: speculative_generate(target, draft, prompts, gamma=3, max_new_tokens=24, eos_token_id=eos,
+                                        sampling=sampling, seed=5, timed=timed) for timed in (False, True)}
+    plain, timed = runs[False], runs[True]
+    assert plain.sequences == timed.sequences
+    pd.testing.assert_frame_equal(plain.tokens_df(), timed.tokens_df())
+    pd.testing.assert_frame_equal(plain.steps_df(), timed.steps_df())
+    counts = ("steps", "target_forwards", "draft_forwards", "accepted", "verified", "max_new_per_forward_target",
+              "max_new_per_forward_draft")
+    assert {k: getattr(plain.metrics, k) for k in counts} == {k: getattr(timed.metrics, k) for k in counts}
+    assert np.isnan(plain.metrics.cost_ratio_c) and np.isnan(plain.metrics.overhead)
+    assert timed.metrics.cost_ratio_c > 0 and timed.metrics.overhead >= 1.0
+    assert timed.metrics.target_forwards == timed.metrics.steps
+
+
 @pytest.mark.parametrize("compact_fraction", [0.0, 1.0])
 def test_exactness_does_not_depend_on_compaction(tiny_pair, greedy_case, compact_fraction):
     target, draft = tiny_pair

@@ -1,13 +1,33 @@
-"""distillspec: on-policy distillation of draft models for speculative decoding, and batched SD evaluation."""
+"""distillspec: on-policy distillation of draft models for speculative decoding, and batched SD evaluation.
 
-import logging
+The public API, loaded on first use (importing the package loads neither torch nor TRL, and changes no warning
+filter, logging level or progress bar):
 
-# bitsandbytes (imported by peft) warns at import on CPUs with AVX512-BF16 that an optional 4-bit CPU kernel
-# package is missing; distillspec never runs bitsandbytes on a CPU (teacher_8bit is CUDA only), so keep it quiet.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    speculative_generate, SpecDecResult   the batched SD decoder (specdec.py)
+    distill, Config                       one training run of a draft (distill.py, config.py)
+    load_model, load_pair                 a model by hub id, folder, GGUF alias or tiny-*; a (target, draft) pair
+"""
 
-from .errors import DistillSpecError  # noqa: E402
-from .models import check_compatible, draft_from_teacher, load_model, load_tokenizer  # noqa: E402
+from importlib import import_module
 
-__all__ = ["DistillSpecError", "check_compatible", "draft_from_teacher", "load_model", "load_tokenizer"]
+_API = {
+    "speculative_generate": "specdec", "SpecDecResult": "specdec",
+    "distill": "distill", "Config": "config",
+    "load_model": "models", "load_tokenizer": "models", "draft_from_teacher": "models",
+    "check_compatible": "models", "load_pair": "pair", "DistillSpecError": "errors",
+}
+
+__all__ = sorted(_API)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'distillspec' has no attribute {name!r}")
+    value = getattr(import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--gamma", type=int, default=5, help="draft tokens per step in the snippet")
     ex.set_defaults(func=_cmd_export)
     args = ap.parse_args(argv)
+    from .quiet import quiet_library_output
+
+    quiet_library_output()
     try:
         args.func(args)
     except DistillSpecError as err:

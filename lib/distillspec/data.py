@@ -18,8 +18,6 @@ import datasets
 
 from .errors import DistillSpecError, require
 
-datasets.disable_progress_bars()
-
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -14,20 +14,21 @@ steps, and the final draft is saved once, with full weights, by the main process
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import random
 import shutil
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import DistillationConfig, DistillationTrainer
+
+from .quiet import quiet_bitsandbytes_import
+
+with quiet_bitsandbytes_import():  # TRL imports peft, which imports bitsandbytes
+    from trl import DistillationConfig, DistillationTrainer
 
 from .acceptance import TopKAcceptance
 from .config import Config
@@ -36,24 +37,12 @@ from .errors import require
 from .evaluate import completion_mask
 from .losses import chunked_distill_loss
 from .models import check_compatible, swap_in
-from .pair import load_pair as _load_pair
+from .pair import load_pair
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
+from .quiet import quiet_trainer_noise  # noqa: E402
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
-
-# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias before every rollout; the warning is
-# about TRL's code, repeats every step, and changes nothing here.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-# transformers orders checkpoints by mtime when rotating them and warns (then orders them by step, as intended)
-# whenever two were saved within a second, which fast steps on small models do.
-logging.getLogger("transformers.trainer_utils").addFilter(
-    lambda record: "mtime may not be reliable" not in record.getMessage())
-
-
-def load_pair(cfg: Config):
-    """(teacher, student, tokenizer) for training: the study's baseline draft with fp32 (master) weights."""
-    return _load_pair(cfg, training=True)
-
+from .trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, TRAIN_LOG, append_log_line, collapse_span
 
 def train_prompts(cfg: Config, tokenizer):
     """The training prompt set (chat messages only: no answers, no highlights)."""
@@ -179,9 +168,6 @@ class DistillSpecTrainer(DistillationTrainer):
         return [row[m].tolist() for row, m in zip(out.cpu(), keep.cpu(), strict=True)]
 
 
-TRAIN_LOG = "train_log.jsonl"  # in distill()'s output directory, beside student/ and the checkpoints
-
-
 class JsonlLogCallback(TrainerCallback):
     """Append every log line to <output_dir>/train_log.jsonl (resumed runs may repeat steps; keep the last)."""
 
@@ -190,23 +176,7 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-
-COLLAPSE_ENTROPY, COLLAPSE_PATIENCE = 1e-3, 3  # nats; logged steps in a row
-
-
-def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_ENTROPY,
-                  patience: int = COLLAPSE_PATIENCE) -> tuple[int, int] | None:
-    """(first, last) step of the first `patience` logged steps in a row whose own-rollout entropy is below
-    `threshold` nats, or None: the sign of a collapsed draft (CollapseWarning during training, 04 afterwards)."""
-    low: list[int] = []
-    for step, entropy in log:
-        low = low + [int(step)] if entropy < threshold else []  # NaN resets too
-        if len(low) >= patience:
-            return low[0], low[-1]
-    return None
+            append_log_line(self.path, state.global_step, logs)
 
 
 class CollapseWarning(TrainerCallback):
@@ -277,15 +247,6 @@ class DistillResult:
     resumed_from: str | None
 
 
-def read_log(path: str | os.PathLike):
-    """Training log as a DataFrame, one row per logged step (the last entry wins after a resume)."""
-    import pandas as pd
-
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    df = pd.DataFrame(rows)
-    return df.drop_duplicates(subset=["step"] + [c for c in ("train_runtime",) if c in df], keep="last")
-
-
 def _save_student(trainer: DistillSpecTrainer, cfg: Config, tokenizer, target: Path) -> Path:
     """Write the final draft (full weights, config, tokenizer) to target, once: every process takes part in
     gathering the weights (FSDP), the main process writes them beside target and swaps the folder in."""
@@ -322,7 +283,7 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     cfg.validate()
     check_engine(lora=bool(cfg.lora))
     batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())  # refuse a batch that does not split, early
-    teacher, student, tokenizer = pair if pair is not None else load_pair(cfg)
+    teacher, student, tokenizer = pair if pair is not None else load_pair(cfg, training=True)
     check_compatible(tokenizer, tokenizer, teacher, student)
     check_plain_logits(teacher, student)
     dataset = dataset if dataset is not None else train_prompts(cfg, tokenizer)
@@ -344,10 +305,10 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
         ds_config=cfg,
     )
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
-    trainer.train(resume_from_checkpoint=last)
+    with quiet_trainer_noise():
+        trainer.train(resume_from_checkpoint=last)
     student_dir = _save_student(trainer, cfg, tokenizer, output_dir / "student")
     return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
 
 
-__all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "CollapseWarning", "DistillResult", "DistillSpecTrainer",
-           "collapse_span", "distill", "load_pair", "read_log"]
+__all__ = ["CollapseWarning", "DistillResult", "DistillSpecTrainer", "distill"]

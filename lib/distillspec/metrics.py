@@ -30,8 +30,11 @@ class SpecDecMetrics:
     full_block_rate: share of row-steps in which all gamma drafts were accepted.
     tokens_per_s: emitted tokens / wall seconds of the whole call (prefill included).
     cost_ratio_c: mean wall time of one draft decode forward / one target verify forward (batched calls).
-    predicted_tau, ideal_speedup: Leviathan et al.'s formulas at alpha = alpha_pos, this gamma and c.
+    predicted_tau: Leviathan et al.'s expected tokens per step at alpha = alpha_pos and this gamma.
+    ideal_speedup: Leviathan et al.'s walltime improvement at alpha_pos, gamma and c.
     overhead: wall seconds / seconds spent inside model forwards (prefill included); 1.0 = no decoder overhead.
+    forward_s, cost_ratio_c, ideal_speedup and overhead need per-forward timings (speculative_generate(timed=True));
+    they are NaN without them.
     """
 
     gamma: int
@@ -63,21 +66,28 @@ class SpecDecMetrics:
         return asdict(self)
 
 
+def verified_positions(accepted, proposed):
+    """Positions the target verified in a row-step: the accepted drafts and the first rejected one (none after a
+    fully accepted block). Works on ints and on numpy / pandas arrays."""
+    return np.minimum(accepted + 1, proposed)
+
+
 def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if b else float("nan")
 
 
-def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, steps) -> SpecDecMetrics:
+def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, steps, timed: bool = True
+                    ) -> SpecDecMetrics:
     s = records.step_arrays()
     row_steps = int(len(s["step"]))
     proposed = int(s["proposed"].sum())
     accepted = int(s["accepted"].sum())
-    verified = int(np.minimum(s["accepted"] + 1, s["proposed"]).sum())
+    verified = int(verified_positions(s["accepted"], s["proposed"]).sum())
     emitted = int(s["emitted"].sum())
     alpha_pos = _ratio(accepted, verified)
     t_fw, d_fw = np.array(target_kv.forward_s), np.array(draft_kv.forward_s)
-    c = _ratio(d_fw.mean() if d_fw.size else 0.0, t_fw.mean() if t_fw.size else 0.0)
-    forward_s = float(t_fw.sum() + d_fw.sum() + target_kv.prefill_s + draft_kv.prefill_s)
+    c = _ratio(d_fw.mean() if d_fw.size else 0.0, t_fw.mean() if t_fw.size else 0.0) if timed else float("nan")
+    forward_s = float(t_fw.sum() + d_fw.sum() + target_kv.prefill_s + draft_kv.prefill_s) if timed else float("nan")
     predicted = expected_tokens_per_step(alpha_pos, gamma) if row_steps else float("nan")
     return SpecDecMetrics(
         gamma=gamma,
@@ -86,8 +96,8 @@ def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, s
         steps=steps,
         target_calls=row_steps,
         draft_calls=row_steps * gamma,
-        target_forwards=int(t_fw.size),
-        draft_forwards=int(d_fw.size),
+        target_forwards=target_kv.forwards,
+        draft_forwards=draft_kv.forwards,
         proposed=proposed,
         accepted=accepted,
         verified=verified,
@@ -101,7 +111,7 @@ def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, s
         cost_ratio_c=c,
         predicted_tau=predicted,
         ideal_speedup=ideal_speedup(alpha_pos, gamma, c) if row_steps and c == c else float("nan"),
-        overhead=_ratio(wall_s, forward_s),
+        overhead=_ratio(wall_s, forward_s) if timed else float("nan"),
         max_new_per_forward_target=target_kv.max_new_per_row,
         max_new_per_forward_draft=draft_kv.max_new_per_row,
     )

@@ -36,19 +36,23 @@ from .sampling import SamplingConfig, as_sampling, sample
 
 @dataclass
 class RaggedKV:
-    """One model's KV cache over a ragged batch, with its hole mask, per-row real-token counts and timings."""
+    """One model's KV cache over a ragged batch, with its hole mask, per-row real-token counts and (when `timed`)
+    the wall time of each forward."""
 
     model: torch.nn.Module
     width: int  # logits columns to keep (shared vocabulary)
+    timed: bool = False  # time each forward: on a GPU that waits for the device before and after every forward
     cache: DynamicCache = None
     mask: torch.Tensor = None  # [B, L] long, 1 = real token
     n_real: torch.Tensor = None  # [B] long
-    forward_s: list = field(default_factory=list)  # wall seconds of each decode forward (prefill excluded)
-    max_new_per_row: int = 0  # most slots fed to one row by one decode forward
-    prefill_s: float = 0.0
+    forward_s: list = field(default_factory=list)  # wall seconds of each decode forward (prefill excluded; timed)
+    forwards: int = 0  # decode forwards (prefill excluded)
+    max_new_per_row: int = 0  # widest decode forward: most slots one forward fed a row (prefill excluded)
+    prefill_s: float = 0.0  # timed only
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor, prefill: bool = False) -> torch.Tensor:
-        """Feed ids [B, k] (valid [B, k] bool marks real slots); return float logits [B, k, width]."""
+        """Feed ids [B, k] (valid [B, k] bool marks real slots; callers never feed an all-hole column, so k is the
+        most real slots of a row); return float logits [B, k, width]. No host sync unless `timed`."""
         valid = valid.long()
         if self.cache is None:
             self.cache = DynamicCache(config=self.model.config)
@@ -56,17 +60,20 @@ class RaggedKV:
             self.n_real = valid.new_zeros(ids.shape[0])
         mask = torch.cat([self.mask, valid], dim=1)
         positions = (self.n_real[:, None] + valid.cumsum(1) - 1).clamp_min(0)
-        start = _now(ids.device)
+        start = _now(ids.device) if self.timed else 0.0
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True,
             logits_to_keep=1 if prefill else 0,  # the prefill's logits are never used: skip the vocab projection
         ).logits
-        elapsed = _now(ids.device) - start
-        if prefill:
-            self.prefill_s += elapsed
-        else:
-            self.forward_s.append(elapsed)
-            self.max_new_per_row = max(self.max_new_per_row, int(valid.sum(1).max()))
+        if self.timed:
+            elapsed = _now(ids.device) - start
+            if prefill:
+                self.prefill_s += elapsed
+            else:
+                self.forward_s.append(elapsed)
+        if not prefill:
+            self.forwards += 1
+            self.max_new_per_row = max(self.max_new_per_row, ids.shape[1])
         self.mask, self.n_real = mask, self.n_real + valid.sum(1)
         return logits[..., : self.width].float()
 
@@ -344,6 +351,7 @@ def speculative_generate(
     compact_fraction: float = 0.3,
     pad_token_id: int = 0,
     bonus: bool = True,
+    timed: bool = False,
 ) -> SpecDecResult:
     """Speculative decoding of a ragged batch of token-id prompts; see the module docstring for the design.
 
@@ -351,7 +359,9 @@ def speculative_generate(
     `acceptance.py`; None is lossless rejection sampling, `RejectionSampling('lin', eps)` and the like are
     DistillSpec's lossy rules, `TopKAcceptance(k)` is SKD's. eos_token_id: default the target's generation_config
     EOS. Pass the tokenizers to check compatibility. bonus=False skips the target's bonus token after a fully
-    accepted block (SKD rollouts: every token is then a draft proposal or a target correction).
+    accepted block (SKD rollouts: every token is then a draft proposal or a target correction). timed=True times
+    every model forward (the metrics' cost_ratio_c, forward_s and overhead; NaN otherwise): on a GPU that syncs the
+    host with the device twice per forward, so leave it off when the decoding itself is what is measured.
     """
     sampling = as_sampling(sampling)
     rule = RejectionSampling() if acceptance is None else acceptance
@@ -364,7 +374,7 @@ def speculative_generate(
     records = SpecDecRecords(enabled=record)
     started = _now(device)
 
-    tgt, drf = RaggedKV(target, width), RaggedKV(draft, width)
+    tgt, drf = RaggedKV(target, width, timed), RaggedKV(draft, width, timed)
     prefix_ids, prefix_valid = _left_pad([list(p[:-1]) for p in prompts], pad_token_id, device)
     if prefix_ids.shape[1] > 0:  # all but each prompt's last token; that one is fed with the first step
         tgt.forward(prefix_ids, prefix_valid, prefill=True)
@@ -388,7 +398,7 @@ def speculative_generate(
         step += 1
 
     metrics = compute_metrics(records=records, sequences=rows.outputs, gamma=gamma, wall_s=_now(device) - started,
-                              target_kv=tgt, draft_kv=drf, steps=step)
+                              target_kv=tgt, draft_kv=drf, steps=step, timed=timed)
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 

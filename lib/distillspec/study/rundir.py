@@ -17,7 +17,7 @@ import datasets
 
 from ..atomic import write_text
 from ..config import Config
-from ..distill import TRAIN_LOG
+from ..trainlog import TRAIN_LOG
 from ..errors import require
 
 BASELINE = "baseline"

@@ -12,7 +12,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..distill import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
+from ..trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from ..errors import require
 from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, format_interval, metric_arrays, ratio, seed_mean,
                     speed_ratio, unit_matrix)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import require
+from ..metrics import verified_positions
 
 Combine = Callable[..., np.ndarray]  # summed arrays, each [B, S] -> per-seed statistic [B, S]
 
@@ -101,7 +102,7 @@ STEP_METRICS = {  # name -> (columns of the per-prompt sums, combine)
 
 def prompt_sums(steps: pd.DataFrame) -> pd.DataFrame:
     """Per-step records with the columns the metrics sum: verified positions and target calls."""
-    return steps.assign(verified=np.minimum(steps["accepted"] + 1, steps["proposed"]), calls=1)
+    return steps.assign(verified=verified_positions(steps["accepted"], steps["proposed"]), calls=1)
 
 
 def metric_arrays(steps: dict[str, pd.DataFrame], drafts: list[str], metric: str, what: str) -> list[np.ndarray]:

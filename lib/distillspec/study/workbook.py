@@ -6,16 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
-
-
-def quiet_library_output() -> None:
-    """Turn off third-party progress bars that say nothing about the study (transformers' "Loading weights" and
-    "Writing model shards", datasets' map/filter bars); distillspec's own bars (drafts, SD batches) stay."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+from ..quiet import quiet_library_output
 
 
 def open_study(config_path: str | Path, run_dir: str | Path) -> tuple[Config, Path]:

@@ -1,0 +1,42 @@
+"""A training run's log, train_log.jsonl: its file name, its line format, reading it back, and the collapse rule
+that reads it. Plain Python and pandas, no TRL, so the study and the analysis can read logs without the trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+TRAIN_LOG = "train_log.jsonl"  # in distill()'s output directory, beside student/ and the checkpoints
+COLLAPSE_ENTROPY, COLLAPSE_PATIENCE = 1e-3, 3  # nats; logged steps in a row
+
+
+def append_log_line(path: str | os.PathLike, step: int, logs: dict) -> None:
+    """One logged step as a JSON line (a resumed run may repeat steps; read_log keeps the last)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, **logs}) + "\n")
+
+
+def read_log(path: str | os.PathLike):
+    """Training log as a DataFrame, one row per logged step (the last entry wins after a resume)."""
+    import pandas as pd
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    df = pd.DataFrame(rows)
+    return df.drop_duplicates(subset=["step"] + [c for c in ("train_runtime",) if c in df], keep="last")
+
+
+def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_ENTROPY,
+                  patience: int = COLLAPSE_PATIENCE) -> tuple[int, int] | None:
+    """(first, last) step of the first `patience` logged steps in a row whose own-rollout entropy is below
+    `threshold` nats, or None: the sign of a collapsed draft (a warning during training, named by 04 afterwards)."""
+    low: list[int] = []
+    for step, entropy in log:
+        low = low + [int(step)] if entropy < threshold else []  # NaN resets too
+        if len(low) >= patience:
+            return low[0], low[-1]
+    return None
+
+
+__all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "TRAIN_LOG", "append_log_line", "collapse_span", "read_log"]
