@@ -25,7 +25,7 @@ import yaml
 from transformers import TrainerCallback
 
 from distillspec.atomic import write_json
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
 from distillspec.distill import distill
 from distillspec.pair import load_pair
@@ -53,7 +53,7 @@ def score(teacher, draft, tok, prompts, cfg, args) -> dict:
     out = {}
     for sampler in ("draft", "target"):
         rep = expected_acceptance(teacher, draft, tok, prompts, max_new_tokens=args.eval_tokens,
-                                  temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                                   batch_size=cfg.eval_batch_size, progress=False, sampler=sampler)
         out[sampler] = rep.as_dict()
     return out
@@ -70,14 +70,14 @@ def main():
     ap.add_argument("--out", default="runs/distill_budget")
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    cfg = Config.from_yaml(args.config, **overrides)
+    cfg = StudyConfig.from_yaml(args.config, **overrides)
     out = Path(args.out) / args.name
     teacher, student, tok = load_pair(cfg, training=True)
     prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, args.n_eval, source=cfg.data_source,
                                                seed=cfg.data_seed, tokenizer=tok))
     # the undistilled draft's scores are shared by runs with the same draft and evaluation settings
     settings = {k: getattr(cfg, k) for k in ("teacher", "student", "student_keep_layers", "student_layer_strategy",
-                                             "task", "eval_split", "data_seed", "task_temperature", "top_p", "seed")}
+                                             "task", "eval_split", "data_seed", "temperature", "top_p", "seed")}
     settings.update(n_eval=args.n_eval, eval_tokens=args.eval_tokens)
     before_path = Path(args.out) / "baseline.json"
     cached = json.loads(before_path.read_text()) if before_path.is_file() else {}
@@ -87,7 +87,7 @@ def main():
         before = score(teacher, student, tok, prompts, cfg, args)
         write_json({"settings": settings, "scores": before}, before_path)
     start = time.perf_counter()
-    result = distill(cfg, out, resume=False, pair=(teacher, student, tok),
+    result = distill(cfg.run_config(), out, resume=False, pair=(teacher, student, tok),
                      callbacks=[WallClockBudget(args.minutes * 60)])
     train_s = time.perf_counter() - start
     log = read_log(result.log_path)

@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import render_prompts
 from distillspec.pair import load_pair
 from distillspec.evaluate import completion_mask
@@ -43,18 +43,18 @@ def main():
     ap.add_argument("--n-eval", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
-    cfg = Config.from_yaml(args.config)
+    cfg = StudyConfig.from_yaml(args.config)
     teacher, base, tok = load_pair(cfg, training=True)
-    prompts = render_prompts(tok, cfg.replace(n_eval=args.n_eval).prompt_set("eval", tok))
+    prompts = render_prompts(tok, cfg.replace(n_eval=args.n_eval).eval_prompts(tok))
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
     torch.manual_seed(cfg.seed)
-    sampling = SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     ids = teacher.generate(**enc, **sampling.generate_kwargs(),
                            max_new_tokens=args.tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     width = enc["input_ids"].shape[1]
     attention = torch.cat([enc["attention_mask"], completion_mask(ids[:, width:], [tok.eos_token_id])], 1)
     p_logits = completion_logits(teacher, ids, attention, width)
-    temps = (1.0, cfg.task_temperature)
+    temps = (1.0, cfg.temperature)
     print(f"{args.n_eval} held-out {cfg.task} prompts x {args.tokens} teacher-sampled tokens ({len(p_logits)} "
           f"positions)\n")
     print("| draft | " + " | ".join(f"accept T={t} | entropy T={t} | mass outside top-20 T={t}" for t in temps)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import render_prompts
 from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
@@ -46,16 +46,16 @@ def main():
     args = ap.parse_args()
     if args.no_mkldnn:
         torch.backends.mkldnn.enabled = False
-    cfg = Config.from_yaml(args.config)
+    cfg = StudyConfig.from_yaml(args.config)
     if args.eval_precision is not None:
         cfg = cfg.replace(eval_precision=args.eval_precision)
     paths = RunPaths(Path(args.run_dir) if args.run_dir else default_run_dir(cfg))
     target, tok = load_target(cfg.for_decoding())
     draft = decoding_draft(cfg, paths.root, target, tok, args.draft, full_head=args.full_head)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: args.n_prompts]
-    sampling = (SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p) if args.sampled
+    sampling = (SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p) if args.sampled
                 else SamplingConfig(greedy=True))
-    context, left_pad = decoding_shape(prompts, args.batch_size, cfg.task_max_new_tokens)
+    context, left_pad = decoding_shape(prompts, args.batch_size, cfg.max_new_tokens)
     costs = measure_step_costs(target, draft, batch_size=args.batch_size, context=context, max_gamma=max(args.gammas),
                                left_pad=left_pad)
     ones = measure_step_costs(target, draft, batch_size=args.batch_size, context=context, max_gamma=max(args.gammas))
@@ -69,7 +69,7 @@ def main():
     rows = []
     for gamma in args.gammas:
         t = time_decoding(target, draft, tok, prompts, gamma=gamma, sampling=sampling, batch_size=args.batch_size,
-                          max_new_tokens=cfg.task_max_new_tokens, seed=cfg.seed, progress=f"gamma {gamma}")
+                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"gamma {gamma}")
         alpha = t["accepted"].sum() / t["verified"].sum()
         target_tps, sd_tps = t["target_tokens"].sum() / t["target_s"].sum(), t["sd_tokens"].sum() / t["sd_s"].sum()
         row = {"gamma": gamma, "alpha_pos": float(alpha), "predicted": costs.speedup(alpha, gamma),

@@ -181,10 +181,10 @@ def run(work: Path, preset: str, steps: int, out: Path | None = None) -> dict:
     the interruption, compare, and decode with the baseline and the trained draft."""
     import torch
 
-    from distillspec.config import Config
+    from distillspec.study.preset import StudyConfig
     from distillspec.distill import distill
     from distillspec.pair import load_target
-    from distillspec.study.rundir import RunPaths, load_prompt_file, run_names
+    from distillspec.study.rundir import RunPaths, load_prompt_file
     from distillspec.study.stages import prepare_data, train_draft
 
     report = {"preset": preset, "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
@@ -193,7 +193,7 @@ def run(work: Path, preset: str, steps: int, out: Path | None = None) -> dict:
     report["build_s"] = round(time.perf_counter() - started, 1)
     dump(report, out)
     cfg_path = write_preset(work, preset, steps)
-    cfg = Config.from_yaml(cfg_path)  # 2 x steps, a checkpoint after `steps`
+    cfg = StudyConfig.from_yaml(cfg_path)  # 2 x steps, a checkpoint after `steps`
     teacher, _ = load_target(cfg)
     report["teacher_dtype"] = str(next(teacher.parameters()).dtype)
     del teacher
@@ -208,7 +208,7 @@ def run(work: Path, preset: str, steps: int, out: Path | None = None) -> dict:
         started = time.perf_counter()
         if leg == "interrupted":  # what train_draft does, with a callback that stops it
             paths = RunPaths(run_dir)
-            result = distill(cfg.replace(**run_names(cfg)["rkl"]), paths.draft_dir("rkl"),
+            result = distill(cfg.run_config("rkl"), paths.draft_dir("rkl"),
                              dataset=load_prompt_file(paths.train_prompts), callbacks=[stop_at(steps)])
         else:
             result = train_draft(cfg, run_dir, "rkl")

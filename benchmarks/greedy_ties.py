@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import render_prompts
 from distillspec.evaluate import sample_completions
 from distillspec.pair import load_target
@@ -35,20 +35,20 @@ def main():
     ap.add_argument("--gamma", type=int, default=2)
     ap.add_argument("--n-prompts", type=int, default=8)
     args = ap.parse_args()
-    cfg = Config.from_yaml(args.config)
+    cfg = StudyConfig.from_yaml(args.config)
     paths = RunPaths(Path(args.run_dir) if args.run_dir else default_run_dir(cfg))
     target, tok = load_target(cfg.for_decoding())
     draft = decoding_draft(cfg, paths.root, target, tok, args.draft)
     exact = load_target(cfg.replace(precision="fp32"))[0]
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: args.n_prompts]
-    print(f"target and draft in {target.dtype}, gamma {args.gamma}, {cfg.task_max_new_tokens} new tokens\n")
+    print(f"target and draft in {target.dtype}, gamma {args.gamma}, {cfg.max_new_tokens} new tokens\n")
     print("| prompt | same text | first difference at | top-2 gap (fp32 logits) | both tokens are the fp32 top 2 |")
     print("|---|---|---|---|---|")
     for i, prompt in enumerate(prompts):
         (_, out, new), = sample_completions(target, tok, [prompt], sampling=SamplingConfig(greedy=True),
-                                            max_new_tokens=cfg.task_max_new_tokens, batch_size=1)
+                                            max_new_tokens=cfg.max_new_tokens, batch_size=1)
         reference = out[0, len(prompt):][: int(new.sum())].tolist()
-        sd = speculative_generate(target, draft, [prompt], gamma=args.gamma, max_new_tokens=cfg.task_max_new_tokens,
+        sd = speculative_generate(target, draft, [prompt], gamma=args.gamma, max_new_tokens=cfg.max_new_tokens,
                                   eos_token_id=tok.eos_token_id, record=False).sequences[0]
         if sd == reference:
             print(f"| {i} | yes | | | |")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import render_prompts
 from distillspec.pair import load_target
 from distillspec.speed import forward_steps, median_seconds_each
@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--reps", type=int, default=8)
     args = ap.parse_args()
-    cfg = Config.from_yaml(args.run / "config.yaml")
+    cfg = StudyConfig.from_yaml(args.run / "config.yaml")
     target, tok = load_target(cfg.for_decoding())
     prompts = render_prompts(tok, load_prompt_file(RunPaths(args.run).eval_prompts))[: args.batch_size]
     draft = stages.decoding_draft(cfg, args.run, target, tok, args.draft)

@@ -89,14 +89,14 @@ def main():
         enable_fsdp_on_cpu()
     from datasets import Dataset
 
-    from distillspec.config import Config
+    from distillspec.study.preset import StudyConfig
     from distillspec.distill import distill
 
     out = Path(args.out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     record_rollouts(report)
-    cfg = Config.from_yaml(args.config, **json.loads(args.overrides))
+    cfg = StudyConfig.from_yaml(args.config, **json.loads(args.overrides)).run_config()
     dataset = None
     if args.same_prompt:
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 12 times 7?"}]}] * 64)

@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 
 from distillspec import DistillSpecError
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
 from distillspec.distill import CollapseWarning, distill
 from distillspec.pair import load_pair
@@ -19,21 +19,21 @@ TINY = "configs/tiny.yaml"
 
 @pytest.fixture(scope="module")
 def tiny_cfg(shared_data):
-    return Config.from_yaml(TINY, data_source=str(shared_data))
+    return StudyConfig.from_yaml(TINY, data_source=str(shared_data)).run_config()
 
 
 def _held_out_acceptance(cfg, teacher, student, tok):
     prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, cfg.n_eval, source=cfg.data_source,
                                                seed=99))
-    return expected_acceptance(teacher, student, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
-                               temperature=cfg.task_temperature, top_p=cfg.top_p, seed=0, progress=False)
+    return expected_acceptance(teacher, student, tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, seed=0, progress=False)
 
 
-@pytest.mark.parametrize("divergence,sampling", [("fkl", "on_policy"), ("rkl", "on_policy"), ("jsd", "on_policy"),
+@pytest.mark.parametrize("divergence,rollout", [("fkl", "on_policy"), ("rkl", "on_policy"), ("jsd", "on_policy"),
                                                  ("tvd", "on_policy"), ("jsd", "skd"), ("fkl", "lmbda=0.5")])
-def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, sampling):
-    mix = {"lmbda": float(sampling.split("=")[1]), "sampling": "on_policy"} if "lmbda" in sampling else {}
-    cfg = tiny_cfg.replace(**{"divergence": divergence, "sampling": sampling, **mix})
+def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, rollout):
+    mix = {"lmbda": float(rollout.split("=")[1]), "rollout": "on_policy"} if "lmbda" in rollout else {}
+    cfg = tiny_cfg.replace(**{"divergence": divergence, "rollout": rollout, **mix})
     teacher, student, tok = load_pair(cfg, training=True)
     before = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
     result = distill(cfg, tmp_path / divergence, pair=(teacher, student, tok))
@@ -43,7 +43,7 @@ def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path,
     after = _held_out_acceptance(cfg, teacher, student, tok).expected_accept
     assert after > before + 0.02, (before, after)
     assert {"teacher_entropy", "expected_accept"} <= set(log.columns)
-    if sampling == "skd":
+    if rollout == "skd":
         assert "skd_kept" in log.columns
     if mix:  # both kinds of step happened
         assert 0 < log["teacher_rollout"].mean() < 1
@@ -80,9 +80,9 @@ def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
     with pytest.raises(DistillSpecError, match=r"beta=1.2 must be in \[0, 1\]"):
         tiny_cfg.replace(beta=1.2)
     with pytest.raises(DistillSpecError, match="Unknown config keys \\['divergense'\\]"):
-        Config.from_dict({"divergense": "rkl"})
-    with pytest.raises(DistillSpecError, match="sampling='offline'"):
-        tiny_cfg.replace(sampling="offline")
+        StudyConfig.from_dict({"divergense": "rkl"})
+    with pytest.raises(DistillSpecError, match="rollout='offline'"):
+        tiny_cfg.replace(rollout="offline")
     teacher, student, tok = load_pair(tiny_cfg, training=True)
     small = tiny_model("llama", vocab_size=1000)
     with pytest.raises(DistillSpecError, match="output layer has 1000 rows but the tokenizer has 49152"):
@@ -104,17 +104,6 @@ def test_bad_inputs_fail_before_training(tiny_cfg, tmp_path, tokenizer):
     assert not any((tmp_path / x).exists() for x in "abcde")
 
 
-def test_presets_load():
-    for name in ("tiny", "offline_gsm8k", "offline_gsm8k_full", "offline_cnndm", "qwen3_gsm8k", "smollm_cnndm"):
-        cfg = Config.from_yaml(f"configs/{name}.yaml")
-        assert cfg.name == name
-    assert Config.from_yaml("configs/qwen3_gsm8k.yaml").learning_rate == 5e-5
-    assert Config.from_yaml("configs/smollm_cnndm.yaml").task_temperature == 0.7
-    assert Config.from_yaml("configs/smollm_cnndm.yaml").divergence_temperature == 0.7  # TRL's convention
-    for name in ("offline_gsm8k", "offline_gsm8k_full", "offline_cnndm"):
-        assert Config.from_yaml(f"configs/{name}.yaml").divergence_temperature == 1.0
-
-
 def test_expected_acceptance_of_identical_models_is_one(tokenizer):
     model = tiny_model("qwen3", seed=3, init_std=0.5, hidden_size=32)
     prompts = [tokenizer("What is 2 + 2?")["input_ids"], tokenizer("Hello")["input_ids"]]
@@ -125,25 +114,6 @@ def test_expected_acceptance_of_identical_models_is_one(tokenizer):
         other = tiny_model("qwen3", seed=4, init_std=0.5, hidden_size=32)
     assert expected_acceptance(model, other, tokenizer, prompts, max_new_tokens=6, temperature=1.0,
                                progress=False).expected_accept < 0.9
-
-
-def test_relative_data_source_in_a_config_file_is_relative_to_that_file(shared_data):
-    from pathlib import Path
-
-    cfg = Config.from_yaml(TINY)
-    assert Path(cfg.data_source) == (Path(TINY).resolve().parent / "../../shared/data").resolve()
-    assert Config.from_yaml(TINY, data_source="rel/dir").data_source == "rel/dir"
-
-
-def test_yaml_exponent_numbers_are_numbers_and_bad_numbers_are_named(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("learning_rate: 5e-5\nmax_steps: '12'\n")  # YAML 1.1 reads 5e-5 as a string
-    cfg = Config.from_yaml(path)
-    assert cfg.learning_rate == 5e-5 and isinstance(cfg.learning_rate, float) and cfg.max_steps == 12
-    with pytest.raises(DistillSpecError, match="learning_rate='fast' must be a number"):
-        Config(learning_rate="fast")
-    with pytest.raises(DistillSpecError, match="max_steps='1.5' must be an integer"):
-        Config(max_steps="1.5")
 
 
 def test_expected_acceptance_on_target_samples_differs_from_own_samples(tokenizer):
@@ -171,7 +141,7 @@ def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
     prompts = [tok("What is 2 + 2?")["input_ids"], tok("Hi")["input_ids"]]
     got = trainer._generate_single_turn(prompts, None, {})
     for prompt, completion in zip(prompts, got):
-        ref = teacher.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=cfg.rollout_max_new_tokens,
+        ref = teacher.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=cfg.train_max_new_tokens,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
         ref = ref[: ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else ref
         assert completion == ref
@@ -187,7 +157,7 @@ def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path,
     from distillspec.losses import token_divergence
 
     cfg = tiny_cfg.replace(divergence="fkl", temperature=0.6, loss_temperature=loss_temperature)
-    assert cfg.divergence_temperature == (0.6 if loss_temperature is None else 1.0)
+    assert cfg.loss_temperature == (0.6 if loss_temperature is None else 1.0)
     teacher, student, tok = load_pair(cfg, training=True)
     trainer = DistillSpecTrainer(model=student, teacher_model=teacher, args=training_args(cfg, tmp_path),
                                  train_dataset=Dataset.from_list([{"messages": [{"role": "user", "content": "x"}]}]),
@@ -203,8 +173,8 @@ def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path,
         ids = torch.cat([prompt_ids, completion_ids], 1)
         s_logits, t_logits = student(ids).logits[:, 4:-1], teacher(ids).logits[:, 4:-1]  # predict completion tokens
         keep = completion_mask.bool()
-        ref = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=cfg.divergence_temperature).mean()
-        other = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=1.6 - cfg.divergence_temperature)
+        ref = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=cfg.loss_temperature).mean()
+        other = token_divergence(s_logits[keep], t_logits[keep], "fkl", temperature=1.6 - cfg.loss_temperature)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
     assert other.mean().item() != pytest.approx(ref.item(), rel=1e-3)  # the two temperatures are distinguishable
     with pytest.raises(DistillSpecError, match="loss_temperature=0.0 must be > 0"):

@@ -64,7 +64,9 @@ def test_the_library_does_not_import_the_study():
     core = [m for m in graph if not m.startswith("distillspec.study") and m != "distillspec.__main__"]
     assert core and all(not any(e.startswith("distillspec.study") for e in graph[m]) for m in core), \
         {m: sorted(graph[m]) for m in core if any(e.startswith("distillspec.study") for e in graph[m])}
-    assert not any(e.startswith("distillspec.study.") and e != "distillspec.study.rundir"
+    # within the study: the preset imports no other study module, the run directory only the preset
+    assert not any(e.startswith("distillspec.study.") for e in graph["distillspec.study.preset"])
+    assert not any(e.startswith("distillspec.study.") and e != "distillspec.study.preset"
                    for e in graph["distillspec.study.rundir"])
 
 

@@ -99,7 +99,7 @@ def test_ddp_resumes_after_an_interruption(tmp_path, shared_data):
 
 def test_fsdp2_with_skd_rollouts_completes_and_saves_a_full_draft(tmp_path, shared_data):
     out = tmp_path / "fsdp"
-    settings = {"sampling": "skd", "lmbda": 1.0, "batch_size": 4, "max_steps": 2, "logging_steps": 1,
+    settings = {"rollout": "skd", "lmbda": 1.0, "batch_size": 4, "max_steps": 2, "logging_steps": 1,
                 "save_steps": 10, "train_max_new_tokens": 12}
     _run(out, settings, shared_data, launch="fsdp2", tmp=tmp_path, extra=["--fsdp-on-cpu", "--same-prompt"])
     assert _sharded(out)  # really FSDP2: the trained parameters were DTensor shards

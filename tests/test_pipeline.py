@@ -159,9 +159,9 @@ def test_papermill_parses_every_parameter():
 def test_prepare_data_on_cnndm_reports_the_length_filter(tmp_path, shared_data):
     """01 on CNN/DM also tokenizes the raw eval split to show the article-length filter (a datasets Column)."""
     from distillspec.study import stages
-    from distillspec.config import Config
+    from distillspec.study.preset import StudyConfig
 
-    cfg = Config.from_yaml("configs/tiny.yaml", task="cnndm", train_split="validation", data_source=str(shared_data),
+    cfg = StudyConfig.from_yaml("configs/tiny.yaml", task="cnndm", train_split="validation", data_source=str(shared_data),
                            n_train=8, n_eval=4)
     summary = stages.prepare_data(cfg, tmp_path / "run")
     assert (summary["n_train"], summary["n_eval"]) == (8, 4)
@@ -265,37 +265,6 @@ def test_relative_paths_mean_relative_to_where_they_were_typed(tmp_path, monkeyp
     assert params["run_dir"] == str((tmp_path / "out" / "run").resolve())
     assert data_dir == str((tmp_path / "data").resolve()) or data_dir == str(tmp_path / "data")
     assert os.environ["DISTILLSPEC_DATA_DIR"] == "data"  # as the caller set it, once the run is over
-
-
-def test_model_folders_in_a_config_are_relative_to_the_config_file(tmp_path, monkeypatch):
-    from distillspec.config import Config
-
-    (tmp_path / "cfg").mkdir()
-    (tmp_path / "models" / "draft").mkdir(parents=True)
-    (tmp_path / "cfg" / "mine.yaml").write_text("teacher: smollm2-135m-instruct\nstudent: ../models/draft\n")
-    monkeypatch.chdir(tmp_path / "models")  # anywhere else
-    cfg = Config.from_yaml(tmp_path / "cfg" / "mine.yaml")
-    assert cfg.student == str((tmp_path / "models" / "draft").resolve())
-    assert cfg.teacher == "smollm2-135m-instruct"  # an alias (or a hub id) stays as written
-
-
-def test_presets_inherit_from_their_base(tmp_path):
-    """A preset states what it changes over its `base:`; the result is the base's keys with the changes."""
-    from distillspec.config import Config
-
-    full = Config.from_yaml("configs/offline_gsm8k_full.yaml")
-    small = Config.from_yaml("configs/offline_gsm8k.yaml")
-    assert (small.name, small.n_eval, small.max_steps, small.extra_runs) == ("offline_gsm8k", 24, 25, [])
-    changed = {"name", "n_eval", "max_steps", "extra_runs"}
-    assert {k: v for k, v in small.to_dict().items() if k not in changed} == \
-        {k: v for k, v in full.to_dict().items() if k not in changed}
-    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
-    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
-    with pytest.raises(DistillSpecError, match="may not form a cycle"):
-        Config.from_yaml(tmp_path / "a.yaml")
-    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
-    with pytest.raises(DistillSpecError, match="Config file not found"):
-        Config.from_yaml(tmp_path / "c.yaml")
 
 
 def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, tokenizer):

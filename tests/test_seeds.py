@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
 from distillspec.runtime import machine
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
@@ -131,29 +131,6 @@ def test_collapsed_seeds_are_named_from_their_training_logs():
     assert collapse_text({"baseline": ["baseline"]}, {}) == ""
 
 
-def test_seeds_name_one_draft_per_recipe_and_seed():
-    cfg = Config(divergences=["fkl", "rkl"], extra_runs=[{"name": "ad", "adaptive_beta": {"h_low": 0.5}}],
-                 seeds=[0, 3])
-    assert draft_names(cfg) == ["baseline", "fkl_s0", "fkl_s3", "rkl_s0", "rkl_s3", "ad_s0", "ad_s3"]
-    assert cfg.run_overrides()["rkl_s3"] == {"divergence": "rkl", "sampling": "on_policy", "seed": 3}
-    assert draft_groups(cfg)["ad"] == ["ad_s0", "ad_s3"]
-    assert expand_drafts(cfg, ["rkl", "baseline", "fkl_s3"]) == ["baseline", "fkl_s3", "rkl_s0", "rkl_s3"]
-    with pytest.raises(DistillSpecError, match="or a recipe for all its seeds"):
-        expand_drafts(cfg, ["tvd"])
-    assert draft_names(Config(divergences=["fkl"])) == ["baseline", "fkl"]  # no seeds: names as before
-
-
-@pytest.mark.parametrize("seeds", [[], [0, 0], [-1], [1.5], "012"])
-def test_bad_seeds_are_refused(seeds):
-    with pytest.raises(DistillSpecError, match="seeds="):
-        Config(seeds=seeds)
-
-
-def test_a_run_may_not_set_its_own_seed_in_a_seeded_study():
-    with pytest.raises(DistillSpecError, match="sets seed"):
-        Config(seeds=[0, 1], extra_runs=[{"name": "x", "divergence": "fkl", "seed": 5}])
-
-
 @pytest.fixture(scope="module")
 def seeded_run(tmp_path_factory, shared_data):
     """The pipeline on a tiny preset with seeds [0, 1]: FKL and the entropy-adaptive recipe, two seeds each."""
@@ -173,7 +150,7 @@ def seeded_run(tmp_path_factory, shared_data):
     config.write_text(yaml.safe_dump(cfg))
     run_dir = root / "run"
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir), "--publish", str(root / "pub")]) == 0
-    return Config.from_yaml(config), run_dir
+    return StudyConfig.from_yaml(config), run_dir
 
 
 def test_a_seeded_study_reports_means_over_seeds(seeded_run):

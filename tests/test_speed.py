@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from distillspec.config import Config
+from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
 from distillspec.metrics import ideal_speedup
 from distillspec.sampling import SamplingConfig
@@ -131,27 +131,6 @@ def test_speed_summary_ratio_ci_and_prediction():
     assert noisy["speedup_lo"] < noisy["speedup"] < noisy["speedup_hi"] and math.isnan(noisy["predicted_speedup"])
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"speed_gamma": 0}, "speed_gamma=0 must be 'auto'"),
-    ({"speed_gamma": 9}, r"\[1, speed_max_gamma=8\]"),
-    ({"speed_max_gamma": 17}, "speed_max_gamma=17 must be in"),
-    ({"speed": [{"greedy": True, "batch": 1}]}, "each setting is a mapping of"),
-    ({"speed": [{"batch_size": 0}]}, "batch_size=0 must be an integer >= 1"),
-    ({"speed": {"greedy": True}}, "must be a list of settings"),
-    ({"draft_vocab": 0}, "draft_vocab=0 must be >= 1"),
-    ({"eval_precision": "fp16"}, "precision='fp16' must be one of"),
-])
-def test_bad_speed_settings_are_refused(bad, message):
-    with pytest.raises(DistillSpecError, match=message):
-        Config(**bad)
-
-
-def test_eval_precision_changes_only_how_03_loads_the_models():
-    cfg = Config(precision="fp32", eval_precision="bf16")
-    assert cfg.for_decoding().precision == "bf16" and cfg.precision == "fp32"
-    assert Config(precision="fp32").for_decoding().precision == "fp32"
-
-
 def test_a_draft_vocabulary_without_eos_or_template_markers_is_refused(tokenizer):
     from distillspec.draft_vocab import check_draft_vocab
 
@@ -180,7 +159,7 @@ def test_a_finished_runs_draft_loads_as_03_decodes_with_it(tiny_run):
     from distillspec.study.stages import decoding_draft
 
     config, run_dir, _ = tiny_run
-    cfg = Config.from_yaml(config)
+    cfg = StudyConfig.from_yaml(config)
     target, tok = load_target(cfg.for_decoding())
     kept = json.loads((run_dir / "data" / "draft_vocab.json").read_text())["ids"]
     cut = decoding_draft(cfg, run_dir, target, tok, "fkl")

@@ -14,9 +14,10 @@ from .errors import DistillSpecError
 def _cmd_eval(args) -> None:
     """Batched SD of the teacher with a draft on task prompts; writes records and metrics under --out."""
     from .data import load_prompts, render_prompts, task_spec
-    from .pair import load_pair, pair_config
+    from .pair import load_pair
     from .sampling import SamplingConfig
     from .specdec import speculative_generate
+    from .study.preset import pair_config
 
     cfg = pair_config(args.config, teacher=args.teacher, keep_layers=args.keep_layers)
     task = args.task or cfg.task
@@ -41,11 +42,11 @@ def _cmd_train(args) -> None:
     import torch
     from accelerate import PartialState
 
-    from .config import Config
+    from .study.preset import StudyConfig
     from .study.rundir import RunPaths, default_run_dir
     from .study.stages import prepare_data, train_draft
 
-    cfg = Config.from_yaml(args.config)
+    cfg = StudyConfig.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
     state = PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer then uses
     with state.main_process_first():  # 01's prompt sets, written once; the other processes then find them
@@ -66,8 +67,8 @@ def _cmd_export(args) -> None:
 
 def _cmd_run(args) -> None:
     """The whole study (notebooks 01-04 via papermill) for one preset; resumes unless --force."""
-    from .config import Config
     from .study.pipeline import run_pipeline
+    from .study.preset import StudyConfig
     from .study.rundir import RunPaths
 
     started = time.perf_counter()
@@ -82,18 +83,18 @@ def _cmd_run(args) -> None:
     print(f"results table: {paths.results}")
     print(f"figures:       {paths.figures}")
     if args.publish:
-        name = Config.from_yaml(run_dir / "config.yaml").name
+        name = StudyConfig.from_yaml(run_dir / "config.yaml").name
         print(f"published to:  {Path(args.publish).resolve() / name}")
 
 
 def _cmd_retime(args) -> None:
     """03's timing again on this machine for drafts already evaluated; publishes their records when asked."""
-    from .config import Config
     from .study.pipeline import publish
+    from .study.preset import StudyConfig
     from .study.rundir import default_run_dir, expand_drafts
     from .study.stages import retime_drafts
 
-    cfg = Config.from_yaml(args.config)
+    cfg = StudyConfig.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
     names = expand_drafts(cfg, [d.strip() for d in args.drafts.split(",") if d.strip()])
     print(retime_drafts(cfg, run_dir, names).to_string(index=False))

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 
-from .config import Config
+from .config import Config, Recipe, Setup
 from .errors import require
 from .models import check_compatible, draft_from_teacher, load_model
 from .runtime import check_8bit_teacher, check_engine, compute_dtype, warn_if_emulated_bf16
 
 
-def load_target(cfg: Config):
+def load_target(cfg: Setup):
     """(teacher, tokenizer): frozen, in the compute dtype of `precision` (or 8-bit), on this process's device."""
     check_engine(lora=bool(cfg.lora))
     if cfg.teacher_8bit:  # both refusals before any weights load
@@ -24,7 +24,7 @@ def load_target(cfg: Config):
     return teacher.eval().requires_grad_(False), tokenizer
 
 
-def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
+def load_draft(cfg: Recipe, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
     """A draft for `teacher`: a saved draft directory, or None for the study's baseline draft. training=True keeps
     its weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
     source = draft if draft is not None else cfg.student
@@ -42,16 +42,4 @@ def load_pair(cfg: Config, draft: str | os.PathLike | None = None, *, training: 
     return teacher, load_draft(cfg, teacher, tokenizer, draft, training=training), tokenizer
 
 
-def pair_config(config: str | os.PathLike | None = None, *, teacher: str | None = None,
-                keep_layers: int | None = None) -> Config:
-    """The config whose pair a command-line tool evaluates: a preset (`--config`), or the teacher and derived-draft
-    depth given as flags (the defaults of Config otherwise)."""
-    given = {k: v for k, v in (("teacher", teacher), ("student_keep_layers", keep_layers)) if v is not None}
-    if config is not None:
-        require(not given, f"--config {config} sets the teacher and the baseline draft; drop "
-                           f"{', '.join('--' + k.replace('student_', '').replace('_', '-') for k in given)}.")
-        return Config.from_yaml(config)
-    return Config(**given)
-
-
-__all__ = ["load_draft", "load_pair", "load_target", "pair_config"]
+__all__ = ["load_draft", "load_pair", "load_target"]

@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..config import Config
+from .preset import StudyConfig
 from ..errors import DistillSpecError, require
 from .rundir import RunPaths, fingerprint, published_records
 
@@ -27,7 +27,7 @@ def export_results(run_dir: str | Path, dest: str | Path, names: list[str]) -> l
     return copied
 
 
-def import_results(cfg: Config, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
+def import_results(cfg: StudyConfig, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
     """Copy finished drafts' records from source into the run (drafts this run has already trained or evaluated
     are left alone); return the names imported. Raises when a record was made with another config or prompt set."""
     paths, source = RunPaths(Path(run_dir)), Path(source)
@@ -36,7 +36,7 @@ def import_results(cfg: Config, run_dir: str | Path, source: str | Path, names: 
     expected = fingerprint(cfg, run_dir)
     imported = []
     for name in names:
-        row_file = source / f"{name}_speed.json"
+        row_file = source / paths.speed_row(name).name
         if not row_file.is_file() or paths.speed_row(name).is_file() or paths.student(name).is_dir():
             continue
         recorded = json.loads(row_file.read_text()).get("fingerprint")

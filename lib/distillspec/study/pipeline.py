@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import Config
+from .preset import StudyConfig
 from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, require
 from .handoff import export_results, import_results
@@ -67,7 +67,7 @@ def _failed(executed: Path) -> bool:
     return bool(nbformat.read(executed, as_version=4).metadata.get("papermill", {}).get("exception"))
 
 
-def plan(cfg: Config, config_path: Path, run_dir: Path, drafts: list[str] | None = None,
+def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] | None = None,
          results_from: Path | None = None) -> list[Step]:
     """The notebooks to execute: 01, 02 per training run, 03, 04; with drafts, only those drafts' 02 and 03.
     results_from: a published records folder whose finished drafts (any of the study's, not only those selected)
@@ -151,7 +151,7 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
     results_from = Path(results_from).resolve() if results_from is not None else None
     publish_dir = Path(publish_dir).resolve() if publish_dir is not None else None
     with data_dir_env_resolved():  # the kernels inherit it
-        cfg = Config.from_yaml(config_path)
+        cfg = StudyConfig.from_yaml(config_path)
         if drafts is not None:
             drafts = expand_drafts(cfg, drafts)
         require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
@@ -182,7 +182,7 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         return run_dir
 
 
-def publish(cfg: Config, run_dir: Path, publish_dir: Path) -> list[Path]:
+def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
     """Copy a run's figures, results table and the config that made them into publish_dir/<run name>/ (e.g.
     figures/offline_gsm8k_full/, so presets of the same task do not overwrite each other), and every finished
     draft's records into its records/ (what 04 needs, and what a later run imports). Where 04 has not run on these

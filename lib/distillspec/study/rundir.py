@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from ..atomic import write_text
-from ..config import Config
+from .preset import StudyConfig
 from ..trainlog import TRAIN_LOG
 from ..errors import require
 
@@ -124,7 +124,7 @@ class RunPaths:
         return self.figures / f"{stem}_{task}.png"
 
 
-def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
+def figure_paths(cfg: StudyConfig, run_dir: str | Path) -> dict[str, Path]:
     paths = RunPaths(Path(run_dir))
     return {kind: paths.figure(kind, cfg.task) for kind in ("entropy", "training")}
 
@@ -132,29 +132,28 @@ def figure_paths(cfg: Config, run_dir: str | Path) -> dict[str, Path]:
 def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
     """A finished draft's files in the run directory, by their names in a published records folder (what 04 needs,
     and what another machine imports); the speed row comes last, as 03 writes it last: it marks the draft finished."""
-    return {f"{name}_tokens.parquet": paths.tokens(name), f"{name}_steps.parquet": paths.steps(name),
-            f"{name}_train_log.jsonl": paths.train_log(name),  # none for the baseline
-            f"{name}_timing.parquet": paths.timing(name),  # only with speed settings
-            f"{name}_speed.json": paths.speed_row(name)}
+    records = [paths.tokens(name), paths.steps(name), paths.timing(name), paths.speed_row(name)]
+    return {f"{name}_{TRAIN_LOG}": paths.train_log(name),  # none for the baseline
+            **{path.name: path for path in records}}  # timing: only with speed settings
 
 
-def run_names(cfg: Config) -> dict[str, dict]:
+def run_names(cfg: StudyConfig) -> dict[str, dict]:
     """Training runs of the study by name -> the config keys each overrides (one per divergence, plus extra_runs)."""
     return cfg.run_overrides()
 
 
-def draft_names(cfg: Config) -> list[str]:
+def draft_names(cfg: StudyConfig) -> list[str]:
     """Every draft the study evaluates, in table order: the undistilled baseline, then each training run."""
     return [BASELINE, *run_names(cfg)]
 
 
-def draft_groups(cfg: Config) -> dict[str, list[str]]:
+def draft_groups(cfg: StudyConfig) -> dict[str, list[str]]:
     """Every draft grouped by its recipe, in table order: the baseline alone, then each training run's seeds (a
     study without `seeds` has one draft per group, named as the group)."""
     return {BASELINE: [BASELINE], **{group: list(runs) for group, runs in cfg.run_groups().items()}}
 
 
-def expand_drafts(cfg: Config, names: list[str]) -> list[str]:
+def expand_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
     """Drafts named on the command line, where a recipe's name means all its seeds (fkl -> fkl_s0, fkl_s1, ...),
     in table order."""
     groups = draft_groups(cfg)
@@ -166,13 +165,13 @@ def expand_drafts(cfg: Config, names: list[str]) -> list[str]:
     return [d for d in draft_names(cfg) if d in wanted]
 
 
-def finished_drafts(cfg: Config, run_dir: str | Path) -> list[str]:
+def finished_drafts(cfg: StudyConfig, run_dir: str | Path) -> list[str]:
     """The study's drafts whose evaluation is complete (03 writes the speed row last), in table order."""
     paths = RunPaths(Path(run_dir))
     return [n for n in draft_names(cfg) if paths.speed_row(n).is_file()]
 
 
-def default_run_dir(cfg: Config) -> Path:
+def default_run_dir(cfg: StudyConfig) -> Path:
     """runs/<config name> under the repository (or under the config's run_dir when that is absolute)."""
     return (REPO / cfg.run_dir / cfg.name).resolve()
 
@@ -188,29 +187,17 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
 
 # Config keys that name places rather than the experiment: they may differ between machines.
 _LOCATION_KEYS = ("data_source", "run_dir")
-# Keys added to Config after results were published, with the value that means what runs did before the key
-# existed: at that value a key stays out of the fingerprint, so published records remain importable; any other
-# value is a different experiment. micro_batch_size replaced gradient_accumulation_steps, which was 1 (no
-# accumulation) in every run made before; micro_batch_size None is that setting.
-_LATER_KEYS = {"precision": "auto", "micro_batch_size": None, "eval_precision": None, "draft_vocab": None,
-               "draft_vocab_prompts": 64, "speed": [], "speed_prompts": 24, "speed_gamma": "auto",
-               "speed_max_gamma": 8, "speed_pilot_prompts": 4, "seeds": None}
-_RETIRED_KEYS = {"gradient_accumulation_steps": 1}
+# Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
+# rather than mixed (the published records were carried over to each version once, when it changed).
+FINGERPRINT_VERSION = 2
 
 
-def _experiment_settings(cfg: Config) -> dict:
-    """The config as fingerprinted: paths left out, later keys at their earlier meaning in their earlier form."""
-    settings = {k: v for k, v in cfg.to_dict().items()
-                if k not in _LOCATION_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
-    if "micro_batch_size" not in settings:
-        settings.update(_RETIRED_KEYS)
-    return settings
-
-
-def fingerprint(cfg: Config, run_dir: str | Path) -> str:
+def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
     paths = RunPaths(Path(run_dir))
-    digest = hashlib.sha256(json.dumps(_experiment_settings(cfg), sort_keys=True, default=str).encode())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _LOCATION_KEYS}
+    settings["fingerprint_version"] = FINGERPRINT_VERSION
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
         require(prompts.is_file(), f"{prompts} is missing: run 01_data (or the pipeline) first.")
         digest.update(prompts.read_bytes())

@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_parquet, write_text
-from ..config import Config
+from .preset import StudyConfig
 from ..data import load_raw, render_prompts, task_spec, token_lengths
 from ..distill import distill
 from ..trainlog import read_log
@@ -23,7 +23,6 @@ from ..losses import AdaptiveBeta
 from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
 from ..runtime import machine
-from ..sampling import SamplingConfig
 from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, time_decoding
 from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
@@ -36,11 +35,11 @@ from .seeds import (bins_over_seeds, collapse_text, format_differences, format_h
 from .stats import STEP_METRICS, group_metric
 
 
-def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
+def prepare_data(cfg: StudyConfig, run_dir: str | Path) -> dict:
     """01: the training and held-out evaluation prompt sets (disjoint splits) and their statistics."""
     paths = RunPaths(Path(run_dir))
     tok = load_tokenizer(cfg.teacher)
-    train, held_out = cfg.prompt_set("train", tok), cfg.prompt_set("eval", tok)
+    train, held_out = cfg.train_prompts(tok), cfg.eval_prompts(tok)
     save_prompts(train, paths.train_prompts)
     save_prompts(held_out, paths.eval_prompts)
     summary = {
@@ -59,11 +58,11 @@ def prepare_data(cfg: Config, run_dir: str | Path) -> dict:
     return summary
 
 
-def train_draft(cfg: Config, run_dir: str | Path, name: str, **overrides):
+def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
     """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
     require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
     paths = RunPaths(Path(run_dir))
-    run_cfg = cfg.replace(**{**run_names(cfg)[name], **overrides})
+    run_cfg = cfg.run_config(name, **overrides)
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
 
@@ -77,13 +76,13 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
     return paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
 
 
-def _known_drafts(cfg: Config, names: list[str]) -> list[str]:
+def _known_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
     unknown = sorted(set(names) - set(draft_names(cfg)))
     require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
     return list(names)
 
 
-def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
+def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
     """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
     target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
     speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
@@ -104,8 +103,8 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
         started = time.perf_counter()
         draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
         # on the draft's own samples (transformers generate), with the head it was trained with
-        own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.task_max_new_tokens,
-                                  temperature=cfg.task_temperature, top_p=cfg.top_p, seed=cfg.seed,
+        own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                                   batch_size=cfg.eval_batch_size, progress=False)
         params = count_parameters(draft)  # as trained (a cut head adds untied rows, it does not make a new draft)
         if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
@@ -129,7 +128,7 @@ def evaluate_drafts(cfg: Config, run_dir: str | Path, names: list[str] | None = 
     return speed
 
 
-def retime_drafts(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
+def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
     """03's timing again, on this machine, for drafts already evaluated (their acceptance records stay): the step
     costs, the chosen gamma, and SD against the target alone. For records timed elsewhere or by an older rule; it
     needs the trained students in the run directory. 04's table is removed, so the next `run` rebuilds it."""
@@ -155,11 +154,7 @@ def retime_drafts(cfg: Config, run_dir: str | Path, names: list[str]) -> pd.Data
     return decoding_speed(cfg, run_dir, names)
 
 
-def _sampling(cfg: Config) -> SamplingConfig:
-    return SamplingConfig(temperature=cfg.task_temperature, top_p=cfg.top_p)
-
-
-def _target_speed(cfg: Config, paths: RunPaths, target, tok, prompts) -> float:
+def _target_speed(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> float:
     """Target-only tokens/s on the held-out prompts, measured once per machine and reused by the run's later drafts;
     measured again when the run directory has moved to another machine (or kept no machine: an older run)."""
     here = machine()
@@ -170,13 +165,13 @@ def _target_speed(cfg: Config, paths: RunPaths, target, tok, prompts) -> float:
         where = saved.get("machine", "an unrecorded machine")
         print(f"target-only speed in {paths.target_speed} was measured on {where}; measuring it again here ({here})")
     tps = target_tokens_per_s(target, tok, prompts, batch_size=cfg.eval_batch_size,
-                              max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg), seed=cfg.seed)
+                              max_new_tokens=cfg.max_new_tokens, sampling=cfg.sampling(), seed=cfg.seed)
     write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size, "machine": here},
                paths.target_speed)
     return tps
 
 
-def draft_vocab(cfg: Config, run_dir: str | Path, target=None, tok=None) -> dict | None:
+def draft_vocab(cfg: StudyConfig, run_dir: str | Path, target=None, tok=None) -> dict | None:
     """The reduced draft vocabulary of this run (config draft_vocab), chosen on first use and kept in
     data/draft_vocab.json: the ids the teacher writes most in its answers to the first `draft_vocab_prompts`
     training prompts (study sampling), with how many it saw and the share of its tokens they cover. Checked against
@@ -189,8 +184,8 @@ def draft_vocab(cfg: Config, run_dir: str | Path, target=None, tok=None) -> dict
             target, tok = load_target(cfg.for_decoding())
         train = load_prompt_file(paths.train_prompts)
         prompts = render_prompts(tok, train.select(range(min(cfg.draft_vocab_prompts, len(train)))))
-        counts = teacher_token_counts(target, tok, prompts, sampling=_sampling(cfg),
-                                      max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.eval_batch_size,
+        counts = teacher_token_counts(target, tok, prompts, sampling=cfg.sampling(),
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
                                       seed=cfg.data_seed)
         ids = choose_draft_vocab(counts, tok, cfg.draft_vocab)
         kept, total = set(ids), sum(counts.values())
@@ -209,7 +204,7 @@ def _draft_source(paths: RunPaths, name: str) -> Path | None:
     return None if name == BASELINE else paths.student(name)
 
 
-def decoding_draft(cfg: Config, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
+def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
     """Draft `name` of the run as 03 decodes with it (target from load_target(cfg.for_decoding())): its head cut to
     the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
     draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(RunPaths(Path(run_dir)), name))
@@ -217,7 +212,7 @@ def decoding_draft(cfg: Config, run_dir: str | Path, target, tok, name: str, *, 
     return draft if vocab is None else reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
 
 
-def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, prompts, name: str
+def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, prompts, name: str
                          ) -> tuple[pd.DataFrame, list[dict]]:
     """Each `speed` setting: the step costs on this machine, the draft length (fixed, or the cost model's best for
     the acceptance of a short pilot on training prompts), then SD and target-only timed on the first
@@ -228,7 +223,7 @@ def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, promp
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
         label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
-        context, left_pad = decoding_shape(timed, batch, cfg.task_max_new_tokens)
+        context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
                                    left_pad=left_pad)
         pilot_alpha = None
@@ -237,25 +232,25 @@ def _time_against_target(cfg: Config, paths: RunPaths, target, draft, tok, promp
             if sampling not in pilot_alphas:
                 pilot_alphas[sampling] = speculative_generate(
                     target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
-                    max_new_tokens=cfg.task_max_new_tokens, eos_token_id=tok.eos_token_id, record=False,
+                    max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id, record=False,
                     seed=cfg.seed).metrics.alpha_pos
             pilot_alpha = pilot_alphas[sampling]
             gamma = costs.best_gamma(pilot_alpha)
         frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
-                              max_new_tokens=cfg.task_max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
         frame.insert(0, "setting", label)
         frames.append(frame)
         chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "costs": costs.as_dict()})
     return pd.concat(frames, ignore_index=True), chosen
 
 
-def _decode(cfg: Config, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+def _decode(cfg: StudyConfig, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """Batched SD over all prompts, eval_batch_size at a time: (per-token records, per-step records, tokens/s),
     rows numbered over the whole prompt set."""
     batch, tokens, steps, wall, new_tokens = cfg.eval_batch_size, [], [], 0.0, 0
     for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}"):
         res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
-                                   max_new_tokens=cfg.task_max_new_tokens, sampling=_sampling(cfg),
+                                   max_new_tokens=cfg.max_new_tokens, sampling=cfg.sampling(),
                                    eos_token_id=tok.eos_token_id, seed=cfg.seed + start, target_tokenizer=tok,
                                    draft_tokenizer=tok)
         for frames, df in ((tokens, res.tokens_df()), (steps, res.steps_df())):
@@ -266,13 +261,13 @@ def _decode(cfg: Config, target, draft, tok, prompts, name: str) -> tuple[pd.Dat
     return pd.concat(tokens, ignore_index=True), pd.concat(steps, ignore_index=True), new_tokens / wall
 
 
-def read_speed_rows(cfg: Config, run_dir: str | Path) -> dict[str, dict]:
+def read_speed_rows(cfg: StudyConfig, run_dir: str | Path) -> dict[str, dict]:
     """Each finished draft's speed row as written (absent keys stay absent), in table order."""
     paths = RunPaths(Path(run_dir))
     return {n: json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)}
 
 
-def speed_table(cfg: Config, run_dir: str | Path, rows: dict[str, dict] | None = None) -> pd.DataFrame:
+def speed_table(cfg: StudyConfig, run_dir: str | Path, rows: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order;
     rows: the speed rows when already read (read_speed_rows)."""
     rows = read_speed_rows(cfg, run_dir) if rows is None else rows
@@ -306,7 +301,7 @@ def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame
     return {n: pd.read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
 
 
-def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,
+def decoding_speed(cfg: StudyConfig, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,
                    rows: dict[str, dict] | None = None) -> pd.DataFrame:
     """03's timed runs of these drafts against the target alone, summarised (report.speed_summary); timing, rows:
     the drafts' timing rows and speed rows when already read (load_timing, read_speed_rows)."""
@@ -317,7 +312,7 @@ def decoding_speed(cfg: Config, run_dir: str | Path, names: list[str], timing: d
     return speed_summary(timing, timed) if timing else pd.DataFrame()
 
 
-def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
+def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, the per-bin acceptance table, and both
     figures (acceptance vs teacher entropy, training curves) under figures/. With `seeds`, results.md leads with
     each recipe's mean over seeds (seeds.py) and states which differences its CIs separate."""
@@ -335,7 +330,7 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
     header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
-              f"T={cfg.task_temperature}, top_p={cfg.top_p}, {cfg.task_max_new_tokens} new tokens, "
+              f"T={cfg.temperature}, top_p={cfg.top_p}, {cfg.max_new_tokens} new tokens, "
               f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
@@ -345,7 +340,7 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     if len(speed_rows):
         write_text(speed_rows.to_csv(index=False), paths.speed_summary)
         speed_md = (f"\nDecoding speed against target-only `generate` on the first {cfg.speed_prompts} held-out "
-                    f"prompts ({cfg.task_max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
+                    f"prompts ({cfg.max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
                     "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
                     "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
                     "steps):\n\n" + format_speed_table(speed_rows)
@@ -379,7 +374,7 @@ def analyze(cfg: Config, run_dir: str | Path, seed: int = 0) -> Analysis:
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)
 
 
-def _seeded_results(cfg: Config, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
+def _seeded_results(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
                     speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame],
                     seed: int) -> str:
     """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
