@@ -1,5 +1,6 @@
-# Two entry points: `make run` (the offline study) and `make test`; `make lab` opens the workbook in JupyterLab.
-# All build .venv from scratch when missing.
+# Two entry points: `make run` (the offline study) and `make test` (the whole suite, as CI runs it); `make test-fast`
+# leaves out the tests marked slow (whole pipelines, the browser, several processes) for the edit loop; `make lab`
+# opens the workbook in JupyterLab. All build .venv from scratch when missing.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +15,7 @@ endif
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lab browser bench clean
+.PHONY: install run test test-fast lab browser bench clean
 
 install: $(STAMP)
 
@@ -30,8 +31,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 CONFIG ?= configs/offline_gsm8k.yaml
-# A study longer than one session: DRAFTS=baseline,fkl (a subset per session), RESULTS_FROM=figures/<name>/records
-# (import the drafts an earlier session published). See README, "Running a study across sessions".
+# A study run in parts: DRAFTS=baseline,fkl (the drafts of this part), RESULTS_FROM=figures/<name>/records (import
+# the drafts that earlier parts published). See README, "A study in parts".
 DRAFTS ?=
 RESULTS_FROM ?=
 
@@ -41,6 +42,9 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 # The workbook in JupyterLab, with the project's kernel (.venv). LAB_DIR: the folder it serves (default: the
 # repository, opened on notebooks/; e.g. runs/offline_gsm8k for a run's executed notebooks); LAB_ARGS: more

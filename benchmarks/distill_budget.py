@@ -10,7 +10,7 @@ Default config: configs/offline_gsm8k_full.yaml (the full study's recipe; its ma
 Trains with the config's settings (plus --set overrides) until the budget runs out or max_steps is reached,
 then scores the undistilled and the distilled draft on the same held-out prompts (the config's eval split,
 first --n-eval prompts) at the task temperature / top_p, two ways:
-- on the draft's own samples (the issue's metric: teacher-scored mean sum min(p, q) at T=1);
+- on the draft's own samples (the goal's metric: teacher-scored mean sum min(p, q) at T=1);
 - on the teacher's samples (what speculative decoding actually sees; a draft that collapses onto text the
   teacher finds easy can score well on its own samples and badly here).
 Writes <out>/<name>/budget_result.json and prints one Markdown table row.

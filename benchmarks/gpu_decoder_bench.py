@@ -4,7 +4,7 @@
     python benchmarks/gpu_decoder_bench.py --samplings T1 --new-tokens 128 --draft-layers 4      # a shallow draft
     ... --cudnn-sdpa off        # without torch's cuDNN attention (README: it dominated decoding time on an H100)
 
-No checkpoints are needed (none can be downloaded on the lent GPU machines): weights are random, so acceptance is
+No checkpoints are needed (a GPU machine without hub access can download none): weights are random, so acceptance is
 whatever two random models give and the speedups are not those of trained pairs. What this measures is the
 decoder itself: tokens/s against the target's own cached generate at each batch size, the draft/target cost
 ratio c, tau and alpha, and the cost of the machinery (wall time / model forward time). Prompts have one length,

@@ -1,5 +1,5 @@
 """A reference preset's own path (01's prompt sets, 02's training, the eval command) at the real shapes of its pair
-on one GPU, with random weights: the lent GPU machines reach no model hub.
+on one GPU, with random weights: for a GPU machine that reaches no model hub.
 
     python benchmarks/gpu_reference_check.py prepare --work gpucheck       # here: tokenizers and data subsets
     python benchmarks/gpu_reference_check.py run --preset qwen3_gsm8k --work gpucheck --steps 2   # on the GPU

@@ -13,9 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session", autouse=True)
 def _clear_earlier_scratch(tmp_path_factory, pytestconfig):
-    """Remove earlier sessions' numbered scratch folders (pytest-N) now: pytest does it only when a session ends,
-    which on a shared runner with a nearly full disk comes after this session's checkpoints have failed to save.
-    Folders still locked by a running session are left alone (pytest's own rule)."""
+    """Remove earlier test runs' numbered scratch folders (pytest-N) now: pytest does it only when a run ends,
+    which on a shared runner with a nearly full disk comes after this run's checkpoints have failed to save.
+    Folders still locked by a running pytest are left alone (pytest's own rule)."""
     from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 
     base = tmp_path_factory.getbasetemp()
@@ -46,7 +46,7 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def teacher():
-    """(model, tokenizer) of the real SmolLM2-135M-Instruct, loaded once per session."""
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct, loaded once per test run."""
     from distillspec.models import load_model
 
     return load_model("smollm2-135m-instruct")
@@ -63,7 +63,7 @@ def tiny_pair():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, shared_data):
-    """The pipeline (`python -m distillspec run`) on a shortened tiny preset, once per test session:
+    """The pipeline (`python -m distillspec run`) on a shortened tiny preset, once per test run:
     (config, run directory, scratch root with the published copy in pub/)."""
     root = tmp_path_factory.mktemp("pipeline")
     cfg = yaml.safe_load(open(REPO / "configs" / "tiny.yaml"))

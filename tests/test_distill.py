@@ -23,7 +23,7 @@ def tiny_cfg(shared_data):
 
 
 def _held_out_acceptance(cfg, teacher, student, tok):
-    prompts = render_prompts(tok, load_prompts(cfg.task, cfg.eval_split, cfg.n_eval, source=cfg.data_source,
+    prompts = render_prompts(tok, load_prompts(cfg.task, "test", 8, source=cfg.data_source,
                                                seed=99))
     return expected_acceptance(teacher, student, tok, prompts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, seed=0, progress=False)

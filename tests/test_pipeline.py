@@ -186,7 +186,7 @@ def test_publish_exports_every_finished_drafts_records(tiny_run):
 
 
 def test_imported_results_reproduce_the_table_without_training(tiny_run, tmp_path, capsys):
-    """A later session imports every published draft: 04 alone runs and gives the same table and figures."""
+    """A later run imports every published draft: 04 alone runs and gives the same table and figures."""
     config, _, _ = tiny_run
     new = tmp_path / "imported"
     assert main(["run", "--config", str(config), "--run-dir", str(new), "--results-from",
@@ -198,14 +198,13 @@ def test_imported_results_reproduce_the_table_without_training(tiny_run, tmp_pat
     assert (new / "results.md").read_text() == (published / "results.md").read_text()
 
 
-def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
-    """Session 1 evaluates only the baseline (04 waits); session 2 names the one draft still missing (--drafts),
-    imports the baseline and the drafts of other sessions, trains and evaluates that draft, and completes the
-    table."""
+def test_a_study_run_in_parts(tiny_run, tmp_path, capsys):
+    """Part 1 evaluates only the baseline (04 waits); part 2 names the one draft still missing (--drafts), imports
+    the baseline and the drafts other parts published, trains and evaluates that draft, and completes the table."""
     import shutil
 
     config, _, _ = tiny_run
-    first, second = tmp_path / "session1", tmp_path / "session2"
+    first, second = tmp_path / "part1", tmp_path / "part2"
     assert main(["run", "--config", str(config), "--run-dir", str(first), "--drafts", "baseline",
                  "--publish", str(tmp_path / "pub")]) == 0
     out = capsys.readouterr().out
@@ -215,7 +214,7 @@ def test_a_study_split_across_sessions(tiny_run, tmp_path, capsys):
     records = tmp_path / "pub" / name / "records"
     assert sorted(p.name for p in records.iterdir()) == ["baseline_speed.json", "baseline_steps.parquet",
                                                           "baseline_timing.parquet", "baseline_tokens.parquet"]
-    for f in _published_records(tiny_run).iterdir():  # drafts other sessions published, all but the first
+    for f in _published_records(tiny_run).iterdir():  # drafts other parts published, all but the first
         if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
             shutil.copy(f, records / f.name)
     baseline_tokens = pd.read_parquet(records / "baseline_tokens.parquet")

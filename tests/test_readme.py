@@ -8,12 +8,12 @@ import subprocess
 from conftest import REPO
 
 
-def _bash_block_after(heading: str) -> str:
-    """The first ```bash block after a README heading."""
+def _block_after(heading: str, language: str = "bash") -> str:
+    """The first fenced block in `language` after a README heading."""
     text = (REPO / "README.md").read_text()
     assert heading in text, f"README has no heading {heading!r}"
-    block = re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S)
-    assert block, f"no bash block after {heading!r}"
+    block = re.search(rf"```{language}\n(.*?)```", text[text.index(heading):], re.S)
+    assert block, f"no {language} block after {heading!r}"
     return block.group(1)
 
 
@@ -30,7 +30,7 @@ def _copy_of_the_repository(dest):
 
 
 def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
-    script = _bash_block_after("### Reproduce the published results")
+    script = _block_after("### Reproduce the published results")
     presets = re.findall(r"--config configs/(\w+)\.yaml", script)
     assert presets, script
     repo = tmp_path / "main"
@@ -49,12 +49,61 @@ def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
 
 
 def test_published_tables_in_the_docs_are_the_results_files_verbatim():
-    """Every results table (Table 1, the speed table) in README.md, docs/results.md and docs/speed.md is a block of
-    some figures/<preset>/results.md."""
+    """Every full results table (Table 1, the speed table) in docs/results.md and docs/speed.md is a block of some
+    figures/<preset>/results.md (the README's compact tables are checked above)."""
     published = [p.read_text() for p in sorted((REPO / "figures").glob("*/results.md"))]
     assert published
-    for doc in ("README.md", "docs/results.md", "docs/speed.md"):
+    for doc in ("docs/results.md", "docs/speed.md"):
         tables = re.findall(r"(?m)^(\| draft \| (?:alpha_tok|setting|seeds) .*\n(?:\|.*\n)+)", (REPO / doc).read_text())
         assert tables, doc
         for table in tables:
             assert any(table in text for text in published), (doc, table[:200])
+
+
+def test_readme_is_a_five_minute_read_and_names_every_command():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    from distillspec.__main__ import main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["--help"])
+    commands = re.search(r"\{([a-z,]+)\}", out.getvalue()).group(1).split(",")
+    assert len(commands) >= 5
+    for command in commands:
+        assert re.search(rf"\b{command}\b", text.split("## How it is built")[1]), command
+
+
+def test_compact_tables_in_the_readme_are_the_results_files_numbers():
+    """Each row of the README's compact tables (alpha_tok [CI], greedy batch-1 speedup [CI]) is that recipe's row of
+    the published results.md headline table, cell for cell."""
+    text = (REPO / "README.md").read_text()
+    compact = re.findall(r"\(`configs/(\w+)\.yaml`.*\n\n\| recipe \|.*\n\|[-|]+\n((?:\|.*\n)+)", text)
+    assert len(compact) == 2, compact
+    for preset, rows in compact:
+        published = (REPO / "figures" / preset / "results.md").read_text()
+        headline = re.search(r"(?m)^\| draft \| seeds .*\n\|[-|]+\n((?:\|.*\n)+)", published).group(1)
+        full = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in headline.splitlines())}
+        shown = [[x.strip() for x in line.strip("|").split("|")] for line in rows.splitlines()]
+        assert [r[0] for r in shown] == list(full), preset
+        for recipe, alpha_tok, speedup in shown:
+            assert alpha_tok == full[recipe][2] and full[recipe][6].startswith(speedup + " ("), (preset, recipe)
+
+
+def test_the_python_example_runs(tmp_path, shared_data, monkeypatch):
+    """The README's Python example, on the tiny pair (a random 2-layer teacher) and a few steps, so it runs in
+    seconds: the same calls in the same order."""
+    code = _block_after("## In Python", "python")
+    small = code.replace('teacher="smollm2-135m-instruct", student_keep_layers=4',
+                         'teacher="tiny-qwen3", student_keep_layers=1, n_train=8, batch_size=2, max_new_tokens=8')
+    small = small.replace("max_steps=20", "max_steps=2").replace("max_new_tokens=64", "max_new_tokens=8")
+    assert small.count("tiny-qwen3") == 1 and "max_steps=2" in small, "the example changed: update this test"
+    monkeypatch.setenv("DISTILLSPEC_DATA_DIR", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(small, "README.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "my_rkl" / "student" / "config.json").is_file()
+    assert 0 <= namespace["res"].metrics.alpha_tok <= 1

@@ -225,7 +225,7 @@ def test_exported_draft_serves_as_assistant_model_losslessly(teacher, tmp_path):
 
 
 def test_eval_refuses_a_config_together_with_pair_flags():
-    from distillspec.pair import pair_config
+    from distillspec.study.preset import pair_config
 
     with pytest.raises(DistillSpecError, match="sets the teacher and the baseline draft; drop --teacher, --keep-layers"):
         pair_config("configs/tiny.yaml", teacher="x", keep_layers=3)

@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--drafts", default=None,
                      help="comma-separated subset of the drafts to train and evaluate (baseline and the training "
                           "runs' names; with seeds, a recipe's name means all its seeds: fkl = fkl_s0,fkl_s1,...), "
-                          "for a study that spans sessions; default: all")
+                          "for a study run in parts; default: all")
     run.add_argument("--results-from", default=None,
-                     help="a published records folder (e.g. figures/<name>/records) of an earlier session: its "
+                     help="a published records folder (e.g. figures/<name>/records) of earlier parts of the study: its "
                           "finished drafts are imported, not retrained")
     run.set_defaults(func=_cmd_run)
     rt = sub.add_parser("retime", help="time evaluated drafts against the target again, on this machine")

@@ -93,15 +93,3 @@ def expected_acceptance(teacher, draft, tokenizer, prompts: list[list[int]], *, 
 def count_new_tokens(completions: torch.Tensor, eos: int) -> int:
     """New tokens per row up to and including the first EOS (padding after EOS is not output)."""
     return sum(row.index(eos) + 1 if eos in row else len(row) for row in completions.tolist())
-
-
-def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-                        sampling, seed: int = 0) -> float:
-    """Target-only decoding throughput (generate with KV cache) on prompts in chunks of batch_size."""
-    import time
-
-    tokens, start = 0, time.perf_counter()
-    for _, _, new in sample_completions(target, tokenizer, prompts, sampling=sampling, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, seed=seed):
-        tokens += int(new.sum())
-    return tokens / (time.perf_counter() - start)

@@ -176,6 +176,29 @@ def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamm
     return StepCosts(target_s, draft_s, batch_size, context, None if left_pad is None else list(left_pad))
 
 
+def target_decode(target, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
+                  seed: int = 0) -> tuple[float, list[list[int]]]:
+    """Target-only `generate` (KV cache) of one batch of prompts: its wall seconds and each row's new tokens, up to
+    and with EOS. The one way this project times the target alone."""
+    began = time.perf_counter()
+    (_, out, new), = sample_completions(target, tokenizer, prompts, sampling=sampling, max_new_tokens=max_new_tokens,
+                                        batch_size=len(prompts), seed=seed)
+    seconds = time.perf_counter() - began
+    width = out.shape[1] - new.shape[1]
+    return seconds, [row[: int(n)] for row, n in zip(out[:, width:].tolist(), new.sum(1).tolist())]
+
+
+def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
+                        sampling: SamplingConfig, seed: int = 0) -> float:
+    """Target-only decoding throughput on prompts in chunks of batch_size (target_decode, seeded per chunk)."""
+    seconds = tokens = 0
+    for start in range(0, len(prompts), batch_size):
+        took, outputs = target_decode(target, tokenizer, prompts[start : start + batch_size], sampling=sampling,
+                                      max_new_tokens=max_new_tokens, seed=seed + start)
+        seconds, tokens = seconds + took, tokens + sum(map(len, outputs))
+    return tokens / seconds
+
+
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
                   batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
@@ -191,12 +214,8 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
         chunk = prompts[start : start + batch_size]
 
         def run_target():
-            began = time.perf_counter()
-            (_, out, new), = sample_completions(target, tokenizer, chunk, sampling=sampling,
-                                                max_new_tokens=max_new_tokens, batch_size=len(chunk), seed=seed + start)
-            seconds = time.perf_counter() - began
-            width = out.shape[1] - new.shape[1]
-            return seconds, [row[: int(n)] for row, n in zip(out[:, width:].tolist(), new.sum(1).tolist())]
+            return target_decode(target, tokenizer, chunk, sampling=sampling, max_new_tokens=max_new_tokens,
+                                 seed=seed + start)
 
         def run_sd():
             return speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
@@ -218,4 +237,4 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
 
 
 __all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",
-           "time_decoding"]
+           "target_decode", "target_tokens_per_s", "time_decoding"]

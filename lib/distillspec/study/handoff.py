@@ -1,4 +1,4 @@
-"""Finished drafts' results carried to another machine: a study too long for one sitting runs a subset of its
+"""Finished drafts' results carried to another machine: a study run in parts runs a subset of its
 drafts at a time (`run --drafts`), publishes each finished draft's records, and a later run elsewhere imports them
 (`run --results-from`) instead of retraining that draft. Imports are refused unless the recorded fingerprint
 (config and prompt sets) matches the run's, so results of different setups never mix.
@@ -15,7 +15,7 @@ from ..errors import DistillSpecError, require
 from .rundir import RunPaths, fingerprint, published_records
 
 
-def export_results(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
+def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
     """Copy each evaluated draft's records (per-token, per-step, speed row, training log) into dest."""
     paths, dest = RunPaths(Path(run_dir)), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -27,7 +27,7 @@ def export_results(run_dir: str | Path, dest: str | Path, names: list[str]) -> l
     return copied
 
 
-def import_results(cfg: StudyConfig, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
+def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
     """Copy finished drafts' records from source into the run (drafts this run has already trained or evaluated
     are left alone); return the names imported. Raises when a record was made with another config or prompt set."""
     paths, source = RunPaths(Path(run_dir)), Path(source)
@@ -53,4 +53,4 @@ def import_results(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     return imported
 
 
-__all__ = ["export_results", "fingerprint", "import_results"]
+__all__ = ["fingerprint", "import_records", "publish_records"]

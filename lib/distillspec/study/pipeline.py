@@ -4,7 +4,7 @@ A step is skipped when its outputs exist (so an interrupted run resumes where it
 from its last checkpoint); --force reruns everything from scratch. A failing notebook stops the run with the
 notebook's name and the cell's error; the executed copy is kept for inspection.
 
-A study too long for one sitting runs a subset of its drafts at a time (drafts=...), publishes their records, and
+A study run in parts runs a subset of its drafts at a time (drafts=...), publishes their records, and
 a later run imports them (results_from=...; see handoff.py); 04 runs once every draft is finished.
 """
 
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .preset import StudyConfig
 from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, require
-from .handoff import export_results, import_results
+from .handoff import import_records, publish_records
 from .rundir import (REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
                      run_names)
 
@@ -77,7 +77,7 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
 
     def import_finished() -> str:
-        imported = import_results(cfg, run_dir, results_from, draft_names(cfg))
+        imported = import_records(cfg, run_dir, results_from, draft_names(cfg))
         return f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}"
 
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
@@ -199,4 +199,4 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
         for stale in made_by_04:
             (out / stale.name).unlink(missing_ok=True)
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
-    return copied + export_results(run_dir, out / "records", finished_drafts(cfg, run_dir))
+    return copied + publish_records(run_dir, out / "records", finished_drafts(cfg, run_dir))

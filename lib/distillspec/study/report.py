@@ -71,22 +71,6 @@ def timing_machines(rows: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
     return groups
 
 
-def format_timing_machines(rows: dict[str, dict]) -> str:
-    """Markdown: which drafts were timed where, when more than one machine (or run) timed them; empty otherwise.
-    A speedup is SD against the target alone on one machine, but the ratio itself moves with the machine, so
-    speedups compare only within one line of this table."""
-    groups = timing_machines(rows)
-    if len(groups) < 2:
-        return ""
-    lines = ["| timed on | target-only tok/s in its 03 run | drafts |", "|---|---|---|"]
-    lines += [f"| {where} | {tps} | {', '.join(drafts)} |" for (where, tps), drafts in groups.items()]
-    return ("\nThe speedups were timed on more than one machine or run (the machine as the timing recorded it; "
-            "older records name none, and the target-only tok/s of their 03 run tells runs apart). Each is SD against "
-            "the target alone on the same machine, but the ratio moves with the machine (on a CPU without bf16 "
-            "instructions, a bf16 verification of several tokens costs far more than one decoding step), so compare "
-            "speedups within one line:\n\n" + "\n".join(lines) + "\n")
-
-
 def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
                   speed: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The reference study's Table 1 per draft: alpha_tok and alpha_pos (95% bootstrap CIs over prompts),

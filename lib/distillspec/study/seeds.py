@@ -12,7 +12,6 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from ..errors import require
 from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, format_interval, metric_arrays, ratio, seed_mean,
                     speed_ratio, unit_matrix)
@@ -40,22 +39,6 @@ def pairwise_differences(steps: dict[str, pd.DataFrame], groups: dict[str, list[
         rows.append({"metric": metric, "higher": a, "lower": b, "difference": est, "lo": lo, "hi": hi,
                      "separated": bool(lo > 0 or hi < 0)})
     return pd.DataFrame(rows)
-
-
-def ranking_text(means: pd.DataFrame, differences: pd.DataFrame, metric: str = "alpha_tok") -> str:
-    """The ranking the CIs support, in words: the recipes by mean, then which differences are separated (95% CI of
-    the difference excludes 0) and which are within noise."""
-    order = means.sort_values("mean", ascending=False)["group"].tolist()
-    sep = differences[differences["separated"]]
-    noise = differences[~differences["separated"]]
-    lines = [f"By mean {metric} over seeds: {' > '.join(order)} (an order of means, not a ranking)."]
-    if len(sep):
-        lines.append("Separated (the 95% CI of the difference excludes 0): " + "; ".join(
-            f"{r.higher} > {r.lower} by {100 * r.difference:.2f} points" for r in sep.itertuples()) + ".")
-    if len(noise):
-        lines.append("Within noise (the CI includes 0): " + "; ".join(
-            f"{r.higher} vs {r.lower} ({100 * r.difference:+.2f} points)" for r in noise.itertuples()) + ".")
-    return "\n\n".join(lines) + "\n"
 
 
 def format_differences(differences: pd.DataFrame) -> str:
@@ -139,26 +122,6 @@ def format_wall_times(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame
     for group, drafts in groups.items():
         lines.append(f"| {group} | {' / '.join(map(trained, drafts))} | {' / '.join(map(evaluated, drafts))} |")
     return "\n".join(lines) + "\n"
-
-
-def collapse_text(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame]) -> str:
-    """In words: which seeds' drafts collapsed during training (distill.collapse_span on their logs), so that a low
-    per-seed value reads as what it is; their values stay in the means and CIs (a collapse is one outcome of a seed)."""
-    spans = {}
-    for draft in (d for drafts in groups.values() for d in drafts):
-        log = logs.get(draft)
-        if log is not None and "entropy" in log:
-            rows = log.dropna(subset=["entropy"])
-            spans[draft] = collapse_span(zip(rows["step"], rows["entropy"]))
-    if not spans:
-        return ""
-    rule = f"own-rollout entropy below {COLLAPSE_ENTROPY:g} nats for {COLLAPSE_PATIENCE} logged steps in a row"
-    collapsed = {d: span for d, span in spans.items() if span}
-    if not collapsed:
-        return f"No trained draft collapsed ({rule}).\n"
-    return (f"Collapsed during training ({rule}; such a draft emits one deterministic text and accepts near or below "
-            "the baseline; its value stays in its recipe's mean and CI): "
-            + "; ".join(f"{d} from step {span[0]}" for d, span in collapsed.items()) + ".\n")
 
 
 def bins_over_seeds(bins: pd.DataFrame, groups: dict[str, list[str]]) -> pd.DataFrame:

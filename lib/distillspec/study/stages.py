@@ -1,5 +1,6 @@
 """The study's four stages as functions, one per notebook (01 data, 02 distill, 03 evaluate, 04 analyze), so the
-notebooks stay thin and everything they do is testable. Where each stage writes: rundir.RunPaths."""
+notebooks stay thin and everything they do is testable. Where each stage writes: rundir.RunPaths; what 04 writes in
+words: results.py."""
 
 from __future__ import annotations
 
@@ -12,27 +13,23 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_parquet, write_text
-from .preset import StudyConfig
 from ..data import load_raw, render_prompts, task_spec, token_lengths
 from ..distill import distill
-from ..trainlog import read_log
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
-from ..evaluate import expected_acceptance, target_tokens_per_s
-from ..losses import AdaptiveBeta
+from ..evaluate import expected_acceptance
 from ..models import count_parameters, load_tokenizer, reduce_draft_vocab
 from ..pair import load_draft, load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import decoding_shape, measure_step_costs, time_decoding
-from .report import (acceptance_by_entropy, format_expected_acceptance, format_speed_table, format_table,
-                     format_timing_machines, plot_acceptance_vs_entropy, plot_training_curves, speed_summary,
-                     summary_table, timing_machines)
+from ..speed import decoding_shape, measure_step_costs, target_tokens_per_s, time_decoding
+from ..trainlog import read_log
+from .preset import StudyConfig
+from .report import acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table
+from .results import results_markdown, seeded_lead
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
                      load_prompt_file, run_names, save_prompts)
-from .seeds import (bins_over_seeds, collapse_text, format_differences, format_headline, format_region_differences,
-                    format_wall_times, pairwise_differences, ranking_text, region_differences, speed_over_seeds)
-from .stats import STEP_METRICS, group_metric
+from .seeds import bins_over_seeds
 
 
 def prepare_data(cfg: StudyConfig, run_dir: str | Path) -> dict:
@@ -329,34 +326,17 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     write_text(table.to_csv(index=False), paths.summary)
     bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
-    header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
-              f"T={cfg.temperature}, top_p={cfg.top_p}, {cfg.max_new_tokens} new tokens, "
-              f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
-    expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
-                "\n\n" + format_expected_acceptance(table))
     timing = load_timing(run_dir, names)
     speed_rows = decoding_speed(cfg, run_dir, names, timing, rows)
-    speed_md = ""
     if len(speed_rows):
         write_text(speed_rows.to_csv(index=False), paths.speed_summary)
-        speed_md = (f"\nDecoding speed against target-only `generate` on the first {cfg.speed_prompts} held-out "
-                    f"prompts ({cfg.max_new_tokens} new tokens; speedup = SD tokens/s over target tokens/s, 95% "
-                    "bootstrap CI over batches; predicted = the measured cost model at the run's alpha_pos; c = "
-                    "draft step / target step; verify / step = a verification of gamma + 1 tokens in target "
-                    "steps):\n\n" + format_speed_table(speed_rows)
-                    + format_timing_machines(rows))
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
-    if cfg.seeds is None:
-        results_md = header + format_table(table, eval_speed=not cfg.speed) + expected + speed_md
-        figure_bins = bins
-    else:
-        lead = _seeded_results(cfg, paths, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
-        results_md = header + lead + (
-            "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n"
-            + format_table(table, eval_speed=not cfg.speed)
-            + expected + speed_md)
-        figure_bins = bins_over_seeds(bins, groups)
+    lead = None
+    if cfg.seeds is not None:
+        lead = seeded_lead(cfg, paths, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
+    results_md = results_markdown(cfg, table, speed_rows, rows, lead)
+    figure_bins = bins if cfg.seeds is None else bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     figs = figure_paths(cfg, run_dir)
     figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
@@ -372,50 +352,3 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     for fig in figures.values():
         plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)
-
-
-def _seeded_results(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
-                    speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame],
-                    seed: int) -> str:
-    """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
-    speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
-    differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
-    metrics = [group_metric(steps, groups, m, seed=seed) for m in STEP_METRICS]
-    if len(speed_rows):
-        metrics.append(speed_over_seeds(timing, groups, speed_rows, seed=seed))
-    metrics = pd.concat(metrics, ignore_index=True)
-    write_text(metrics.to_csv(index=False), paths.seed_summary)
-    differences = pairwise_differences(steps, groups, "alpha_tok", seed=seed)
-    write_text(differences.to_csv(index=False), paths.differences)
-    n_seeds = " or ".join(map(str, sorted({len(r) for g, r in groups.items() if g != BASELINE})))
-    md = (f"Each recipe trained with seeds {cfg.seeds} (the seed sets the rollouts and the data order; every seed is "
-          "evaluated on the same prompts with the same decoding seed). Mean over seeds with a 95% CI from a crossed "
-          f"bootstrap (prompts resampled once per replicate, seeds resampled per recipe; {n_seeds} seeds, so the "
-          "seed part of the CI is coarse); speedup over target-only `generate` as in the speed table below, with "
-          "each seed's gamma and the cost model's prediction (mean over seeds):\n\n"
-          + format_headline(metrics))
-    if len(timing_machines(rows)) > 1:
-        md += ("\nThese speedups were timed on more than one machine or run; which drafts were timed where is listed "
-               "under the speed table below.\n")
-    md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
-           "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
-           + "\n" + format_differences(differences))
-    collapses = collapse_text(groups, logs)
-    md += f"\n{collapses}" if collapses else ""
-    md += ("\nWall time per draft (minutes, each seed, on the machine that ran the stage: drafts imported with "
-           "--results-from keep their own; the speed table's target tok/s tells machines apart):\n\n"
-           + format_wall_times(groups, logs, rows))
-    recipes = cfg.run_groups()
-    adaptive = [g for g, runs in recipes.items() if g in groups and any(o.get("adaptive_beta") for o in runs.values())]
-    for group in adaptive:
-        schedule = AdaptiveBeta(**next(iter(recipes[group].values()))["adaptive_beta"])
-        regions = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
-        others = {g: r for g, r in groups.items() if g != BASELINE}
-        diffs = region_differences(tokens, others, group, regions, seed=seed)
-        write_text(diffs.to_csv(index=False), paths.entropy_regions)
-        md += (f"\nThe entropy-adaptive recipe `{group}` ({schedule.low.upper()} below {schedule.h_low:g} nats of "
-               f"teacher entropy, {schedule.high.upper()} above {schedule.h_high:g}, blended between) against each "
-               "other trained recipe: alpha_pos difference in points within each region of its schedule (teacher "
-               "entropy at T=1), 95% crossed-bootstrap CI; (higher) / (lower) where the CI excludes 0:\n\n"
-               + format_region_differences(diffs))
-    return md
