@@ -8,11 +8,11 @@ from distillspec.study.report import (
     bin_inspector,
     draft_colors,
     entropy_bin_edges,
-    format_timing_machines,
     summary_table,
     timing_machines,
     wilson_interval,
 )
+from distillspec.study.results import format_timing_machines
 from distillspec.study.stats import ratio_bootstrap
 
 

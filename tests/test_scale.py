@@ -196,6 +196,7 @@ def test_exported_draft_serves_as_assistant_model_losslessly(teacher, tmp_path):
     trained = tmp_path / "run" / "drafts" / "fkl" / "student"
     save_pretrained_atomic(draft, tok, trained)
     (trained.parent / "config.yaml").write_text(yaml.safe_dump({"teacher": "smollm2-135m-instruct"}))
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"name": "x", "gamma": 3}))  # the study's
     assert "distillspec_kept_layers" in json.loads((trained / "config.json").read_text())
     out = tmp_path / "export"
     assert main(["export", "--draft", str(trained), "--to", "vllm", "--out", str(out), "--gamma", "4"]) == 0
@@ -222,6 +223,7 @@ def test_exported_draft_serves_as_assistant_model_losslessly(teacher, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a loadable target is checked, silently
         export_draft(trained, tmp_path / "checked")
+    assert '"num_speculative_tokens": 3' in (tmp_path / "checked" / "USAGE.md").read_text()  # the study's gamma
 
 
 def test_eval_refuses_a_config_together_with_pair_flags():

@@ -11,8 +11,8 @@ from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
 from distillspec.runtime import machine
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
-from distillspec.study.seeds import (bins_over_seeds, collapse_text, pairwise_differences, ranking_text,
-                                     region_differences, speed_over_seeds)
+from distillspec.study.results import collapse_text, ranking_text
+from distillspec.study.seeds import bins_over_seeds, pairwise_differences, region_differences, speed_over_seeds
 from distillspec.study.stats import format_interval, group_metric, ratio_bootstrap
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DistillSpecError
+from .errors import DistillSpecError, TrainingInterrupted
 
 
 def _cmd_eval(args) -> None:
@@ -61,7 +61,7 @@ def _cmd_export(args) -> None:
     """A self-contained checkpoint of a trained draft for transformers or vLLM, with the snippet to use it."""
     from .export import export_draft
 
-    out = export_draft(args.draft, args.out, engine=args.to, target=args.target, gamma=args.gamma)
+    out = export_draft(args.draft, args.out, engine=args.to, target=args.target, gamma=args.gamma, force=args.force)
     print(f"exported to {out}; how to use it: {out / 'USAGE.md'}")
 
 
@@ -158,18 +158,40 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", required=True, help="where to write the checkpoint")
     ex.add_argument("--target", default=None, help="the target model the snippet names (default: from the draft's "
                                                    "training config, when found)")
-    ex.add_argument("--gamma", type=int, default=5, help="draft tokens per step in the snippet")
+    ex.add_argument("--gamma", type=int, default=None, help="draft tokens per step in the snippet (default: the "
+                                                             "gamma of the study that trained the draft)")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder that is not an earlier "
+                                                         "export (its files are deleted)")
     ex.set_defaults(func=_cmd_export)
+    for parser in sub.choices.values():
+        parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
     from .quiet import quiet_library_output
 
     quiet_library_output()
     try:
         args.func(args)
-    except DistillSpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:  # one line a user can act on; the traceback with --debug
+        if args.debug:
+            raise
+        code, message = error_line(err)
+        print(f"error: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def error_line(err: Exception) -> tuple[int, str]:
+    """(exit code, one line) for an error of a command: the problem, the file, the fix."""
+    if isinstance(err, TrainingInterrupted):
+        return 130, str(err)
+    if isinstance(err, DistillSpecError):
+        return 2, str(err)
+    if isinstance(err, OSError) and err.filename:
+        return 2, (f"{err.filename}: {err.strerror or err}; check that the path exists and that you may write "
+                   "there, or pick another (e.g. --run-dir, --out).")
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "interrupted."
+    return 1, f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback, and report it)."
 
 
 if __name__ == "__main__":

@@ -9,6 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_as_umask(path: str | os.PathLike) -> None:
+    """Give path (a file, or a folder and everything in it) the permissions a plain open() or mkdir() would have:
+    temp files and folders are created owner-only, and a result is meant to be read by others."""
+    path, mask = Path(path), umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path), then rename tmp_path to path (same directory, so the rename is atomic)."""
     path = Path(path)
@@ -17,6 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        share_as_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

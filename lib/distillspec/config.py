@@ -67,6 +67,7 @@ class Recipe:
     seed: int = 0  # training (rollouts, data order) and the evaluation's sampling
     logging_steps: int = 5
     save_steps: int = 25
+    save_minutes: float = 5.0  # also checkpoint after this much wall time since the last checkpoint (slow steps)
 
 
 def field_names(cls) -> list[str]:
@@ -127,6 +128,8 @@ def validate_run(cfg) -> None:
     for key in ("batch_size", "max_steps", "save_steps", "logging_steps", "max_new_tokens", "train_max_new_tokens"):
         require(getattr(cfg, key) >= 1, f"{key}={getattr(cfg, key)} must be >= 1.")
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate} must be > 0.")
+    require(cfg.save_minutes > 0, f"save_minutes={cfg.save_minutes} must be > 0 (minutes of training between "
+                                  "checkpoints, besides every save_steps).")
     require(cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
             f"micro_batch_size={cfg.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
     resolve_precision(cfg.precision)

@@ -105,7 +105,29 @@ def _load_local(task: str, split: str, root: Path) -> datasets.Dataset:
         raise DistillSpecError(f"No split '{split}' for {task} in {task_dir}; available splits: {available}.")
     with open(path) as lines:
         require(any(line.strip() for line in lines), f"The {task} {split} file {path} is empty; nothing to load.")
-    return datasets.load_dataset("json", data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as err:  # datasets wraps a parse error deep in DatasetGenerationError: find the line ourselves
+        raise DistillSpecError(f"{path}: {_first_bad_line(path) or err}. Restore the file (one JSON object per "
+                               "line), e.g. from the data's source.") from err
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """'line N is not a JSON object (...)' for the first line of a jsonl file that does not parse, or None."""
+    import json
+
+    with open(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                if isinstance(json.loads(line), dict):
+                    continue
+                problem = "not a mapping"
+            except json.JSONDecodeError as err:
+                problem = err.msg
+            return f"line {number} is not a JSON object ({problem}; a truncated or damaged file?)"
+    return None
 
 
 def _load_hub(task: str, split: str) -> datasets.Dataset:

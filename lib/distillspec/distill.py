@@ -17,7 +17,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ with quiet_bitsandbytes_import():  # transformers' Trainer and TRL import peft, 
 from .acceptance import TopKAcceptance
 from .config import Config
 from .data import check_prompt_rows
-from .errors import require
+from .errors import TrainingInterrupted, require
 from .evaluate import completion_mask
 from .losses import chunked_distill_loss
 from .models import check_compatible, swap_in
@@ -201,6 +205,58 @@ class CollapseWarning(TrainerCallback):
                 "divergence (FKL/JSD keep mass on the teacher's support).", RuntimeWarning, stacklevel=2)
 
 
+class SafeStop(TrainerCallback):
+    """Checkpoint after `minutes` of wall time since the last checkpoint (besides every save_steps, for slow
+    steps), and on SIGTERM / SIGINT: finish the step, save a checkpoint, stop. On several processes they agree on
+    both each step (a tiny all-reduce), so every process saves and stops at the same step."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.last, self.signal = minutes * 60, time.monotonic(), None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due, stop = _agree(time.monotonic() - self.last >= self.seconds, self.signal is not None)
+        if due or stop:
+            control.should_save = True
+        if stop:
+            control.should_training_stop = True
+
+    @contextmanager
+    def catching_signals(self):
+        """While training: SIGTERM and a first SIGINT ask for a checkpoint and a stop (a second SIGINT stops at
+        once); the previous handlers come back afterwards. Only the main thread can take signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum, frame):
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        before = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+
+def _agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any process is true on all (identity on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flags
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    votes = torch.tensor([float(f) for f in flags], device=device)
+    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+    return tuple(bool(v) for v in votes.tolist())
+
+
 def training_args(cfg: Config, output_dir: Path) -> DistillationConfig:
     """TRL arguments for this config on this launch: the global batch split over the processes, mixed precision
     from `precision` (fp32 weights, bf16 autocast)."""
@@ -269,7 +325,8 @@ def _save_student(trainer: DistillSpecTrainer, cfg: Config, tokenizer, target: P
 
 def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, pair=None, dataset=None,
             callbacks: list | None = None) -> DistillResult:
-    """Train a draft by on-policy distillation; checkpoints every cfg.save_steps and resumes from the last one.
+    """Train a draft by on-policy distillation; checkpoints every cfg.save_steps steps and cfg.save_minutes minutes,
+    and resumes from the last one. SIGTERM / SIGINT save a checkpoint and raise TrainingInterrupted.
 
     The final student (model + tokenizer) is written to <output_dir>/student. pair=(teacher, student, tokenizer)
     reuses loaded models (the notebooks and tests do); dataset overrides the task's training prompts.
@@ -295,15 +352,20 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     if rank() == 0:
         cfg.to_yaml(output_dir / "config.yaml")
     log_path = output_dir / TRAIN_LOG
+    safe_stop = SafeStop(cfg.save_minutes)
     trainer = DistillSpecTrainer(
         model=student, teacher_model=teacher, args=training_args(cfg, output_dir), train_dataset=dataset,
         processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[JsonlLogCallback(log_path), CollapseWarning(), *(callbacks or [])],
+        callbacks=[JsonlLogCallback(log_path), CollapseWarning(), safe_stop, *(callbacks or [])],
         ds_config=cfg,
     )
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
-    with quiet_trainer_noise():
+    with quiet_trainer_noise(), safe_stop.catching_signals():
         trainer.train(resume_from_checkpoint=last)
+    if safe_stop.signal is not None:
+        raise TrainingInterrupted(
+            f"training stopped by {signal.Signals(safe_stop.signal).name} after step {trainer.state.global_step}; "
+            f"its checkpoint is in {output_dir}: run the same command again to resume from it.")
     student_dir = _save_student(trainer, cfg, tokenizer, output_dir / "student")
     return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
 

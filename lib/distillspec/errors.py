@@ -5,6 +5,10 @@ class DistillSpecError(ValueError):
     """Bad input or setup: the message names the problem and how to fix it."""
 
 
+class TrainingInterrupted(DistillSpecError):
+    """Training stopped on SIGTERM / SIGINT after saving a checkpoint; the same command resumes from it."""
+
+
 def require(condition: bool, message: str) -> None:
     """Raise DistillSpecError(message) unless condition holds."""
     if not condition:

@@ -31,7 +31,34 @@ def _training_teacher(draft_dir: Path) -> str | None:
     return None
 
 
-def _usage(out: Path, target: str, gamma: int, engine: str) -> str:
+USAGE_TITLE = "# Draft model for"  # USAGE.md's first line: marks a folder as an earlier export
+
+
+def _study_gamma(draft_dir: Path) -> tuple[int, Path] | None:
+    """The gamma of the study that trained the draft (runs/<preset>/config.yaml above drafts/<run>/student), and
+    that file."""
+    config = draft_dir.parent.parent.parent / "config.yaml"
+    if draft_dir.parent.parent.name == "drafts" and config.is_file():
+        gamma = (yaml.safe_load(config.read_text()) or {}).get("gamma")
+        if isinstance(gamma, int):
+            return gamma, config
+    return None
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse to replace a non-empty folder that no export wrote (unless force): export never deletes a user's
+    files by surprise."""
+    if not out.exists():
+        return
+    require(out.is_dir(), f"--out {out} is a file; give a folder to write the checkpoint into.")
+    usage = out / "USAGE.md"
+    ours = usage.is_file() and usage.read_text().startswith(USAGE_TITLE)
+    require(ours or not any(out.iterdir()) or force,
+            f"--out {out} is not empty and holds no earlier export ({', '.join(sorted(p.name for p in out.iterdir())[:4])}"
+            "...); exporting would replace it. Pick an empty or new folder, or pass --force to replace it.")
+
+
+def _usage(out: Path, target: str, gamma: int, engine: str, gamma_from: str) -> str:
     hf = f"""## transformers (assisted generation)
 
 ```python
@@ -60,25 +87,35 @@ print(llm.generate(["What is 2 + 2?"], SamplingParams(temperature=0.0, max_token
 or `vllm serve {target} --speculative-config '{{"method": "draft_model", "model": "{out}", "num_speculative_tokens": {gamma}}}'`.
 """
     first, second = (vllm, hf) if engine == "vllm" else (hf, vllm)
-    return (f"# Draft model for `{target}`\n\nExported by `python -m distillspec export`: a plain Hugging Face "
+    return (f"{USAGE_TITLE} `{target}`\n\nExported by `python -m distillspec export`: a plain Hugging Face "
             f"checkpoint (full vocabulary of {target!r}'s tokenizer), usable by any engine that takes a draft "
-            f"model. Speculative decoding with it is lossless: outputs follow the target's distribution.\n\n"
-            + first + "\n" + second)
+            f"model. Speculative decoding with it is lossless: outputs follow the target's distribution. Draft "
+            f"tokens per step: {gamma} ({gamma_from}).\n\n" + first + "\n" + second)
 
 
 def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: str = "hf", target: str | None = None,
-                 gamma: int = 5) -> Path:
+                 gamma: int | None = None, force: bool = False) -> Path:
     """Write `draft` (a saved draft directory) to `out` as a self-contained checkpoint plus USAGE.md; return out.
-    target: the target the snippet names (default: the teacher of the draft's training config)."""
+    target: the target the snippet names (default: the teacher of the draft's training config); gamma: draft tokens
+    per step in the snippet (default: the gamma of the study that trained it). A non-empty `out` that is not an
+    earlier export is refused unless force. Files get the permissions of the user's umask."""
     require(engine in ENGINES, f"--to {engine}: choose one of {', '.join(ENGINES)}.")
-    require(isinstance(gamma, int) and gamma >= 1, f"gamma={gamma} must be an int >= 1.")
-    draft = Path(draft)
+    draft, out = Path(draft), Path(out).resolve()
     require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
                                                "draft directory such as runs/<name>/drafts/<run>/student.")
     require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),
             f"{draft} is a reduced-vocabulary draft (its head scores only some token ids); transformers' and vLLM's "
             "draft models need a full-vocabulary head, so it cannot be exported as a plain checkpoint. Use it with "
             "distillspec's decoder (python -m distillspec eval --draft ...).")
+    if gamma is None:
+        found = _study_gamma(draft)
+        require(found is not None, f"No study config above {draft} says which gamma it was evaluated with: pass "
+                                   "--gamma (draft tokens per step for the snippet).")
+        gamma, gamma_from = found[0], f"the gamma of {found[1]}"
+    else:
+        gamma_from = "--gamma"
+    require(isinstance(gamma, int) and gamma >= 1, f"gamma={gamma} must be an int >= 1.")
+    _check_out(out, force)
     target = target or _training_teacher(draft)
     require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")
     target_path = resolve_model_path(target)  # an alias becomes the converted local checkpoint engines can load
@@ -97,9 +134,8 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
                       f"against it ({err}).", stacklevel=2)
     if target_tok is not None:
         check_compatible(target_tok, tokenizer)
-    out = Path(out).resolve()
     save_pretrained_atomic(model.to(torch.device("cpu")), tokenizer, out)
-    write_text(_usage(out, target_path, gamma, engine), out / "USAGE.md")
+    write_text(_usage(out, target_path, gamma, engine, gamma_from), out / "USAGE.md")
     return out
 
 

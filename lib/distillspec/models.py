@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .atomic import share_as_umask
 from .errors import DistillSpecError, require
 
 # alias -> (python package that ships the file, file name inside it)
@@ -78,6 +79,7 @@ def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        share_as_umask(tmp)  # mkdtemp made it owner-only
         swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .preset import StudyConfig
 from ..errors import DistillSpecError, require
+from .manifest import folder_damage
 from .rundir import RunPaths, fingerprint, published_records
 
 
@@ -21,7 +22,7 @@ def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> 
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in names:
-        if paths.speed_row(name).is_file():  # written last by 03: the draft is finished
+        if paths.manifest(name).is_file():  # written last by 03: the draft is finished (publish checks it is intact)
             copied += [Path(shutil.copy2(src, dest / fname)) for fname, src in published_records(paths, name).items()
                        if src.is_file()]
     return copied
@@ -37,8 +38,11 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     imported = []
     for name in names:
         row_file = source / paths.speed_row(name).name
-        if not row_file.is_file() or paths.speed_row(name).is_file() or paths.student(name).is_dir():
+        if not row_file.is_file() or paths.manifest(name).is_file() or paths.student(name).is_dir():
             continue
+        damaged = folder_damage(source, paths, name)
+        require(not damaged, f"--results-from {source}: draft '{name}' cannot be imported: {'; '.join(damaged)}. "
+                "Publish it again from the run that made it, or leave it out and evaluate it here.")
         recorded = json.loads(row_file.read_text()).get("fingerprint")
         if recorded != expected:
             raise DistillSpecError(

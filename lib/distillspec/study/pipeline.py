@@ -23,6 +23,7 @@ from .preset import StudyConfig
 from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, require
 from .handoff import import_records, publish_records
+from .manifest import run_damage
 from .rundir import (REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
                      run_names)
 
@@ -48,12 +49,13 @@ class Step:
     clean: list[Path] = field(default_factory=list)  # removed before a forced rerun
     done_instead: list[Path] = field(default_factory=list)  # all present -> also done (02: the draft's results)
     waiting_for: Callable[[], list[str]] | None = None  # drafts that must be finished first (04: all of them)
+    damaged: Callable[[], list[str]] | None = None  # outputs present but not intact (03: against the manifests)
     then: Callable[[], str] | None = None  # after the step, run or skipped; returns a line for the log
 
     def done(self, run_dir: Path) -> bool:
         """Outputs present, and the executed copy (when there is one) ran to its end: a notebook that failed after
         writing its outputs (say, in a plot cell) runs again rather than leaving its error in the run."""
-        if _failed(run_dir / self.executed):
+        if _failed(run_dir / self.executed) or (self.damaged is not None and self.damaged()):
             return False
         return all(p.exists() for p in self.outputs) or bool(self.done_instead) and all(
             p.exists() for p in self.done_instead)
@@ -87,10 +89,11 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
             continue
         params = {**base, "run_name": name}  # 02 applies the run's overrides from the config (train_draft)
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / "config.json"],
-                          params, [paths.draft_dir(name)], done_instead=[paths.speed_row(name)]))
+                          params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
-    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.speed_row(n) for n in drafts],
-                      {**base, "drafts": selected}, [paths.records, paths.speed_table]))
+    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.manifest(n) for n in drafts],
+                      {**base, "drafts": selected}, [paths.records, paths.speed_table],
+                      damaged=lambda: [p for n in drafts if paths.manifest(n).is_file() for p in run_damage(paths, n)]))
     steps.append(Step("04_entropy_analysis.ipynb", "04_entropy_analysis.ipynb",
                       [paths.results, paths.summary, *figure_paths(cfg, run_dir).values()], dict(base),
                       [paths.figures, paths.results],
@@ -105,6 +108,25 @@ def _kernel_config():
     from traitlets.config import Config as TraitletsConfig
 
     return TraitletsConfig({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+
+
+def notebook_warnings(executed: Path) -> list[str]:
+    """The warnings an executed notebook printed (its stderr outputs' `...Warning: message` lines), each once: what
+    changes a study (fewer prompts than asked, bf16 without bf16 instructions, a collapsed draft) must reach the
+    terminal, not only the notebook."""
+    import re
+
+    import nbformat
+
+    found = []
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                for match in re.finditer(r"(?m)^(?:\S*:\d+: )?(\w+Warning): (.+)$", out.get("text", "")):
+                    line = f"{match.group(1)}: {match.group(2).strip()}"
+                    if line not in found:
+                        found.append(line)
+    return found
 
 
 def _execute(step: Step, run_dir: Path, kernel: str) -> None:
@@ -175,6 +197,8 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
                 started = time.perf_counter()
                 _execute(step, run_dir, kernel)
                 log(f"done {step.executed} in {(time.perf_counter() - started) / 60:.1f} min")
+                for warning in notebook_warnings(run_dir / step.executed):
+                    log(f"  warning in {step.executed}: {warning}")
             if step.then:
                 log(step.then())
         if publish_dir is not None:
@@ -189,6 +213,10 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
     records (a study in parts, or after `retime`), a table and figures published before are removed: they describe
     other records."""
     paths = RunPaths(run_dir)
+    finished = finished_drafts(cfg, run_dir)
+    damaged = [p for n in finished for p in run_damage(paths, n)]
+    require(not damaged, f"Not publishing {run_dir}: {'; '.join(damaged)}. Run `python -m distillspec run` for this "
+                         "study again first: it evaluates damaged drafts again.")
     out = publish_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     sources = [paths.config]
@@ -199,4 +227,4 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
         for stale in made_by_04:
             (out / stale.name).unlink(missing_ok=True)
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
-    return copied + publish_records(run_dir, out / "records", finished_drafts(cfg, run_dir))
+    return copied + publish_records(run_dir, out / "records", finished)

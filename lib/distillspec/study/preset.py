@@ -208,8 +208,17 @@ def read_preset(path: Path, _through: tuple = ()) -> dict:
     what they change; a key given here replaces the base's value whole (lists and mappings too). Paths in each file
     (data_source, a local teacher / student folder) are relative to that file."""
     require(path.is_file(), f"Config file not found: {path} (presets live in configs/).")
-    data = yaml.safe_load(path.read_text()) or {}
-    require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise DistillSpecError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err}); fix the "
+                               "file (presets live in configs/).") from None
+    require(data is not None, f"{path} is empty: a preset needs at least a name and what it changes, e.g. "
+                              "`base: offline_gsm8k.yaml` and `name: mine` (presets live in configs/).")
+    require(isinstance(data, dict), f"{path} must hold a YAML mapping of config keys, not a "
+                                    f"{type(data).__name__}.")
     source = data.get("data_source")
     if source not in (None, "hub") and not Path(source).is_absolute():
         data["data_source"] = str((path.parent / source).resolve())

@@ -75,6 +75,10 @@ class RunPaths:
         """03's timed decoding of this draft against the target alone (config speed), one row per batch."""
         return self.records / f"{name}_timing.parquet"
 
+    def manifest(self, name: str) -> Path:
+        """Size and checksum of each of the draft's records, written after them: the draft is finished."""
+        return self.records / f"{name}_manifest.json"
+
     @property
     def target_speed(self) -> Path:
         return self.records / "target_speed.json"
@@ -131,8 +135,8 @@ def figure_paths(cfg: StudyConfig, run_dir: str | Path) -> dict[str, Path]:
 
 def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
     """A finished draft's files in the run directory, by their names in a published records folder (what 04 needs,
-    and what another machine imports); the speed row comes last, as 03 writes it last: it marks the draft finished."""
-    records = [paths.tokens(name), paths.steps(name), paths.timing(name), paths.speed_row(name)]
+    and what another machine imports); the manifest comes last, as 03 writes it last: it marks the draft finished."""
+    records = [paths.tokens(name), paths.steps(name), paths.timing(name), paths.speed_row(name), paths.manifest(name)]
     return {f"{name}_{TRAIN_LOG}": paths.train_log(name),  # none for the baseline
             **{path.name: path for path in records}}  # timing: only with speed settings
 
@@ -166,9 +170,10 @@ def expand_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
 
 
 def finished_drafts(cfg: StudyConfig, run_dir: str | Path) -> list[str]:
-    """The study's drafts whose evaluation is complete (03 writes the speed row last), in table order."""
+    """The study's drafts whose evaluation is complete (03 writes the manifest last), in table order; whether their
+    files are intact is manifest.run_damage's question."""
     paths = RunPaths(Path(run_dir))
-    return [n for n in draft_names(cfg) if paths.speed_row(n).is_file()]
+    return [n for n in draft_names(cfg) if paths.manifest(n).is_file()]
 
 
 def default_run_dir(cfg: StudyConfig) -> Path:
@@ -185,8 +190,8 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
     return datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
 
 
-# Config keys that name places rather than the experiment: they may differ between machines.
-_LOCATION_KEYS = ("data_source", "run_dir")
+# Config keys that say where or when files are written, not what is computed: they may differ between machines.
+_LOCATION_KEYS = ("data_source", "run_dir", "save_minutes")
 # Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
 # rather than mixed (the published records were carried over to each version once, when it changed).
 FINGERPRINT_VERSION = 2

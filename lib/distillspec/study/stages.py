@@ -26,6 +26,7 @@ from ..speed import decoding_shape, measure_step_costs, target_tokens_per_s, tim
 from ..trainlog import read_log
 from .preset import StudyConfig
 from .report import acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table
+from .manifest import run_damage, seal
 from .results import results_markdown, seeded_lead
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
                      load_prompt_file, run_names, save_prompts)
@@ -64,13 +65,20 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
 
 
 def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
-    """This draft's records are complete and newer than its student (a retrained draft is evaluated again)."""
-    files = (paths.speed_row(name), paths.tokens(name), paths.steps(name))
-    if not all(p.is_file() for p in files):
+    """This draft's records are complete, intact (its manifest) and newer than its student (a retrained draft is
+    evaluated again). A damaged draft is named, and evaluated again when its model is here."""
+    if not paths.manifest(name).is_file():
+        return False
+    damaged = run_damage(paths, name)
+    if damaged:
+        print(f"draft '{name}': its records are damaged ({'; '.join(damaged)}); evaluating it again")
+        require(student is None or (student / "config.json").is_file(),
+                f"Draft '{name}' has damaged records ({'; '.join(damaged)}) and no trained student in {paths.root} "
+                "to evaluate again: import it again (--results-from its published records) or train it here.")
         return False
     if student is None or not (student / "config.json").is_file():  # baseline, or results imported (handoff)
         return True
-    return paths.speed_row(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+    return paths.manifest(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
 
 
 def _known_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
@@ -119,7 +127,9 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
         row["eval_s"] = time.perf_counter() - started  # this draft's 03 on this machine (wall seconds)
         row["machine"] = machine()
         row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
-        write_json(row, paths.speed_row(name))  # written last: marks this draft as done
+        write_json(row, paths.speed_row(name))
+        seal(paths, name)  # the manifest, written last: marks this draft as done
+        paths.results.unlink(missing_ok=True)  # 04 ran without this draft's new records
     speed = speed_table(cfg, run_dir)
     write_parquet(speed, paths.speed_table)
     return speed
@@ -133,7 +143,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
     paths = RunPaths(Path(run_dir))
     names = _known_drafts(cfg, names)
     require(names, "No drafts named to time again.")
-    pending = [n for n in names if not paths.speed_row(n).is_file()]
+    pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
     require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
             "(python -m distillspec run --drafts ...), which times them too.")
     absent = [n for n in names if n != BASELINE and not (paths.student(n) / "config.json").is_file()]
@@ -147,6 +157,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
         write_parquet(timing, paths.timing(name))
         write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed, "timed_on": machine()},
                    paths.speed_row(name))
+        seal(paths, name)
     paths.results.unlink(missing_ok=True)  # 04 ran on the old timings
     return decoding_speed(cfg, run_dir, names)
 
