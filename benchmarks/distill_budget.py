@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from distillspec.atomic import write_json
 from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
-from distillspec.distill import distill
+from distillspec.distillation import distill
 from distillspec.pair import load_pair
 from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance

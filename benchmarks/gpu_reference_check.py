@@ -182,7 +182,7 @@ def run(work: Path, preset: str, steps: int, out: Path | None = None) -> dict:
     import torch
 
     from distillspec.study.preset import StudyConfig
-    from distillspec.distill import distill
+    from distillspec.distillation import distill
     from distillspec.pair import load_target
     from distillspec.study.rundir import RunPaths, load_prompt_file
     from distillspec.study.stages import prepare_data, train_draft

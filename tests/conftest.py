@@ -76,3 +76,14 @@ def tiny_run(tmp_path_factory, shared_data):
 
     assert main(["run", "--config", str(config), "--run-dir", str(run_dir), "--publish", str(root / "pub")]) == 0
     return config, run_dir, root
+
+
+SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a whole pipeline, a browser, the real model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need a whole pipeline run, the browser or the real teacher are `slow` (make test-fast skips them);
+    others say so with @pytest.mark.slow."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -62,7 +62,7 @@ class KeepTrained(TrainerCallback):
 
 def record_rollouts(report_dir: Path) -> None:
     """Append each SKD rollout of this process (decoder steps, tokens) to report_dir/rollouts_<rank>.jsonl."""
-    import distillspec.distill as distill_module
+    import distillspec.distillation as distill_module
 
     original = distill_module.speculative_generate
     path = report_dir / f"rollouts_{os.environ.get('RANK', 0)}.jsonl"
@@ -90,7 +90,7 @@ def main():
     from datasets import Dataset
 
     from distillspec.study.preset import StudyConfig
-    from distillspec.distill import distill
+    from distillspec.distillation import distill
 
     out = Path(args.out)
     report = out / "report"

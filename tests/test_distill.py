@@ -7,7 +7,7 @@ from datasets import Dataset
 from distillspec import DistillSpecError
 from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
-from distillspec.distill import CollapseWarning, distill
+from distillspec.distillation import CollapseWarning, distill
 from distillspec.pair import load_pair
 from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance
@@ -56,6 +56,7 @@ def _weights(student_dir):
     return load_file(student_dir / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_draft_bit_for_bit_and_the_seed_matters(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(max_steps=6, save_steps=2, logging_steps=1)
     with pytest.raises(KeyboardInterrupt):
@@ -131,7 +132,7 @@ def test_expected_acceptance_on_target_samples_differs_from_own_samples(tokenize
 def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
     """lmbda=0: every rollout is sampled from the teacher; with a near-greedy temperature it is the teacher's
     greedy continuation, token for token, cut after EOS."""
-    from distillspec.distill import DistillSpecTrainer, training_args
+    from distillspec.distillation import DistillSpecTrainer, training_args
 
     cfg = tiny_cfg.replace(lmbda=0.0, temperature=1e-4, top_p=1.0)
     teacher, student, tok = load_pair(cfg, training=True)
@@ -153,7 +154,7 @@ def test_teacher_rollouts_are_the_teachers_own_text(tiny_cfg, tmp_path):
 def test_loss_compares_distributions_at_the_loss_temperature(tiny_cfg, tmp_path, loss_temperature):
     """The trainer's loss is the masked mean divergence of the completion positions at `loss_temperature`
     (default: the sampling temperature), checked against full-logit token_divergence."""
-    from distillspec.distill import DistillSpecTrainer, training_args
+    from distillspec.distillation import DistillSpecTrainer, training_args
     from distillspec.losses import token_divergence
 
     cfg = tiny_cfg.replace(divergence="fkl", temperature=0.6, loss_temperature=loss_temperature)

@@ -190,7 +190,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(t
 
 def test_a_checkpoint_is_saved_after_save_minutes_of_training(tmp_path, shared_data):
     """Slow steps: with save_steps beyond the run, save_minutes still checkpoints (here after every step)."""
-    from distillspec.distill import distill
+    from distillspec.distillation import distill
 
     cfg = StudyConfig.from_yaml("configs/tiny.yaml", data_source=str(shared_data), n_train=8).run_config(
         "fkl", max_steps=3, save_steps=100, save_minutes=1e-6, batch_size=2, train_max_new_tokens=4)

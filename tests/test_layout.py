@@ -106,6 +106,18 @@ print("ok")
     assert out.strip().endswith("ok")
 
 
+def test_public_names_are_not_shadowed_by_submodules():
+    """`from distillspec import distill` must give the function even after some code imported a submodule (a
+    submodule named like a public name would replace it on the package)."""
+    out = _run("""
+import distillspec.distillation, distillspec.specdec, distillspec.config, distillspec.pair
+from distillspec import distill, speculative_generate, Config, load_pair
+print(all(callable(x) and not hasattr(x, "__path__") and type(x).__name__ != "module"
+          for x in (distill, speculative_generate, Config, load_pair)))
+""")
+    assert out.strip() == "True", out
+
+
 def test_run_directory_and_results_need_no_trl():
     """The run directory, the training log and the statistics load without TRL (only training needs it)."""
     out = _run("""

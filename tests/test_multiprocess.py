@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from distillspec.trainlog import read_log
 
+pytestmark = pytest.mark.slow  # several processes, each loading torch and TRL
+
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiproc_worker.py"
 # greedy-like teacher rollouts (lmbda 0, T -> 0): the same text whatever the batch split, so losses must agree

@@ -212,8 +212,9 @@ def test_a_study_run_in_parts(tiny_run, tmp_path, capsys):
     assert not (first / "results.md").exists() and not list(first.glob("02_distill_*.ipynb"))
     name = yaml.safe_load((first / "config.yaml").read_text())["name"]
     records = tmp_path / "pub" / name / "records"
-    assert sorted(p.name for p in records.iterdir()) == ["baseline_speed.json", "baseline_steps.parquet",
-                                                          "baseline_timing.parquet", "baseline_tokens.parquet"]
+    assert sorted(p.name for p in records.iterdir()) == ["baseline_manifest.json", "baseline_speed.json",
+                                                          "baseline_steps.parquet", "baseline_timing.parquet",
+                                                          "baseline_tokens.parquet"]
     for f in _published_records(tiny_run).iterdir():  # drafts other parts published, all but the first
         if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
             shutil.copy(f, records / f.name)

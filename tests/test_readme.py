@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from conftest import REPO
 
 
@@ -29,6 +31,7 @@ def _copy_of_the_repository(dest):
     (dest / ".venv").symlink_to(REPO / ".venv")
 
 
+@pytest.mark.slow
 def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
     script = _block_after("### Reproduce the published results")
     presets = re.findall(r"--config configs/(\w+)\.yaml", script)

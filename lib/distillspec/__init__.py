@@ -4,7 +4,7 @@ The public API, loaded on first use (importing the package loads neither torch n
 filter, logging level or progress bar):
 
     speculative_generate, SpecDecResult   the batched SD decoder (specdec.py)
-    distill, Config                       one training run of a draft (distill.py, config.py)
+    distill, Config                       one training run of a draft (distillation.py, config.py)
     load_model, load_pair                 a model by hub id, folder, GGUF alias or tiny-*; a (target, draft) pair
 """
 
@@ -12,7 +12,7 @@ from importlib import import_module
 
 _API = {
     "speculative_generate": "specdec", "SpecDecResult": "specdec",
-    "distill": "distill", "Config": "config",
+    "distill": "distillation", "Config": "config",
     "load_model": "models", "load_tokenizer": "models", "draft_from_teacher": "models",
     "check_compatible": "models", "load_pair": "pair", "DistillSpecError": "errors",
 }

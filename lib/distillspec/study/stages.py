@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_parquet, write_text
 from ..data import load_raw, render_prompts, task_spec, token_lengths
-from ..distill import distill
+from ..distillation import distill
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
 from ..evaluate import expected_acceptance

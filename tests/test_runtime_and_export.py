@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from distillspec import DistillSpecError
 from distillspec.study.preset import StudyConfig
-from distillspec.distill import distill
+from distillspec.distillation import distill
 from distillspec.pair import load_pair
 from distillspec.losses import chunked_distill_loss, naive_distill_loss
 from distillspec.models import count_parameters, draft_from_teacher, load_model, save_pretrained_atomic
@@ -69,7 +69,7 @@ def test_loss_logits_are_fp32_under_bf16_autocast():
 
 
 def test_precision_is_a_config_key(tiny_cfg, tmp_path):
-    from distillspec.distill import training_args
+    from distillspec.distillation import training_args
 
     assert resolve_precision("auto") == ("bf16" if torch.cuda.is_available() else "fp32")
     assert training_args(tiny_cfg.run_config(precision="bf16"), tmp_path).bf16
