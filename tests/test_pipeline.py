@@ -14,7 +14,7 @@ from distillspec.__main__ import main
 from distillspec.records import TOKEN_COLUMNS
 from distillspec.runtime import machine
 
-RUNS = ["fkl", "rkl", "jsd", "skd"]
+RUNS = ["fkl", "rkl", "skd"]
 
 
 def _errors(path):

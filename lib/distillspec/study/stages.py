@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_parquet, write_text
 from ..data import load_raw, render_prompts, task_spec, token_lengths
-from ..distillation import distill
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
 from ..evaluate import expected_acceptance
@@ -60,6 +59,8 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
     """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
     require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
     paths = RunPaths(Path(run_dir))
+    from ..distillation import distill  # TRL: only 02 pays for importing it
+
     run_cfg = cfg.run_config(name, **overrides)
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
