@@ -40,11 +40,15 @@ run: $(STAMP)
 	$(PY) -m distillspec run --config $(CONFIG) --publish figures $(if $(DRAFTS),--drafts $(DRAFTS)) \
 		$(if $(RESULTS_FROM),--results-from $(RESULTS_FROM))
 
+# Two pytest workers, one thread each (two 2-thread workers on 2 cores wait at OpenMP barriers: 2.4x slower than
+# one worker): tests that share a pipeline run, the real teacher or the 2-process launches stay on one worker each
+# (xdist_group, set in tests/conftest.py), so each shared fixture is made once.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # The workbook in JupyterLab, with the project's kernel (.venv). LAB_DIR: the folder it serves (default: the
 # repository, opened on notebooks/; e.g. runs/offline_gsm8k for a run's executed notebooks); LAB_ARGS: more

@@ -19,6 +19,8 @@ def _clear_earlier_scratch(tmp_path_factory, pytestconfig):
     from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
 
     base = tmp_path_factory.getbasetemp()
+    if base.name.startswith("popen-gw"):  # a pytest-xdist worker: its folder sits in the run's pytest-N
+        base = base.parent
     if base.name.startswith("pytest-"):  # not a --basetemp the user chose
         keep = int(pytestconfig.getini("tmp_path_retention_count"))  # pyproject.toml's, so the two cannot differ
         cleanup_numbered_dir(base.parent, "pytest-", keep=keep,
@@ -80,11 +82,18 @@ def tiny_run(tmp_path_factory, shared_data):
 
 
 SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a whole pipeline, a browser, the real model
+# Under pytest-xdist (make test: -n 2 --dist loadgroup) the tests that share one of these fixtures run on one
+# worker, so the fixture is made once: the first named here that a test uses is its group.
+SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests that need a whole pipeline run, the browser or the real teacher are `slow` (make test-fast skips them);
-    others say so with @pytest.mark.slow."""
+    others say so with @pytest.mark.slow. Tests sharing an expensive fixture share an xdist group."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
+        shared = [f for f in SHARED_FIXTURES if f in used]
+        if shared and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(shared[0]))

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from distillspec.trainlog import read_log
 
-pytestmark = pytest.mark.slow  # several processes, each loading torch and TRL
+# several processes, each loading torch and TRL; one launch at a time (they share the rendezvous port)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiproc_worker.py"

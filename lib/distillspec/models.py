@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import importlib.util
 import json
 import os
@@ -92,11 +93,16 @@ def gguf_to_hf_dir(gguf_file: Path) -> Path:
     target = cache_root() / "gguf" / f"{gguf_file.stem}-{gguf_file.stat().st_size}"
     if (target / "config.json").is_file():
         return target
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    plain = AutoModelForCausalLM.from_config(_strip_quantization(quantized.config), dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict())
-    save_pretrained_atomic(plain, tokenizer, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:  # two processes converting: one does, one waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+            quantized = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                             dtype=torch.float32)
+            plain = AutoModelForCausalLM.from_config(_strip_quantization(quantized.config), dtype=torch.float32)
+            plain.load_state_dict(quantized.state_dict())
+            save_pretrained_atomic(plain, tokenizer, target)
     return target
 
 
