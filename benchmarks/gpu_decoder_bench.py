@@ -63,7 +63,8 @@ def target_generate(target, prompts: torch.Tensor, new_tokens: int, sampling: Sa
 def run_sd(target, draft, prompts: torch.Tensor, new_tokens: int, sampling: SamplingConfig, gamma: int):
     start = sync_time()
     res = speculative_generate(target, draft, prompts.tolist(), gamma=gamma, max_new_tokens=new_tokens,
-                               sampling=sampling, eos_token_id=[], record=False, seed=0)
+                               sampling=sampling, eos_token_id=[], record=False, seed=0,
+                               timed=True)  # c and the overhead (syncs the device per forward)
     return res, sync_time() - start
 
 

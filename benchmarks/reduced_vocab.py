@@ -42,7 +42,7 @@ def main():
             draft = draft_from_teacher(teacher, k)
             if n:
                 draft = reduce_draft_vocab(draft, choose_draft_vocab(counts, tok, n), tok.eos_token_id)
-            kw = dict(gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id)
+            kw = dict(gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id, timed=True)
             speculative_generate(teacher, draft, test[:2], **kw)  # warm-up
             m = speculative_generate(teacher, draft, test, **kw).metrics
             print(f"| {k} | {draft.get_output_embeddings().weight.shape[0]} | {m.cost_ratio_c:.3f} | "

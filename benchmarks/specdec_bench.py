@@ -44,7 +44,8 @@ def bench_sd(target, draft, tok, prompts, batch, max_new, sampling, gamma):
     tokens, wall, forward, accepted, proposed, verified, calls = 0, 0.0, 0.0, 0, 0, 0, 0
     for i in range(0, len(prompts), batch):
         m = speculative_generate(target, draft, prompts[i : i + batch], gamma=gamma, max_new_tokens=max_new,
-                                 sampling=sampling, eos_token_id=tok.eos_token_id, record=False, seed=i).metrics
+                                 sampling=sampling, eos_token_id=tok.eos_token_id, record=False, seed=i,
+                                 timed=True).metrics  # per-forward times: c and the overhead
         tokens, wall, forward = tokens + m.new_tokens, wall + m.wall_s, forward + m.forward_s
         accepted, proposed, verified, calls = (accepted + m.accepted, proposed + m.proposed,
                                                verified + m.verified, calls + m.target_calls)
