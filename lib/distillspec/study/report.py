@@ -59,8 +59,8 @@ def format_speed_table(speed: pd.DataFrame) -> str:
 
 def timing_machines(rows: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
     """Timed drafts grouped by where their speed was timed: (machine, target-only tok/s of their 03 run). The
-    machine is the one the timing recorded (`timed_on` after a retime, else `machine`); records that predate it are
-    told apart by the target-only tok/s their 03 run measured, which is shared by the drafts of one run."""
+    machine is the one the timing recorded (`timed_on` after a retime, else `machine`); rows that name none ("not
+    recorded") are told apart by the target-only tok/s their 03 run measured, which the drafts of one run share."""
     groups: dict[tuple[str, str], list[str]] = {}
     for draft, row in rows.items():
         if not row.get("timed"):
@@ -121,8 +121,8 @@ def format_expected_acceptance(table: pd.DataFrame) -> str:
     own samples only, which is why both are shown."""
     lines = ["| draft | expected acceptance on SD output % | on the draft's own samples % | "
              "draft entropy on own samples (nats) |", "|---|---|---|---|"]
-    def cell(r, col, scale, digits):  # records from an older 03 may lack a column
-        return f"{scale * r[col]:.{digits}f}" if pd.notna(r.get(col)) else "n/a"
+    def cell(r, col, scale, digits):  # n/a where a draft was not scored
+        return f"{scale * r[col]:.{digits}f}" if pd.notna(r[col]) else "n/a"
 
     for _, r in table.iterrows():
         lines.append(f"| {r['draft']} | {cell(r, 'sd_expected_accept_t1', 100, 2)} | "
