@@ -78,6 +78,21 @@ def test_damaged_published_records_are_refused_on_import(tiny_run, tmp_path):
         import_records(StudyConfig.from_yaml(config), run, published, ["fkl"])
 
 
+def test_an_imported_draft_damaged_in_the_run_is_imported_again(tiny_run, tmp_path):
+    """An imported draft has no model here to evaluate again, so its damaged copy is replaced by importing it
+    again; an intact one is left alone."""
+    config, run_dir, root = tiny_run
+    published = next((root / "pub").glob("*/records"))
+    run = tmp_path / "run"
+    shutil.copytree(RunPaths(run_dir).root / "data", run / "data")
+    cfg = StudyConfig.from_yaml(config)
+    assert import_records(cfg, run, published, ["baseline", "fkl"]) == ["baseline", "fkl"]
+    paths = RunPaths(run)
+    _truncate(paths.tokens("fkl"), 50)
+    assert import_records(cfg, run, published, ["baseline", "fkl"]) == ["fkl"]
+    assert run_damage(paths, "fkl") == [] and run_damage(paths, "baseline") == []
+
+
 @pytest.mark.parametrize("text, message", [
     ("", r"empty.yaml is empty: a preset needs"),
     ("- fkl\n- rkl\n", r"must hold a YAML mapping of config keys, not a list"),

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def error_line(err: Exception) -> tuple[int, str]:
+def error_line(err: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an error of a command: the problem, the file, the fix."""
     if isinstance(err, TrainingInterrupted):
         return 130, str(err)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .quiet import quiet_bitsandbytes_import
+from .quiet import quiet_bitsandbytes_import, quiet_trainer_noise
 
 with quiet_bitsandbytes_import():  # transformers' Trainer and TRL import peft, which imports bitsandbytes
     from transformers import TrainerCallback
@@ -43,7 +43,6 @@ from .losses import chunked_distill_loss
 from .models import check_compatible, swap_in
 from .pair import load_pair
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
-from .quiet import quiet_trainer_noise  # noqa: E402
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
 from .trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, TRAIN_LOG, append_log_line, collapse_span

@@ -76,8 +76,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if b else float("nan")
 
 
-def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, steps, timed: bool = True
-                    ) -> SpecDecMetrics:
+def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, steps) -> SpecDecMetrics:
     s = records.step_arrays()
     row_steps = int(len(s["step"]))
     proposed = int(s["proposed"].sum())
@@ -85,6 +84,7 @@ def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, s
     verified = int(verified_positions(s["accepted"], s["proposed"]).sum())
     emitted = int(s["emitted"].sum())
     alpha_pos = _ratio(accepted, verified)
+    timed = target_kv.timed and draft_kv.timed  # per-forward timings were taken (speculative_generate(timed=True))
     t_fw, d_fw = np.array(target_kv.forward_s), np.array(draft_kv.forward_s)
     c = _ratio(d_fw.mean() if d_fw.size else 0.0, t_fw.mean() if t_fw.size else 0.0) if timed else float("nan")
     forward_s = float(t_fw.sum() + d_fw.sum() + target_kv.prefill_s + draft_kv.prefill_s) if timed else float("nan")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, Recipe, Setup
+from .config import Config
 from .errors import require
 from .models import check_compatible, draft_from_teacher, load_model
 from .runtime import check_8bit_teacher, check_engine, compute_dtype, warn_if_emulated_bf16
 
 
-def load_target(cfg: Setup):
+def load_target(cfg: Config):
     """(teacher, tokenizer): frozen, in the compute dtype of `precision` (or 8-bit), on this process's device."""
     check_engine(lora=bool(cfg.lora))
     if cfg.teacher_8bit:  # both refusals before any weights load
@@ -24,7 +24,7 @@ def load_target(cfg: Setup):
     return teacher.eval().requires_grad_(False), tokenizer
 
 
-def load_draft(cfg: Recipe, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
+def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
     """A draft for `teacher`: a saved draft directory, or None for the study's baseline draft. training=True keeps
     its weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
     source = draft if draft is not None else cfg.student

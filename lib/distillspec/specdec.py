@@ -398,7 +398,7 @@ def speculative_generate(
         step += 1
 
     metrics = compute_metrics(records=records, sequences=rows.outputs, gamma=gamma, wall_s=_now(device) - started,
-                              target_kv=tgt, draft_kv=drf, steps=step, timed=timed)
+                              target_kv=tgt, draft_kv=drf, steps=step)
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .preset import StudyConfig
 from ..errors import DistillSpecError, require
-from .manifest import folder_damage
+from .manifest import folder_damage, run_damage
 from .rundir import RunPaths, fingerprint, published_records
 
 
@@ -29,8 +29,8 @@ def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> 
 
 
 def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
-    """Copy finished drafts' records from source into the run (drafts this run has already trained or evaluated
-    are left alone); return the names imported. Raises when a record was made with another config or prompt set."""
+    """Copy finished drafts' records from source into the run (drafts this run has trained, or holds finished and
+    intact, are left alone; a damaged copy is replaced); return the names imported. Raises when a record was made with another config or prompt set."""
     paths, source = RunPaths(Path(run_dir)), Path(source)
     require(source.is_dir(), f"--results-from {source}: no such directory (a published records folder, e.g. "
                              f"figures/{cfg.name}/records).")
@@ -38,7 +38,8 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     imported = []
     for name in names:
         row_file = source / paths.speed_row(name).name
-        if not row_file.is_file() or paths.manifest(name).is_file() or paths.student(name).is_dir():
+        here = paths.manifest(name).is_file() and not run_damage(paths, name)  # finished and intact in this run
+        if not row_file.is_file() or here or paths.student(name).is_dir():
             continue
         damaged = folder_damage(source, paths, name)
         require(not damaged, f"--results-from {source}: draft '{name}' cannot be imported: {'; '.join(damaged)}. "

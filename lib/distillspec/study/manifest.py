@@ -26,7 +26,7 @@ def write_manifest(files: dict[str, Path], dest: Path) -> Path:
 
 
 def damage(files: dict[str, Path], manifest: Path) -> list[str]:
-    """What is wrong with a draft's records against its manifest, one entry per file ('' entries never): a missing
+    """What is wrong with a draft's records against its manifest, one line per problem (empty: intact): a missing
     or unreadable manifest, a listed file missing, of another size or with another checksum."""
     if not manifest.is_file():
         return [f"{manifest} is missing (the draft's evaluation did not finish)"]

@@ -12,7 +12,7 @@ import yaml
 
 from ..config import Config, Recipe, Setup, check_keys, field_names, finish, replace, to_yaml
 from ..errors import DistillSpecError, require
-from ..losses import AdaptiveBeta, check_divergence
+from ..losses import check_divergence
 from ..runtime import resolve_precision
 from ..sampling import SamplingConfig
 from ..speed import MAX_GAMMA
@@ -144,8 +144,6 @@ class StudyConfig(Recipe, Setup):
                 "per divergence, with `seed`).")
         if self.eval_precision is not None:
             resolve_precision(self.eval_precision)
-        if self.adaptive_beta:
-            AdaptiveBeta(**self.adaptive_beta)
         self._validate_speed()
         self.run_overrides()
 

@@ -1,13 +1,14 @@
 """results.md in words: the header, the sentences around each table, the ranking the CIs support, the seeds that
-collapsed and where each speedup was timed. The tables themselves come from report.py and seeds.py; the numbers
-from stats.py. Nothing here computes a statistic that is not written down."""
+collapsed and where each speedup was timed. The tables are formatted by report.py and seeds.py and the statistics
+computed there and in stats.py; seeded_lead calls them for a study with seeds and writes what it states to CSV
+(seed_summary.csv, differences.csv, entropy_regions.csv) beside results.md."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..losses import AdaptiveBeta
 from ..atomic import write_text
+from ..losses import AdaptiveBeta
 from ..trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from .preset import StudyConfig
 from .report import format_expected_acceptance, format_speed_table, format_table, timing_machines
@@ -42,8 +43,7 @@ def results_markdown(cfg: StudyConfig, table: pd.DataFrame, speed_rows: pd.DataF
 
 
 def seeded_lead(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
-                    speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame],
-                    seed: int) -> str:
+                speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame], seed: int) -> str:
     """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
     speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
     differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
