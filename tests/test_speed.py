@@ -38,10 +38,21 @@ def test_cost_model_picks_the_cheap_verification_and_needs_more_acceptance_for_m
     even, gamma_even = costs.needed_alpha(1.0)
     goal, _ = costs.needed_alpha(1.3)
     assert 0 < even < goal < 1
-    assert costs.speedup(even, gamma_even) >= 1.0 > costs.speedup(even - 0.01, costs.best_gamma(even - 0.01))
+    assert costs.speedup(even, gamma_even) >= 1.0 > max(costs.speedup(even - 0.01, g) for g in range(1, 9))
     assert StepCosts.from_dict(costs.as_dict()) == costs
     with pytest.raises(DistillSpecError, match="measured 1..8"):
         costs.speedup(0.5, 9)
+
+
+def test_the_policy_drafts_nothing_where_no_draft_length_pays():
+    """gamma 0 (the target alone) when every gamma is predicted slower: a costly draft at low acceptance, or a batch
+    where verifying costs far more than a step; the same draft drafts once it is accepted often enough."""
+    costs = _cpu_like_costs()
+    assert costs.speedup(0.3, 0) == 1.0 and costs.verify_ratio(0) == 1.0
+    assert costs.best_gamma(0.0) == 0 and costs.best_gamma(0.9) > 0
+    compute_bound = StepCosts({k: 0.05 * k for k in range(1, 10)}, draft_s=0.01, batch_size=16, context=150)
+    assert compute_bound.best_gamma(0.6) == 0
+    assert all(compute_bound.speedup(0.6, g) < 1.0 for g in range(1, 9))
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +117,11 @@ def test_timed_greedy_sd_writes_the_targets_text(tiny_teacher_and_draft, tokeniz
     assert (rows["sd_tokens"] == rows["target_tokens"]).all()
     assert (rows["sd_s"] > 0).all() and (rows["target_s"] > 0).all()
     assert (rows["accepted"] <= rows["verified"]).all() and (rows["verified"] <= rows["proposed"]).all()
+    alone = time_decoding(teacher, draft, tok, prompts, gamma=0, sampling=SamplingConfig(greedy=True), batch_size=2,
+                          max_new_tokens=10)  # the policy's gamma 0: the decoder is the target alone
+    assert alone["identical"].all() and (alone["proposed"] == 0).all() and (alone["sd_tokens"] > 0).all()
+    summary = speed_summary({"d": alone.assign(setting="greedy, batch 2")}, {}).iloc[0]
+    assert summary["gamma"] == 0 and math.isnan(summary["alpha_pos"]) and math.isnan(summary["tau"])
     sampled = time_decoding(teacher, draft, tok, prompts, gamma=2, batch_size=2, max_new_tokens=6,
                             sampling=SamplingConfig(temperature=0.6, top_p=0.95))
     assert list(sampled["prompts"]) == [2, 1] and sampled["identical"].isna().all()

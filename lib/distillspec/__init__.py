@@ -5,6 +5,7 @@ filter, logging level or progress bar):
 
     speculative_generate, SpecDecResult   the batched SD decoder (specdec.py)
     distill, Config                       one training run of a draft (distillation.py, config.py)
+    EagleHead, load_head, train_head      feature heads over the target (eagle.py, head_training.py)
     load_model, load_pair                 a model by hub id, folder, GGUF alias or tiny-*; a (target, draft) pair
 """
 
@@ -15,6 +16,7 @@ _API = {
     "distill": "distillation", "Config": "config",
     "load_model": "models", "load_tokenizer": "models", "draft_from_teacher": "models",
     "check_compatible": "models", "load_pair": "pair", "DistillSpecError": "errors",
+    "EagleHead": "eagle", "load_head": "eagle", "train_head": "head_training",
 }
 
 __all__ = sorted(_API)

@@ -15,6 +15,7 @@ from .losses import AdaptiveBeta, check_divergence
 from .runtime import resolve_precision
 
 ROLLOUTS = ("on_policy", "skd")
+DRAFT_KINDS = ("model", "eagle")  # a standalone small LM, or a feature head over the teacher (eagle.py)
 # Keys whose None means "derived from another key": the task's defaults, then the sampling settings.
 _DERIVED = ("temperature", "max_new_tokens", "loss_temperature", "train_max_new_tokens")
 
@@ -41,6 +42,7 @@ class Setup:
 class Recipe:
     """How one draft is trained: the student, the objective, the rollouts and the optimisation."""
 
+    draft_kind: str = "model"  # 'model': a small LM (`student`); 'eagle': a feature head over the teacher (eagle.py)
     student: str | None = None  # a loadable model; None = derived from the teacher (draft_from_teacher)
     student_keep_layers: int | list[int] = 10
     student_layer_strategy: str = "first"
@@ -68,6 +70,8 @@ class Recipe:
     logging_steps: int = 5
     save_steps: int = 25
     save_minutes: float = 5.0  # also checkpoint after this much wall time since the last checkpoint (slow steps)
+    head_feature_weight: float = 1.0  # eagle: weight of the feature regression beside the divergence
+    head_unroll: int = 2  # eagle: positions of a drafted block trained per sequence (1: the teacher's features only)
 
 
 def field_names(cls) -> list[str]:
@@ -117,6 +121,13 @@ def validate_run(cfg) -> None:
     if cfg.adaptive_beta:
         AdaptiveBeta(**cfg.adaptive_beta)
     require(cfg.rollout in ROLLOUTS, f"rollout='{cfg.rollout}' must be one of {ROLLOUTS}.")
+    require(cfg.draft_kind in DRAFT_KINDS, f"draft_kind='{cfg.draft_kind}' must be one of {DRAFT_KINDS}.")
+    if cfg.draft_kind == "eagle":
+        require(cfg.rollout == "on_policy" and cfg.adaptive_beta is None and cfg.lora is None,
+                "A feature head (draft_kind: eagle) trains on its teacher's text with one divergence: SKD rollouts, "
+                "adaptive_beta and lora apply to standalone drafts only.")
+        require(cfg.head_unroll >= 1, f"head_unroll={cfg.head_unroll} must be >= 1.")
+        require(cfg.head_feature_weight >= 0, f"head_feature_weight={cfg.head_feature_weight} must be >= 0.")
     if cfg.rollout == "skd":
         TopKAcceptance(cfg.skd_top_k)
         require(cfg.skd_gamma >= 1, f"skd_gamma={cfg.skd_gamma} must be >= 1.")
@@ -195,4 +206,4 @@ def to_yaml(cfg, path=None) -> str:
     return text
 
 
-__all__ = ["Config", "ROLLOUTS", "Recipe", "Setup"]
+__all__ = ["Config", "DRAFT_KINDS", "ROLLOUTS", "Recipe", "Setup"]

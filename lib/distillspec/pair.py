@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from .config import Config
+from .eagle import is_head_dir, load_head
 from .errors import require
 from .models import check_compatible, draft_from_teacher, load_model
 from .runtime import check_8bit_teacher, check_engine, compute_dtype, warn_if_emulated_bf16
@@ -25,9 +26,13 @@ def load_target(cfg: Config):
 
 
 def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
-    """A draft for `teacher`: a saved draft directory, or None for the study's baseline draft. training=True keeps
+    """A draft for `teacher`: a saved draft or feature head directory, or None for the study's baseline draft
+    (`student`, or derived from the teacher). training=True keeps
     its weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
     source = draft if draft is not None else cfg.student
+    if source is not None and is_head_dir(source):  # a feature head drafts from this teacher's hidden states
+        head = load_head(source, teacher)
+        return head.float() if training else head
     if source is None:
         model, draft_tok = draft_from_teacher(teacher, cfg.student_keep_layers, cfg.student_layer_strategy), tokenizer
     else:

@@ -27,6 +27,7 @@ from transformers import DynamicCache
 
 from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
+from .eagle import is_head, target_features
 from .errors import DistillSpecError, require
 from .metrics import SpecDecMetrics, compute_metrics
 from .models import check_compatible, model_context_length
@@ -42,6 +43,7 @@ class RaggedKV:
     model: torch.nn.Module
     width: int  # logits columns to keep (shared vocabulary)
     timed: bool = False  # time each forward: on a GPU that waits for the device before and after every forward
+    features: bool = False  # a target that hands its top hidden states to a feature head, or the head itself
     cache: DynamicCache = None
     mask: torch.Tensor = None  # [B, L] long, 1 = real token
     n_real: torch.Tensor = None  # [B] long
@@ -49,10 +51,13 @@ class RaggedKV:
     forwards: int = 0  # decode forwards (prefill excluded)
     max_new_per_row: int = 0  # widest decode forward: most slots one forward fed a row (prefill excluded)
     prefill_s: float = 0.0  # timed only
+    hidden: torch.Tensor = None  # [B, k, H] features of the last forward (feature roles only)
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor, prefill: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor, prefill: bool = False,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         """Feed ids [B, k] (valid [B, k] bool marks real slots; callers never feed an all-hole column, so k is the
-        most real slots of a row); return float logits [B, k, width]. No host sync unless `timed`."""
+        most real slots of a row) and, for a feature head, the features [B, k, H] paired with them; return float
+        logits [B, k, width] (the last slot's only after a prefill). No host sync unless `timed`."""
         valid = valid.long()
         if self.cache is None:
             self.cache = DynamicCache(config=self.model.config)
@@ -61,10 +66,16 @@ class RaggedKV:
         mask = torch.cat([self.mask, valid], dim=1)
         positions = (self.n_real[:, None] + valid.cumsum(1) - 1).clamp_min(0)
         start = _now(ids.device) if self.timed else 0.0
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True,
-            logits_to_keep=1 if prefill else 0,  # the prefill's logits are never used: skip the vocab projection
-        ).logits
+        keep = 1 if prefill else 0  # the prefill's logits are never used: skip most of the vocab projection
+        if is_head(self.model):
+            out = self.model(ids, features, attention_mask=mask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+            logits, self.hidden = out.logits, out.hidden
+        elif self.features:
+            logits, self.hidden = target_features(self.model, ids, mask, positions, self.cache, True, keep)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=self.cache, use_cache=True, logits_to_keep=keep).logits
         if self.timed:
             elapsed = _now(ids.device) - start
             if prefill:
@@ -194,13 +205,16 @@ def _eos_set(eos_token_id, target) -> set[int]:
 @dataclass
 class _Rows:
     """The decoding state of the active rows (finished rows leave): which prompt each is, the token the target has
-    not consumed yet, the one or two the draft has not (right-aligned, valid marks real ones), and the outputs."""
+    not consumed yet, the slots the draft has not (right-aligned, valid marks real ones: one or two tokens for a
+    standalone draft; for a feature head, the pairs (token, target feature) of the last verification), and the
+    outputs."""
 
     index: torch.Tensor  # [B] prompt index of each active row
     last_target: torch.Tensor  # [B]
-    pending: torch.Tensor  # [B, 2]
-    pending_valid: torch.Tensor  # [B, 2] bool
+    pending: torch.Tensor  # [B, w] token ids
+    pending_valid: torch.Tensor  # [B, w] bool
     outputs: list[list[int]]  # per prompt: the new tokens so far
+    pending_features: torch.Tensor | None = None  # [B, w, H] a feature head's features paired with `pending`
 
     @classmethod
     def start(cls, prompts, pad: int, device) -> _Rows:
@@ -210,6 +224,8 @@ class _Rows:
     def keep(self, idx: torch.Tensor) -> None:
         self.index, self.last_target = self.index[idx], self.last_target[idx]
         self.pending, self.pending_valid = self.pending[idx], self.pending_valid[idx]
+        if self.pending_features is not None:
+            self.pending_features = self.pending_features[idx]
 
 
 def _only(token: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,11 +266,13 @@ def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, g
     vocabulary samples a column of its head, mapped to a token id; its q is 0 on every other id."""
     vocab_ids = getattr(drf.model, "draft_vocab_ids", None)  # [N] or None
     tokens, qs, logits_seen = [], [], []
-    ids, valid = rows.pending, rows.pending_valid
-    if not bool(valid[:, 0].any()):  # no row has two pending tokens: feed one slot, not a hole and a token
+    ids, valid, features = rows.pending, rows.pending_valid, rows.pending_features
+    if features is None and not bool(valid[:, 0].any()):  # no row has two pending tokens: feed one slot
         ids, valid = ids[:, 1:], valid[:, 1:]
     for _ in range(gamma):
-        logits = drf.forward(ids, valid)[:, -1]  # [B, N]
+        logits = drf.forward(ids, valid, features=features)[:, -1]  # [B, N]
+        if features is not None:  # a head drafts on from its own feature
+            features = drf.hidden[:, -1:]
         q = sampling.probs(logits)  # [B, N]
         column = sample(q, generator)  # [B]
         token = column if vocab_ids is None else vocab_ids[column]
@@ -311,16 +329,18 @@ def _advance(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, ver
     """Bring both caches in line with the accepted prefix, set what each model consumes next, drop finished rows
     and compact the caches when that pays."""
     n_acc, full = verdict.n_acc, verdict.n_acc == gamma
-    drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
-    if bonus:
-        tgt.drop_tail(gamma + 1, 1 + n_acc)  # keeps the consumed token + the accepted drafts
-        rows.last_target = verdict.next_token
-        rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
-        rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
-    else:  # a full block ends on d_gamma, which neither model has consumed as context yet
-        tgt.drop_tail(gamma + 1, 1 + n_acc - full.long())
-        rows.last_target = torch.where(full, proposal.tokens[:, -1], verdict.next_token)
-        rows.pending, rows.pending_valid = _only(rows.last_target, pad)
+    held = full & (not bonus)  # a full block without a bonus ends on d_gamma, which the target has not consumed
+    tgt.drop_tail(gamma + 1, 1 + n_acc - held.long())  # keeps the consumed token + the accepted drafts
+    rows.last_target = torch.where(held, proposal.tokens[:, -1], verdict.next_token)
+    if rows.pending_features is not None:
+        _hand_over_features(tgt, drf, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad)
+    else:
+        drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
+        if bonus:  # after a full block the draft has two tokens to consume: d_gamma and the bonus
+            rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
+            rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
+        else:
+            rows.pending, rows.pending_valid = _only(rows.last_target, pad)
     keep = torch.tensor([not f for f in finished], device=n_acc.device)
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)
@@ -331,6 +351,49 @@ def _advance(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, ver
     if rows.index.numel() > 0:
         tgt.compact(compact_fraction)
         drf.compact(compact_fraction)
+
+
+def _hand_over_features(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *,
+                        gamma: int, bonus: bool, pad: int) -> None:
+    """A feature head's next input: the blocks it drafted on its own features leave its cache, and it will consume
+    the accepted drafts and the next token, each beside the target's feature one position earlier (from the
+    verification just run), right-aligned per row."""
+    drf.drop_tail(gamma - 1, torch.zeros_like(verdict.n_acc))  # d_1..d_{gamma-1}: fed with the head's own features
+    n_acc = verdict.n_acc
+    count = n_acc + 1 - ((n_acc == gamma) & (not bonus)).long()  # [B] pairs (a full block without a bonus: gamma)
+    slots = torch.arange(gamma + 1, device=n_acc.device)[None, :]  # [1, gamma+1]
+    tokens = torch.cat([proposal.tokens, proposal.tokens.new_full((len(n_acc), 1), pad)], 1)  # [B, gamma+1]
+    tokens = torch.where(slots == n_acc[:, None], verdict.next_token[:, None], tokens)  # d_1..d_k, then next
+    width = int(count.max())
+    source = torch.arange(width, device=n_acc.device)[None, :] - (width - count[:, None])  # [B, w] right-aligned
+    valid = source >= 0
+    source = source.clamp_min(0)
+    rows.pending, rows.pending_valid = tokens.gather(1, source), valid
+    hidden = tgt.hidden  # [B, gamma+1, H]: the target's feature after each input of the verification
+    rows.pending_features = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def _prefill(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, prompts, pad: int, device, head: bool) -> None:
+    """Both caches take all but each prompt's last token. A feature head takes each prompt token t+1 beside the
+    target's feature f_t instead, and keeps the last pair (the prompt's last token, the feature before it) pending:
+    its first draft comes from that pair. A one-token prompt has no feature yet: zeros stand in (a weaker first
+    guess, never a wrong output)."""
+    prefix_ids, prefix_valid = _left_pad([list(p[:-1]) for p in prompts], pad, device)
+    if prefix_ids.shape[1] > 0:
+        tgt.forward(prefix_ids, prefix_valid, prefill=True)
+        if not head:
+            drf.forward(prefix_ids, prefix_valid, prefill=True)
+    if not head:
+        return
+    if prefix_ids.shape[1] == 0:
+        features = torch.zeros(len(prompts), 1, tgt.model.config.hidden_size, device=device, dtype=drf.model.dtype)
+    else:
+        pairs, _ = _left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
+        if prefix_ids.shape[1] > 1:
+            drf.forward(pairs[:, :-1], prefix_valid[:, :-1], prefill=True, features=tgt.hidden[:, :-1])
+        features = tgt.hidden[:, -1:] * prefix_valid[:, -1:, None]  # [B, 1, H]; zeros for a one-token prompt
+    rows.pending, rows.pending_valid = rows.last_target[:, None], torch.ones_like(rows.last_target[:, None], dtype=torch.bool)
+    rows.pending_features = features
 
 
 @torch.inference_mode()
@@ -367,6 +430,10 @@ def speculative_generate(
     rule = RejectionSampling() if acceptance is None else acceptance
     require(isinstance(rule, ACCEPTANCE_RULES), f"acceptance={acceptance!r}: pass None (lossless) or a rule from "
             "distillspec.acceptance, e.g. RejectionSampling('lin', 0.5) or TopKAcceptance(25).")
+    if is_head(draft):
+        require(draft.target is target, "This feature head is attached to another model than the target passed: "
+                "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
+                "distillspec.eagle.load_head(path, target).")
     width = _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, draft_tokenizer)
     eos = _eos_set(eos_token_id, target)
     device = next(target.parameters()).device
@@ -374,12 +441,10 @@ def speculative_generate(
     records = SpecDecRecords(enabled=record)
     started = _now(device)
 
-    tgt, drf = RaggedKV(target, width, timed), RaggedKV(draft, width, timed)
-    prefix_ids, prefix_valid = _left_pad([list(p[:-1]) for p in prompts], pad_token_id, device)
-    if prefix_ids.shape[1] > 0:  # all but each prompt's last token; that one is fed with the first step
-        tgt.forward(prefix_ids, prefix_valid, prefill=True)
-        drf.forward(prefix_ids, prefix_valid, prefill=True)
+    head = is_head(draft)
+    tgt, drf = RaggedKV(target, width, timed, features=head), RaggedKV(draft, width, timed, features=head)
     rows = _Rows.start(prompts, pad_token_id, device)
+    _prefill(tgt, drf, rows, prompts, pad_token_id, device, head)  # each prompt's last token comes with step 0
     step = 0
     while rows.index.numel() > 0:
         proposal = _propose(drf, rows, gamma, sampling, generator, width)

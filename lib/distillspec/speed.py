@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from .errors import require
 from .evaluate import sample_completions
+from .eagle import is_head
 from .metrics import expected_tokens_per_step
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
@@ -63,9 +64,14 @@ def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int]
                 f"left_pad={left_pad}: give one count per row ({batch_size}), each in [0, {context}).")
         real = (torch.arange(context, device=device)[None] >= torch.tensor(left_pad, device=device)[:, None]).long()
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :context], attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp_min(0),
-          past_key_values=cache, use_cache=True, logits_to_keep=1)
-    net = model.model if body_only else model
+    if is_head(model):  # a feature head reads a feature beside each token: any vector of the right width times it
+        features = torch.randn(batch_size, context + max(new_tokens), model.config.hidden_size, device=device,
+                               dtype=model.dtype)
+        net = lambda input_ids, **kw: model(input_ids, features[:, -input_ids.shape[1]:], **kw)  # noqa: E731
+    else:
+        net = model.model if body_only else model
+    net(input_ids=ids[:, :context], attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp_min(0),
+        past_key_values=cache, use_cache=True, **({} if body_only else {"logits_to_keep": 1}))
 
     def step_of(k: int):
         mask = torch.cat([real, real.new_ones(batch_size, k)], 1)
@@ -114,23 +120,27 @@ class StepCosts:
         return max(self.target_s) - 1
 
     def verify_ratio(self, gamma: int) -> float:
-        """A verification of gamma + 1 tokens in target decoding steps (Leviathan et al. assume 1)."""
+        """A verification of gamma + 1 tokens in target decoding steps (Leviathan et al. assume 1; gamma 0: one step)."""
         return self.target_s[gamma + 1] / self.target_s[1]
 
     def speedup(self, alpha: float, gamma: int) -> float:
-        """Predicted SD tokens/s over target-only tokens/s at per-position acceptance alpha."""
-        require(1 <= gamma <= self.max_gamma, f"gamma={gamma}: the cost model measured 1..{self.max_gamma}.")
+        """Predicted SD tokens/s over target-only tokens/s at per-position acceptance alpha (gamma 0: the target
+        alone, 1.0)."""
+        require(0 <= gamma <= self.max_gamma, f"gamma={gamma}: the cost model measured 1..{self.max_gamma}.")
+        if gamma == 0:
+            return 1.0
         cost = gamma * self.draft_s + self.target_s[gamma + 1]
         return expected_tokens_per_step(alpha, gamma) * self.target_s[1] / cost
 
     def best_gamma(self, alpha: float) -> int:
-        """The draft length with the highest predicted speedup at this acceptance."""
-        return max(range(1, self.max_gamma + 1), key=lambda g: self.speedup(alpha, g))
+        """The draft length with the highest predicted speedup at this acceptance; 0 (decode with the target alone)
+        when no draft length is predicted to pay."""
+        return max(range(0, self.max_gamma + 1), key=lambda g: self.speedup(alpha, g))
 
     def needed_alpha(self, goal: float) -> tuple[float, int]:
-        """Smallest acceptance (0.01 grid) at which some gamma reaches `goal` speedup, with that gamma."""
+        """Smallest acceptance (0.01 grid) at which some draft length (gamma >= 1) reaches `goal` speedup, with it."""
         for a in range(0, 100):
-            gamma = self.best_gamma(a / 100)
+            gamma = max(range(1, self.max_gamma + 1), key=lambda g: self.speedup(a / 100, g))
             if self.speedup(a / 100, gamma) >= goal:
                 return a / 100, gamma
         return float("nan"), 0
@@ -201,7 +211,8 @@ def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_si
 
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
                   batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
-    """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
+    """Wall time of target-only `generate` (KV cache) and of SD (no per-token records; gamma 0: the target alone, as
+    the never-slower policy decodes when drafting does not pay) on the same prompts,
     batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
     batch: seconds and new tokens of each, SD's steps and acceptance counts, and (greedy) whether SD's text was
     identical to the target's. progress: show a bar with this label."""
@@ -217,22 +228,26 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
             return target_decode(target, tokenizer, chunk, sampling=sampling, max_new_tokens=max_new_tokens,
                                  seed=seed + start)
 
-        def run_sd():
-            return speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
-                                        sampling=sampling, eos_token_id=eos, record=False, seed=seed + start)
+        def run_sd() -> tuple[dict, list[list[int]]]:
+            if gamma == 0:  # the policy chose not to draft: the decoder is the target alone
+                seconds, out = run_target()
+                return {"sd_s": seconds, "sd_tokens": sum(map(len, out)), "steps": 0, "target_calls": 0,
+                        "accepted": 0, "verified": 0, "proposed": 0}, out
+            m = speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
+                                     sampling=sampling, eos_token_id=eos, record=False, seed=seed + start)
+            return {"sd_s": m.metrics.wall_s, "sd_tokens": m.metrics.new_tokens, "steps": m.metrics.steps,
+                    "target_calls": m.metrics.target_calls, "accepted": m.metrics.accepted,
+                    "verified": m.metrics.verified, "proposed": m.metrics.proposed}, m.sequences
 
         if i % 2 == 0:
             target_s, target_out = run_target()
-            sd = run_sd()
+            sd, sd_out = run_sd()
         else:
-            sd = run_sd()
+            sd, sd_out = run_sd()
             target_s, target_out = run_target()
-        m = sd.metrics
         rows.append({"batch": i, "prompts": len(chunk), "gamma": gamma, "target_s": target_s,
-                     "target_tokens": sum(map(len, target_out)), "sd_s": m.wall_s, "sd_tokens": m.new_tokens,
-                     "steps": m.steps, "target_calls": m.target_calls, "accepted": m.accepted,
-                     "verified": m.verified, "proposed": m.proposed,
-                     "identical": sd.sequences == target_out if sampling.greedy else None})
+                     "target_tokens": sum(map(len, target_out)), **sd,
+                     "identical": sd_out == target_out if sampling.greedy else None})
     return pd.DataFrame(rows)
 
 

@@ -88,7 +88,8 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
         if name not in drafts:
             continue
         params = {**base, "run_name": name}  # 02 applies the run's overrides from the config (train_draft)
-        steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / "config.json"],
+        marker = "eagle_head.json" if cfg.run_config(name).draft_kind == "eagle" else "config.json"  # 02 saves it
+        steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / marker],
                           params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
     steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.manifest(n) for n in drafts],

@@ -29,7 +29,7 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
             gamma = int(f["gamma"].iloc[0])
             rows.append({
                 "draft": draft, "setting": setting, "gamma": gamma, "pilot_alpha": info.get("pilot_alpha"),
-                "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum(),
+                "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum() if f["target_calls"].sum() else float("nan"),
                 "c": costs.c if costs else float("nan"),
                 "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
                 "predicted_speedup": costs.speedup(alpha, gamma) if costs else float("nan"),

@@ -49,6 +49,10 @@ class RunPaths:
         """The reduced draft vocabulary (config draft_vocab; 03 chooses it on first use): the kept ids and how."""
         return self.root / "data" / "draft_vocab.json"
 
+    def teacher_text(self, max_new_tokens: int) -> Path:
+        """The teacher's completions of the training prompts that feature heads train on (shared by them)."""
+        return self.root / "data" / f"teacher_text_{max_new_tokens}.jsonl"
+
     def draft_dir(self, name: str) -> Path:
         return self.root / "drafts" / name
 
@@ -195,12 +199,16 @@ _LOCATION_KEYS = ("data_source", "run_dir", "save_minutes")
 # Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
 # rather than mixed (the published records were carried over to each version once, when it changed).
 FINGERPRINT_VERSION = 2
+# Keys added after version 2: counted only when set away from this default, so published records keep their prints.
+_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2}
+_UNSET = object()
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
     paths = RunPaths(Path(run_dir))
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _LOCATION_KEYS}
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in _LOCATION_KEYS and _LATER_DEFAULTS.get(k, _UNSET) != v}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):

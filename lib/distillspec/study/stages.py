@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_parquet, write_text
 from ..data import load_raw, render_prompts, task_spec, token_lengths
+from ..eagle import is_head, saved_marker
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
 from ..errors import require
 from ..evaluate import expected_acceptance
@@ -59,9 +60,18 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
     """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
     require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
     paths = RunPaths(Path(run_dir))
+    run_cfg = cfg.run_config(name, **overrides)
+    if run_cfg.draft_kind == "eagle":  # a feature head: its own loop (head_training.py), on the teacher's text
+        from ..head_training import train_head
+
+        target, tok = load_target(run_cfg)
+        vocab = draft_vocab(cfg, run_dir, target, tok)
+        return train_head(run_cfg, paths.draft_dir(name), target=target, tokenizer=tok,
+                          prompts=render_prompts(tok, load_prompt_file(paths.train_prompts)),
+                          draft_vocab_ids=None if vocab is None else vocab["ids"],
+                          text_path=paths.teacher_text(run_cfg.train_max_new_tokens))
     from ..distillation import distill  # TRL: only 02 pays for importing it
 
-    run_cfg = cfg.run_config(name, **overrides)
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
 
 
@@ -73,13 +83,13 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
     damaged = run_damage(paths, name)
     if damaged:
         print(f"draft '{name}': its records are damaged ({'; '.join(damaged)}); evaluating it again")
-        require(student is None or (student / "config.json").is_file(),
+        require(student is None or saved_marker(student).is_file(),
                 f"Draft '{name}' has damaged records ({'; '.join(damaged)}) and no trained student in {paths.root} "
                 "to evaluate again: import it again (--results-from its published records) or train it here.")
         return False
-    if student is None or not (student / "config.json").is_file():  # baseline, or results imported (handoff)
+    if student is None or not saved_marker(student).is_file():  # baseline, or results imported (handoff)
         return True
-    return paths.manifest(name).stat().st_mtime >= (student / "config.json").stat().st_mtime
+    return paths.manifest(name).stat().st_mtime >= saved_marker(student).stat().st_mtime
 
 
 def _known_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
@@ -108,19 +118,21 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     for name in tqdm(todo, desc="drafts"):
         started = time.perf_counter()
         draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
-        # on the draft's own samples (transformers generate), with the head it was trained with
-        own = expected_acceptance(target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                  batch_size=cfg.eval_batch_size, progress=False)
+        # on the draft's own samples (transformers generate), with the head it was trained with; a feature head
+        # cannot write alone (it needs the target's hidden states), so it has no own samples
+        own = None if is_head(draft) else expected_acceptance(
+            target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.eval_batch_size, progress=False)
         params = count_parameters(draft)  # as trained (a cut head adds untied rows, it does not make a new draft)
         if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
-            draft = reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
+            draft = cut_vocab(draft, vocab["ids"], tok.eos_token_id)
         tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
         write_parquet(tokens, paths.tokens(name))
         write_parquet(steps, paths.steps(name))
         row = {"draft": name, "draft_params": params, "sd_tokens_per_s": tokens_per_s,
                "target_tokens_per_s": target_tps, "speedup": tokens_per_s / target_tps,
-               "own_sample_expected_accept": own.expected_accept, "own_sample_draft_entropy": own.draft_entropy,
+               "own_sample_expected_accept": own.expected_accept if own else float("nan"),
+               "own_sample_draft_entropy": own.draft_entropy if own else float("nan"),
                "sd_expected_accept_t1": float(tokens["expected_accept_t1"].mean())}
         if cfg.speed:
             timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
@@ -147,7 +159,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
     pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
     require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
             "(python -m distillspec run --drafts ...), which times them too.")
-    absent = [n for n in names if n != BASELINE and not (paths.student(n) / "config.json").is_file()]
+    absent = [n for n in names if n != BASELINE and not saved_marker(paths.student(n)).is_file()]
     require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
             "only?): timing needs the model. Train them here, or retime where they were trained.")
     target, tok = load_target(cfg.for_decoding())
@@ -218,16 +230,25 @@ def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str
     the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
     draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(RunPaths(Path(run_dir)), name))
     vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
-    return draft if vocab is None else reduce_draft_vocab(draft, vocab["ids"], tok.eos_token_id)
+    return draft if vocab is None else cut_vocab(draft, vocab["ids"], tok.eos_token_id)
+
+
+def cut_vocab(draft, ids: list[int], eos_token_id):
+    """The draft scoring only these token ids: a standalone draft's head cut (reduce_draft_vocab), or a feature
+    head reading only these rows of the target's LM head."""
+    return draft.reduce_vocab(ids) if is_head(draft) else reduce_draft_vocab(draft, ids, eos_token_id)
 
 
 def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, prompts, name: str
                          ) -> tuple[pd.DataFrame, list[dict]]:
-    """Each `speed` setting: the step costs on this machine, the draft length (fixed, or the cost model's best for
-    the acceptance of a short pilot on training prompts), then SD and target-only timed on the first
-    `speed_prompts` held-out prompts. Returns the timing rows and, per setting, how its gamma was chosen."""
+    """Each `speed` setting: the step costs on this machine, the draft length (fixed, or 'auto': the cost model's
+    best for the acceptance of a short pilot on training prompts, then the never-slower check: SD with that gamma
+    timed against the target on max(batch, speed_pilot_prompts) training prompts, gamma 0 (the target alone) unless
+    it was faster), then SD and target-only timed on the first `speed_prompts` held-out prompts. Returns the timing
+    rows and, per setting, how its gamma was chosen."""
     timed = prompts[: cfg.speed_prompts]
-    pilot = render_prompts(tok, load_prompt_file(paths.train_prompts))[: cfg.speed_pilot_prompts]
+    train = render_prompts(tok, load_prompt_file(paths.train_prompts))
+    pilot = train[: cfg.speed_pilot_prompts]
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
@@ -235,7 +256,7 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
         context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
                                    left_pad=left_pad)
-        pilot_alpha = None
+        pilot_alpha = pilot_speedup = None
         gamma = cfg.speed_gamma
         if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
             if sampling not in pilot_alphas:
@@ -245,11 +266,19 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
                     seed=cfg.seed).metrics.alpha_pos
             pilot_alpha = pilot_alphas[sampling]
             gamma = costs.best_gamma(pilot_alpha)
+            if gamma > 0:  # never slower: SD at this batch size timed on training prompts; not faster -> gamma 0
+                trial = time_decoding(target, draft, tok, train[: max(batch, cfg.speed_pilot_prompts)], gamma=gamma,
+                                      sampling=sampling, batch_size=batch, max_new_tokens=cfg.max_new_tokens,
+                                      seed=cfg.seed)
+                pilot_speedup = float((trial["sd_tokens"].sum() / trial["sd_s"].sum())
+                                      / (trial["target_tokens"].sum() / trial["target_s"].sum()))
+                gamma = gamma if pilot_speedup > 1.0 else 0
         frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
         frame.insert(0, "setting", label)
         frames.append(frame)
-        chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "costs": costs.as_dict()})
+        chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "pilot_speedup": pilot_speedup,
+                       "costs": costs.as_dict()})
     return pd.concat(frames, ignore_index=True), chosen
 
 

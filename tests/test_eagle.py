@@ -1,0 +1,204 @@
+"""Feature heads (EAGLE-style) in the batched decoder: exact in greedy for every gamma, the target's distribution
+when sampling, the same after save and load, and refused beside a target they were not trained for."""
+
+import pytest
+import torch
+
+from distillspec import DistillSpecError
+from distillspec.acceptance import RejectionSampling
+from distillspec.config import Config
+from distillspec.eagle import EagleHead, load_head, save_head
+from distillspec.head_training import head_batch, head_loss, train_head
+from distillspec.sampling import SamplingConfig
+from distillspec.specdec import speculative_generate
+from distillspec.tiny import tiny_model
+
+from test_specdec import SIGNIFICANCE, _chi2_pvalue, _exact_joint, _first_tokens_sd, _greedy_reference, _prompts
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=32)
+
+
+@pytest.fixture(scope="module")
+def trained_head(target, tokenizer, tmp_path_factory):
+    """A head trained briefly on the tiny target's text (its loss falls, its acceptance is partial)."""
+    out = tmp_path_factory.mktemp("head")
+    cfg = Config(teacher="tiny-qwen3", draft_kind="eagle", divergence="fkl", max_steps=40, batch_size=8,
+                 learning_rate=3e-3, logging_steps=5, save_steps=20, train_max_new_tokens=24, max_new_tokens=24)
+    prompts = _prompts([6, 11, 3, 17, 9, 4, 13, 8] * 4, seed=5)
+    result = train_head(cfg, out, target=target, tokenizer=tokenizer, prompts=prompts)
+    return load_head(result.student_dir, target), out
+
+
+@pytest.fixture(scope="module")
+def echo():
+    """A one-layer target and a head that recomputes it from the tokens alone (fc passes the embedding, the layer is
+    the target's): it agrees often but not always (it lacks each sequence's first token), and ignores features."""
+    one_layer = tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=32, num_layers=1)
+    head = EagleHead(one_layer, init_from_layer=0).eval()
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+        head.fc.weight[:, :32].copy_(torch.eye(32))
+    prompts = _prompts()
+    eos = _greedy_reference(one_layer, prompts[:1], 40, None)[0][7]
+    return one_layer, head, prompts, eos, _greedy_reference(one_layer, prompts, 40, eos)
+
+
+@pytest.fixture(scope="module")
+def greedy_case(target):
+    prompts = _prompts()
+    eos = _greedy_reference(target, prompts[:1], 40, None)[0][7]
+    return prompts, eos, _greedy_reference(target, prompts, 40, eos)
+
+
+def test_training_lowers_the_loss_and_logs_like_a_draft(trained_head):
+    import pandas as pd
+
+    _, out = trained_head
+    log = pd.read_json(out / "train_log.jsonl", lines=True)
+    assert list(log["step"]) == list(range(5, 45, 5))
+    assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
+    assert log["expected_accept"].iloc[-1] > log["expected_accept"].iloc[0]
+
+
+@pytest.mark.parametrize("gamma", range(1, 9))
+@pytest.mark.parametrize("bonus", [True, False])
+def test_greedy_sd_with_a_head_is_token_identical_to_the_target(echo, gamma, bonus):
+    target, head, prompts, eos, refs = echo
+    assert len({len(r) for r in refs}) > 1 and min(map(len, prompts)) == 1, "ragged rows, a one-token prompt"
+    res = speculative_generate(target, head, prompts, gamma=gamma, max_new_tokens=40, eos_token_id=eos, bonus=bonus)
+    assert res.sequences == refs
+    assert 0.05 < res.metrics.alpha_tok < 0.95, "the head must exercise partial acceptance"
+    assert res.metrics.max_new_per_forward_draft <= gamma + 1  # the accepted prefix and the next token, at most
+
+
+@pytest.mark.parametrize("gamma", [1, 4, 8])
+def test_a_trained_head_that_reads_features_stays_exact(target, trained_head, greedy_case, gamma):
+    head, _ = trained_head
+    prompts, eos, refs = greedy_case
+    assert speculative_generate(target, head, prompts, gamma=gamma, max_new_tokens=40, eos_token_id=eos
+                                ).sequences == refs
+
+
+def test_a_head_with_a_reduced_vocabulary_stays_exact(echo):
+    import copy
+
+    target, head, prompts, eos, refs = echo
+    kept = sorted({t for r in refs for t in r} | {eos} | set(range(0, 4000)))
+    cut = copy.deepcopy(head).attach(target).reduce_vocab(kept)
+    res = speculative_generate(target, cut, prompts, gamma=4, max_new_tokens=40, eos_token_id=eos)
+    assert res.sequences == refs
+    assert 0.05 < res.metrics.alpha_tok < 0.95
+
+
+def test_each_block_starts_from_the_targets_features(target, trained_head):
+    """The first draft of every block comes from the target's features of the accepted text: its q equals the head
+    run teacher-forced over the final text (pair t: token t+1 beside the target's feature at t), position for
+    position. A feature handed over one slot off would change it."""
+    import numpy as np
+
+    from distillspec.eagle import target_features
+
+    head, _ = trained_head
+    prompts = _prompts([5, 9, 2, 13], seed=2)
+    res = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=30, eos_token_id=[],
+                               sampling=SamplingConfig(temperature=1.0), seed=3)
+    tokens, steps = res.tokens_df(), res.steps_df()
+    checked = 0
+    for row, prompt in enumerate(prompts):
+        emitted = steps[steps["row"] == row].sort_values("step")["emitted"].cumsum().shift(fill_value=0)
+        starts = dict(zip(steps[steps["row"] == row].sort_values("step")["step"], emitted))
+        seq = torch.tensor([prompt + res.sequences[row]])
+        with torch.no_grad():
+            _, feats = target_features(target, seq, torch.ones_like(seq))
+            out = head(seq[:, 1:], feats[:, :-1], attention_mask=torch.ones_like(seq[:, 1:]),
+                       position_ids=torch.arange(seq.shape[1] - 1)[None])
+        q = torch.softmax(out.logits[0].float(), -1)  # pair j predicts token j + 2
+        firsts = tokens[(tokens["row"] == row) & (tokens["pos"] == 0)]
+        for step, token, q_t1 in zip(firsts["step"], firsts["token"], firsts["q_t1"]):
+            j = len(prompt) + int(starts[step]) - 2
+            np.testing.assert_allclose(q_t1, float(q[j, token]), rtol=1e-4, atol=1e-6)
+            checked += 1
+    assert checked >= 20
+
+
+@pytest.fixture(scope="module")
+def small_vocab_target():
+    return tiny_model("llama", vocab_size=8, seed=11, init_std=1.0, hidden_size=16)
+
+
+@pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=0.7, top_p=0.8)])
+def test_sampled_sd_with_a_head_matches_the_target_distribution(small_vocab_target, warp):
+    """Chi-square goodness of fit of the first 3 tokens (20,000 draws) to the exact target distribution."""
+    target = small_vocab_target
+    head = EagleHead(target).eval()
+    exact = _exact_joint(target, SamplingConfig(**warp), 8)
+    samples = _first_tokens_sd(target, head, RejectionSampling(), 20_000, **warp)
+    assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
+    res = speculative_generate(target, head, [[1, 5, 3]] * 200, gamma=2, max_new_tokens=3, eos_token_id=[],
+                               sampling=SamplingConfig(**warp))
+    assert 0.05 < res.metrics.alpha_tok < 0.95, "a head that is not the target: partial acceptance"
+
+
+def test_save_then_load_decodes_identically(target, trained_head, greedy_case, tmp_path):
+    head, _ = trained_head
+    prompts, eos, _ = greedy_case
+    sampling = SamplingConfig(temperature=0.8)
+    before = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=30, eos_token_id=eos,
+                                  sampling=sampling, seed=7)
+    save_head(head, tmp_path / "head")
+    again = load_head(tmp_path / "head", target)
+    after = speculative_generate(target, again, prompts, gamma=3, max_new_tokens=30, eos_token_id=eos,
+                                 sampling=sampling, seed=7)
+    assert after.sequences == before.sequences
+    assert after.tokens_df().equals(before.tokens_df())
+
+
+def test_a_head_is_refused_beside_another_target(target, trained_head, tmp_path):
+    head, _ = trained_head
+    save_head(head, tmp_path / "head")
+    same_shape = tiny_model("qwen3", seed=2, init_std=0.5, hidden_size=32)
+    with pytest.raises(DistillSpecError, match="trained for another target.*token embeddings"):
+        load_head(tmp_path / "head", same_shape)
+    wider = tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=64)
+    with pytest.raises(DistillSpecError, match="hidden_size 32 in the head, 64 in the target"):
+        load_head(tmp_path / "head", wider)
+    other_family = tiny_model("llama", seed=1, init_std=0.5, hidden_size=32)
+    with pytest.raises(DistillSpecError, match="model_type qwen3 in the head, llama in the target"):
+        load_head(tmp_path / "head", other_family)
+    twin = tiny_model("qwen3", seed=1, init_std=0.5, hidden_size=32)  # same weights, another object
+    with pytest.raises(DistillSpecError, match="attached to another model"):
+        speculative_generate(twin, head, [[5, 6, 7]], gamma=2, max_new_tokens=4)
+    with pytest.raises(DistillSpecError, match="holds no feature head"):
+        load_head(tmp_path, target)
+
+
+def test_head_config_errors():
+    with pytest.raises(DistillSpecError, match="draft_kind='medusa' must be one of"):
+        Config(draft_kind="medusa")
+    with pytest.raises(DistillSpecError, match="SKD rollouts, adaptive_beta and lora apply to standalone drafts"):
+        Config(draft_kind="eagle", rollout="skd")
+    with pytest.raises(DistillSpecError, match="head_unroll=0 must be >= 1"):
+        Config(draft_kind="eagle", head_unroll=0)
+
+
+def test_unrolled_passes_score_the_head_on_its_own_features(target):
+    """head_unroll=2 adds a pass on the head's own features: the loss differs from a one-pass loss, and a head whose
+    own features equal the teacher's would score the same in both passes."""
+    torch.manual_seed(0)
+    head = EagleHead(target).float()
+    rows = [{"prompt": [5, 9, 11], "completion": [40, 41, 42, 43, 2]}, {"prompt": [7], "completion": [8, 9, 10]}]
+    from distillspec.head_training import teacher_features
+
+    feats = teacher_features(target, rows)
+    batch = head_batch(rows, feats)
+    weight = target.get_output_embeddings().weight.detach()
+    one = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=1), weight)
+    two = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=2), weight)
+    assert torch.isfinite(one["loss"]) and torch.isfinite(two["loss"])
+    assert abs(float(one["loss"]) - float(two["loss"])) > 1e-6
+    one["loss"].backward()
+    assert head.fc.weight.grad is not None and head.fc.weight.grad.abs().sum() > 0
