@@ -71,7 +71,7 @@ def tiny_run(tmp_path_factory, shared_data):
     cfg = yaml.safe_load(open(REPO / "configs" / "tiny.yaml"))
     cfg.update(data_source=str(shared_data), max_steps=4, save_steps=2, logging_steps=1, n_eval=4, n_train=16,
                max_new_tokens=12, train_max_new_tokens=8, min_bin_count=2,
-               divergences=["fkl", "rkl"])  # and the preset's SKD run: on-policy both ways, and SKD
+               divergences=["fkl", "rkl"])  # and the preset's SKD run and feature head
     config = root / "tiny_fast.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run_dir = root / "run"

@@ -199,6 +199,25 @@ def test_unrolled_passes_score_the_head_on_its_own_features(target):
     one = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=1), weight)
     two = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=2), weight)
     assert torch.isfinite(one["loss"]) and torch.isfinite(two["loss"])
-    assert abs(float(one["loss"]) - float(two["loss"])) > 1e-6
+    assert abs(float(one["loss"].detach()) - float(two["loss"].detach())) > 1e-6
     one["loss"].backward()
     assert head.fc.weight.grad is not None and head.fc.weight.grad.abs().sum() > 0
+
+
+def test_export_refuses_a_head_and_says_why(trained_head, tmp_path):
+    from distillspec.export import export_draft
+
+    head, _ = trained_head
+    save_head(head, tmp_path / "head")
+    with pytest.raises(DistillSpecError, match="feature head.*vLLM's EAGLE proposer.*draft other tokens"):
+        export_draft(tmp_path / "head", tmp_path / "out", engine="vllm", gamma=3)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.9])
+def test_a_head_that_stops_when_unsure_stays_exact(echo, threshold):
+    target, head, prompts, eos, refs = echo
+    res = speculative_generate(target, head, prompts, gamma=6, max_new_tokens=40, eos_token_id=eos,
+                               draft_confidence=threshold)
+    assert res.sequences == refs
+    assert res.metrics.proposed < 6 * res.metrics.target_calls

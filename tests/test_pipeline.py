@@ -13,8 +13,15 @@ from distillspec import DistillSpecError
 from distillspec.__main__ import main
 from distillspec.records import TOKEN_COLUMNS
 from distillspec.runtime import machine
+from distillspec.speed import StepCosts
 
-RUNS = ["fkl", "rkl", "skd"]
+RUNS = ["fkl", "rkl", "skd", "eagle"]  # the tiny preset's runs: on-policy both ways, SKD, and a feature head
+
+
+def _weights(run_dir, run):
+    """A trained student's weights file (a draft's model.safetensors or a head's eagle_head.safetensors)."""
+    (file,) = (run_dir / "drafts" / run / "student").glob("*.safetensors")
+    return file
 
 
 def _errors(path):
@@ -70,7 +77,10 @@ def test_artifacts_are_well_formed(tiny_run):
         assert col in summary and summary[col].notna().all(), col
     assert (summary["alpha_tok_lo"] <= summary["alpha_tok"]).all()
     for col in ("sd_expected_accept_t1", "own_sample_expected_accept"):  # the two acceptance views of 03
-        assert summary[col].between(0, 1).all(), col
+        drafts = summary if col == "sd_expected_accept_t1" else summary[summary["draft"] != "eagle"]
+        assert drafts[col].between(0, 1).all(), col
+    assert summary.loc[summary["draft"] == "eagle", "own_sample_expected_accept"].isna().all()  # a head cannot
+    # write alone, so it has no own samples
     published = root / "pub" / yaml.safe_load((run_dir / "config.yaml").read_text())["name"]
     for png in ["acceptance_vs_entropy_gsm8k.png", "training_curves_gsm8k.png"]:
         for where in (run_dir / "figures", published):
@@ -85,7 +95,7 @@ def test_artifacts_are_well_formed(tiny_run):
 
 def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny_run):
     config, run_dir, _ = tiny_run
-    students = {r: os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") for r in RUNS}
+    students = {r: os.path.getmtime(_weights(run_dir, r)) for r in RUNS}
     notebooks = {r: os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") for r in RUNS}
     # simulate an interruption inside 03, after the baseline's evaluation and before the last draft's finished
     last = RUNS[-1]
@@ -106,7 +116,7 @@ def test_resume_after_02_continues_at_03_without_retraining_or_reevaluating(tiny
     assert pd.read_csv(run_dir / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
     assert (run_dir / "speed.parquet").is_file() and (run_dir / "results.md").is_file()
     for r in RUNS:
-        assert os.path.getmtime(run_dir / "drafts" / r / "student" / "model.safetensors") == students[r]  # not retrained
+        assert os.path.getmtime(_weights(run_dir, r)) == students[r]  # not retrained
         assert os.path.getmtime(run_dir / f"02_distill_{r}.ipynb") == notebooks[r]
 
 
@@ -278,14 +288,22 @@ def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, token
     assert speed["draft"].tolist() == [d for d in ["baseline", *RUNS] for _ in range(2)]
     assert speed["setting"].tolist()[:2] == ["greedy, batch 1", "T=0.6, batch 2"]
     assert (speed.loc[speed["setting"] == "greedy, batch 1", "identical"] == 1.0).all()
-    assert speed["gamma"].between(1, 4).all() and (speed["speedup_lo"] <= speed["speedup_hi"]).all()
-    for col in ("speedup", "predicted_speedup", "c", "alpha_pos", "target_tokens_per_s", "sd_tokens_per_s"):
+    assert speed["gamma"].between(0, 4).all() and (speed["speedup_lo"] <= speed["speedup_hi"]).all()
+    for col in ("speedup", "predicted_speedup", "c", "target_tokens_per_s", "sd_tokens_per_s"):
         assert speed[col].notna().all(), col
+    drafted = speed["gamma"] > 0  # gamma 0: the never-slower check found drafting slower, the target decoded alone
+    assert speed.loc[drafted, "alpha_pos"].notna().all() and speed.loc[~drafted, "alpha_pos"].isna().all()
     for draft in ["baseline", *RUNS]:
         row = json.loads((run_dir / "records" / f"{draft}_speed.json").read_text())
         assert [t["setting"] for t in row["timed"]] == ["greedy, batch 1", "T=0.6, batch 2"]
         assert all(t["pilot_alpha"] is not None and sorted(map(int, t["costs"]["target_s"])) == [1, 2, 3, 4, 5]
                    for t in row["timed"])  # gamma 'auto': a pilot, and costs up to speed_max_gamma + 1 tokens
+        for t in row["timed"]:  # never slower: drafting only where the cost model and a timed trial both said it pays
+            predicted = StepCosts.from_dict(t["costs"]).best_gamma(t["pilot_alpha"])
+            if t["gamma"] > 0:
+                assert t["gamma"] == predicted and t["pilot_speedup"] > 1.0
+            else:
+                assert predicted == 0 and t["pilot_speedup"] is None or t["pilot_speedup"] <= 1.0
         timing = pd.read_parquet(run_dir / "records" / f"{draft}_timing.parquet")
         assert timing.groupby("setting")["prompts"].sum().tolist() == [2, 2]
     # the speed table times each draft at its gamma; 03's eval-run throughput is not shown as a speedup beside it

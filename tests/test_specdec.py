@@ -417,3 +417,41 @@ def test_draft_vocabulary_comes_from_teacher_text_and_keeps_special_tokens(token
     assert min(counts[i] for i in kept) >= max((counts[i] for i in dropped), default=0)  # the most frequent ones
     with pytest.raises(DistillSpecError, match="cannot hold the"):
         choose_draft_vocab(counts, tokenizer, 1)
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.5, 0.99])
+def test_stopping_an_unsure_draft_early_stays_exact(tiny_pair, greedy_case, threshold):
+    """draft_confidence: a row stops after a draft its own probability puts below the threshold; blocks get
+    shorter (fewer drafts proposed and fewer draft forwards), the text stays the target's."""
+    target, draft = tiny_pair
+    prompts, eos, refs = greedy_case
+    full = speculative_generate(target, draft, prompts, gamma=6, max_new_tokens=40, eos_token_id=eos)
+    res = speculative_generate(target, draft, prompts, gamma=6, max_new_tokens=40, eos_token_id=eos,
+                               draft_confidence=threshold)
+    assert res.sequences == refs
+    steps = res.steps_df()
+    assert (steps["accepted"] <= steps["proposed"]).all() and (steps["proposed"] <= 6).all()
+    assert res.metrics.proposed < full.metrics.proposed
+    if threshold == 0.99:
+        assert res.metrics.draft_forwards < full.metrics.draft_forwards  # whole blocks ended early
+    tokens = res.tokens_df()
+    assert len(tokens) == res.metrics.verified and tokens["accepted"].sum() == res.metrics.accepted
+
+
+def test_sampled_sd_with_early_stops_keeps_the_target_distribution(small_vocab_pair):
+    target, draft = small_vocab_pair
+    warp = dict(temperature=0.9)
+    exact = _exact_joint(target, SamplingConfig(**warp), 8)
+    res = speculative_generate(target, draft, [[1, 5, 3]] * 20_000, gamma=2, max_new_tokens=3, eos_token_id=[],
+                               sampling=SamplingConfig(**warp), record=False, draft_confidence=0.5)
+    assert res.metrics.proposed < 2 * res.metrics.target_calls  # some blocks stopped after one draft
+    assert _chi2_pvalue(np.array(res.sequences), exact) > SIGNIFICANCE
+
+
+def test_draft_confidence_bad_values_are_refused(tiny_pair):
+    target, draft = tiny_pair
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(DistillSpecError, match="draft_confidence=.* must be in \\(0, 1\\)"):
+            speculative_generate(target, draft, [[5, 6]], gamma=2, max_new_tokens=3, draft_confidence=bad)
+    with pytest.raises(DistillSpecError, match="draft_confidence needs bonus=True"):
+        speculative_generate(target, draft, [[5, 6]], gamma=2, max_new_tokens=3, draft_confidence=0.5, bonus=False)

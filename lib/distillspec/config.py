@@ -72,6 +72,7 @@ class Recipe:
     save_minutes: float = 5.0  # also checkpoint after this much wall time since the last checkpoint (slow steps)
     head_feature_weight: float = 1.0  # eagle: weight of the feature regression beside the divergence
     head_unroll: int = 2  # eagle: positions of a drafted block trained per sequence (1: the teacher's features only)
+    head_text_prompts: int | None = None  # eagle: training prompts the teacher writes for; None: max_steps x batch_size
 
 
 def field_names(cls) -> list[str]:
@@ -128,6 +129,8 @@ def validate_run(cfg) -> None:
                 "adaptive_beta and lora apply to standalone drafts only.")
         require(cfg.head_unroll >= 1, f"head_unroll={cfg.head_unroll} must be >= 1.")
         require(cfg.head_feature_weight >= 0, f"head_feature_weight={cfg.head_feature_weight} must be >= 0.")
+        require(cfg.head_text_prompts is None or cfg.head_text_prompts >= 1,
+                f"head_text_prompts={cfg.head_text_prompts} must be >= 1 (or null: max_steps x batch_size).")
     if cfg.rollout == "skd":
         TopKAcceptance(cfg.skd_top_k)
         require(cfg.skd_gamma >= 1, f"skd_gamma={cfg.skd_gamma} must be >= 1.")

@@ -45,7 +45,7 @@ from .pair import load_pair
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
-from .trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, TRAIN_LOG, append_log_line, collapse_span
+from .trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, TRAIN_LOG, DistillResult, append_log_line, collapse_span
 
 _LOGIT_TRANSFORMS = ("logit_scale", "final_logit_softcapping", "output_multiplier", "lm_head_multiplier",
                      "logits_scaling")
@@ -289,12 +289,6 @@ def training_args(cfg: Config, output_dir: Path) -> DistillationConfig:
     )
 
 
-@dataclass
-class DistillResult:
-    student_dir: Path
-    output_dir: Path
-    log_path: Path
-    resumed_from: str | None
 
 
 def _save_student(trainer: DistillSpecTrainer, cfg: Config, tokenizer, target: Path) -> Path:

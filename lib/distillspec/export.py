@@ -101,6 +101,11 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
     earlier export is refused unless force. Files get the permissions of the user's umask."""
     require(engine in ENGINES, f"--to {engine}: choose one of {', '.join(ENGINES)}.")
     draft, out = Path(draft), Path(out).resolve()
+    require(not (draft / "eagle_head.json").is_file(),
+            f"{draft} is a feature head (EAGLE-style). It is not exported: vLLM's EAGLE proposer (speculative_config "
+            "method 'eagle') runs a head without a bias in its input projection, without the first layer's input "
+            "norm and without a norm before the LM head, and this head has all three, so its weights would load "
+            "but draft other tokens. Use it with distillspec's decoder (docs/decoder.md, 'Feature heads').")
     require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
                                                "draft directory such as runs/<name>/drafts/<run>/student.")
     require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),

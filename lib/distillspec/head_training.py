@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,16 +36,9 @@ from .errors import require
 from .evaluate import sample_completions
 from .losses import chunked_distill_loss
 from .sampling import SamplingConfig
-from .trainlog import TRAIN_LOG, append_log_line
+from .trainlog import TRAIN_LOG, DistillResult, append_log_line
 
 TEACHER_TEXT, CHECKPOINT = "teacher_text.jsonl", "head_checkpoint.pt"
-
-
-@dataclass
-class HeadRunResult:
-    output_dir: Path
-    student_dir: Path
-    steps: int
 
 
 def teacher_text(target, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
@@ -148,9 +140,9 @@ def _save_checkpoint(path: Path, head, optimizer, scheduler, step: int) -> None:
 
 def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer, prompts: list[list[int]],
                draft_vocab_ids: list[int] | None = None, resume: bool = True,
-               text_path: str | os.PathLike | None = None) -> HeadRunResult:
-    """Train a feature head for `target` on its text for `prompts` (rendered token ids; the first
-    max_steps x batch_size are enough); resumable. The head is saved to <output_dir>/student (eagle.save_head) with
+               text_path: str | os.PathLike | None = None) -> DistillResult:
+    """Train a feature head for `target` on its text for the first `head_text_prompts` of `prompts` (rendered token
+    ids); resumable. The head is saved to <output_dir>/student (eagle.save_head) with
     the train log beside it. text_path: where the teacher's text is kept (default <output_dir>/teacher_text.jsonl; a
     study shares one file between its heads): it is sampled with `data_seed`, like the prompt sets."""
     from transformers import get_scheduler
@@ -167,7 +159,8 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
         for stale in (checkpoint, log):
             stale.unlink(missing_ok=True)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
-    rows = teacher_text(target, tokenizer, prompts[: cfg.max_steps * cfg.batch_size], sampling=sampling,
+    n_text = cfg.head_text_prompts or cfg.max_steps * cfg.batch_size
+    rows = teacher_text(target, tokenizer, prompts[:n_text], sampling=sampling,
                         max_new_tokens=cfg.train_max_new_tokens, batch_size=16, seed=cfg.data_seed, path=text_path)
     rows = [r for r in rows if r["completion"]]
     require(rows, "The teacher wrote nothing for the training prompts: no text to train the head on.")
@@ -181,13 +174,13 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps)
-    step = 0
+    step, resumed_from = 0, None
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step, resumed_from = state["step"], str(checkpoint)
         torch.set_rng_state(state["rng"])
     order = torch.Generator().manual_seed(cfg.seed)
     perms = [torch.randperm(len(rows), generator=order) for _ in range(math.ceil(cfg.max_steps * cfg.batch_size
@@ -221,7 +214,7 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     save_head(head.eval(), student, extra={"teacher": cfg.teacher, "steps": step, "draft_kind": "eagle"})
     write_json({"teacher_text_rows": len(rows), "steps": step}, out / "head_run.json")
     checkpoint.unlink(missing_ok=True)
-    return HeadRunResult(out, student, step)
+    return DistillResult(student, out, log, resumed_from)
 
 
-__all__ = ["HeadRunResult", "head_batch", "head_loss", "teacher_features", "teacher_text", "train_head"]
+__all__ = ["head_batch", "head_loss", "teacher_features", "teacher_text", "train_head"]

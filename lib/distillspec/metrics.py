@@ -95,7 +95,7 @@ def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, s
         new_tokens=sum(len(x) for x in sequences),
         steps=steps,
         target_calls=row_steps,
-        draft_calls=row_steps * gamma,
+        draft_calls=proposed,
         target_forwards=target_kv.forwards,
         draft_forwards=draft_kv.forwards,
         proposed=proposed,

@@ -68,7 +68,8 @@ class SpecDecRecords:
     def add_steps(self, *, rows, step, gamma, n_acc, emitted):
         self._steps["row"].append(rows.cpu())
         self._steps["step"].append(torch.full((rows.numel(),), step))
-        self._steps["proposed"].append(torch.full((rows.numel(),), gamma))
+        proposed = gamma.cpu() if torch.is_tensor(gamma) else torch.full((rows.numel(),), gamma)  # [B] per row
+        self._steps["proposed"].append(proposed)
         self._steps["accepted"].append(n_acc.cpu())
         self._steps["emitted"].append(torch.tensor(emitted, dtype=torch.long))
 

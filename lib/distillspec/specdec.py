@@ -240,6 +240,7 @@ class _Proposal:
     q: torch.Tensor  # [B, gamma, V] warped draft distributions they were sampled from
     logits: torch.Tensor  # [B, gamma, N] raw draft logits (N = V, or the draft's reduced vocabulary)
     vocab_ids: torch.Tensor | None  # [N] token id of each draft logit column (a reduced vocabulary), or None
+    limit: torch.Tensor  # [B] drafts each row proposes (fewer than the block where the draft stopped early)
 
     def q_t1(self, width: int) -> torch.Tensor:
         """[B, gamma, V] the draft's distributions at T=1 (for the records)."""
@@ -261,15 +262,19 @@ class _Verdict:
     p: torch.Tensor  # [B, gamma+1, V] warped target distributions
 
 
-def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int) -> _Proposal:
-    """The draft proposes gamma tokens autoregressively, starting from its pending token(s). A draft with a reduced
-    vocabulary samples a column of its head, mapped to a token id; its q is 0 on every other id."""
+def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+             confidence: float | None = None) -> _Proposal:
+    """The draft proposes up to gamma tokens autoregressively, starting from its pending token(s). A draft with a
+    reduced vocabulary samples a column of its head, mapped to a token id; its q is 0 on every other id. With a
+    `confidence` threshold a row stops after a draft whose probability under the draft (at T=1) is below it, and
+    the block ends early once every row has stopped."""
     vocab_ids = getattr(drf.model, "draft_vocab_ids", None)  # [N] or None
     tokens, qs, logits_seen = [], [], []
     ids, valid, features = rows.pending, rows.pending_valid, rows.pending_features
     if features is None and not bool(valid[:, 0].any()):  # no row has two pending tokens: feed one slot
         ids, valid = ids[:, 1:], valid[:, 1:]
-    for _ in range(gamma):
+    limit = torch.full((len(rows.index),), gamma, device=ids.device)  # [B]
+    for i in range(gamma):
         logits = drf.forward(ids, valid, features=features)[:, -1]  # [B, N]
         if features is not None:  # a head drafts on from its own feature
             features = drf.hidden[:, -1:]
@@ -280,7 +285,13 @@ def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, g
         qs.append(_to_token_ids(q, vocab_ids, width))  # [B, V]
         logits_seen.append(logits)
         ids, valid = token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
-    return _Proposal(torch.stack(tokens, 1), torch.stack(qs, 1), torch.stack(logits_seen, 1), vocab_ids)
+        if confidence is not None and i < gamma - 1:
+            unsure = torch.softmax(logits, -1).gather(1, column[:, None]).squeeze(1) < confidence  # [B]
+            limit = torch.where(unsure & (limit == gamma), i + 1, limit)
+            if bool((limit < gamma).all()):  # every row has stopped: a shorter block
+                break
+    return _Proposal(torch.stack(tokens, 1), torch.stack(qs, 1), torch.stack(logits_seen, 1), vocab_ids,
+                     limit.clamp(max=len(tokens)))
 
 
 def _verify(tgt: RaggedKV, rows: _Rows, proposal: _Proposal) -> torch.Tensor:
@@ -290,8 +301,8 @@ def _verify(tgt: RaggedKV, rows: _Rows, proposal: _Proposal) -> torch.Tensor:
 
 
 def _accept(rule, sampling: SamplingConfig, proposal: _Proposal, p_logits: torch.Tensor, generator) -> _Verdict:
-    """The rule keeps a prefix of the drafts; sample the correction at the first rejection, or the bonus token
-    from p_{gamma+1} when every draft was kept."""
+    """The rule keeps a prefix of each row's drafts; sample the correction at the first rejection, or the bonus
+    token from p after the row's last draft when every one it proposed was kept."""
     batch, gamma = proposal.tokens.shape
     p = sampling.probs(p_logits)  # [B, gamma+1, V]
     vocab = p.shape[-1]
@@ -299,9 +310,11 @@ def _accept(rule, sampling: SamplingConfig, proposal: _Proposal, p_logits: torch
     accept, residual = rule(proposal.tokens.reshape(-1), p[:, :gamma].reshape(-1, vocab),
                             proposal.q.reshape(-1, vocab), u.reshape(-1))
     accept, residual = accept.view(batch, gamma), residual.view(batch, gamma, vocab)
+    accept = accept & (torch.arange(gamma, device=p.device)[None, :] < proposal.limit[:, None])  # proposed only
     n_acc = accept.long().cumprod(1).sum(1)  # [B]
-    first_rejected = residual[torch.arange(batch, device=p.device), n_acc.clamp(max=gamma - 1)]  # [B, V]
-    next_dist = torch.where((n_acc == gamma)[:, None], p[:, gamma], first_rejected)
+    rows = torch.arange(batch, device=p.device)
+    first_rejected = residual[rows, n_acc.clamp(max=gamma - 1)]  # [B, V]
+    next_dist = torch.where((n_acc == proposal.limit)[:, None], p[rows, n_acc], first_rejected)
     return _Verdict(accept, n_acc, sample(next_dist, generator), p)
 
 
@@ -415,6 +428,7 @@ def speculative_generate(
     pad_token_id: int = 0,
     bonus: bool = True,
     timed: bool = False,
+    draft_confidence: float | None = None,
 ) -> SpecDecResult:
     """Speculative decoding of a ragged batch of token-id prompts; see the module docstring for the design.
 
@@ -428,6 +442,10 @@ def speculative_generate(
     """
     sampling = as_sampling(sampling)
     rule = RejectionSampling() if acceptance is None else acceptance
+    require(draft_confidence is None or 0 < draft_confidence < 1,
+            f"draft_confidence={draft_confidence} must be in (0, 1) (or None: always draft gamma tokens).")
+    require(draft_confidence is None or bonus, "draft_confidence needs bonus=True: a row that stops early ends its "
+            "block with a token from the target, as after a fully accepted block.")
     require(isinstance(rule, ACCEPTANCE_RULES), f"acceptance={acceptance!r}: pass None (lossless) or a rule from "
             "distillspec.acceptance, e.g. RejectionSampling('lin', 0.5) or TopKAcceptance(25).")
     if is_head(draft):
@@ -447,18 +465,20 @@ def speculative_generate(
     _prefill(tgt, drf, rows, prompts, pad_token_id, device, head)  # each prompt's last token comes with step 0
     step = 0
     while rows.index.numel() > 0:
-        proposal = _propose(drf, rows, gamma, sampling, generator, width)
+        proposal = _propose(drf, rows, gamma, sampling, generator, width, draft_confidence)
+        block = proposal.tokens.shape[1]  # gamma, or fewer where every row's draft stopped early
         p_logits = _verify(tgt, rows, proposal)
         verdict = _accept(rule, sampling, proposal, p_logits, generator)
         if record:  # every verified position: the accepted drafts and the first rejected one
-            verified = torch.arange(gamma, device=device)[None, :] <= verdict.n_acc[:, None]  # [B, gamma]
+            slots = torch.arange(block, device=device)[None, :]
+            verified = (slots <= verdict.n_acc[:, None]) & (slots < proposal.limit[:, None])  # [B, block]
             records.add_tokens(rows=rows.index, step=step, verified=verified, drafted=proposal.tokens,
-                               accepted=verdict.accept & verified, p=verdict.p[:, :gamma], q=proposal.q,
-                               p_t1=torch.softmax(p_logits[:, :gamma], -1), q_t1=proposal.q_t1(width))
-        emitted, finished = _emit(rows, proposal, verdict, gamma=gamma, bonus=bonus, eos=eos,
+                               accepted=verdict.accept & verified, p=verdict.p[:, :block], q=proposal.q,
+                               p_t1=torch.softmax(p_logits[:, :block], -1), q_t1=proposal.q_t1(width))
+        emitted, finished = _emit(rows, proposal, verdict, gamma=block, bonus=bonus, eos=eos,
                                   max_new_tokens=max_new_tokens)
-        records.add_steps(rows=rows.index, step=step, gamma=gamma, n_acc=verdict.n_acc, emitted=emitted)
-        _advance(tgt, drf, rows, proposal, verdict, finished, gamma=gamma, bonus=bonus, pad=pad_token_id,
+        records.add_steps(rows=rows.index, step=step, gamma=proposal.limit, n_acc=verdict.n_acc, emitted=emitted)
+        _advance(tgt, drf, rows, proposal, verdict, finished, gamma=block, bonus=bonus, pad=pad_token_id,
                  compact_fraction=compact_fraction)
         step += 1
 

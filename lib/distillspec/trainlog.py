@@ -6,10 +6,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 TRAIN_LOG = "train_log.jsonl"  # in distill()'s output directory, beside student/ and the checkpoints
 COLLAPSE_ENTROPY, COLLAPSE_PATIENCE = 1e-3, 3  # nats; logged steps in a row
+
+
+@dataclass
+class DistillResult:
+    """What a training run returns (a draft's `distill` or a head's `train_head`): where the student was saved, the
+    run's directory and log, and the checkpoint it resumed from (None: a fresh start)."""
+
+    student_dir: Path
+    output_dir: Path
+    log_path: Path
+    resumed_from: str | None
 
 
 def append_log_line(path: str | os.PathLike, step: int, logs: dict) -> None:
@@ -39,4 +51,5 @@ def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_
     return None
 
 
-__all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "TRAIN_LOG", "append_log_line", "collapse_span", "read_log"]
+__all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "TRAIN_LOG", "DistillResult", "append_log_line", "collapse_span",
+           "read_log"]

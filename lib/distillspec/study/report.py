@@ -43,13 +43,16 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
 
 
 def format_speed_table(speed: pd.DataFrame) -> str:
-    """Markdown: measured speedup with its CI next to the cost model's prediction, per draft and setting."""
+    """Markdown: measured speedup with its CI next to the cost model's prediction, per draft and setting (gamma 0:
+    the never-slower check found drafting slower at that setting, so the decoder ran the target alone)."""
     lines = ["| draft | setting | gamma | alpha_pos % | c | verify / step | predicted | speedup [95% CI] | "
              "target tok/s | SD tok/s | same text as target | prompts |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in speed.iterrows():
         same = f"{100 * r['identical']:.0f}%" if pd.notna(r["identical"]) else "n/a (sampled)"
+        gamma = "0 (target alone)" if r["gamma"] == 0 else r["gamma"]  # the never-slower policy did not draft
+        alpha = "–" if pd.isna(r["alpha_pos"]) else f"{100 * r['alpha_pos']:.1f}"
         lines.append(
-            f"| {r['draft']} | {r['setting']} | {r['gamma']} | {100 * r['alpha_pos']:.1f} | {r['c']:.3f} | "
+            f"| {r['draft']} | {r['setting']} | {gamma} | {alpha} | {r['c']:.3f} | "
             f"{r['verify_steps']:.2f} | {r['predicted_speedup']:.2f}x | "
             f"{format_interval(r['speedup'], r['speedup_lo'], r['speedup_hi'], unit='x')} | "
             f"{r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "

@@ -200,7 +200,7 @@ _LOCATION_KEYS = ("data_source", "run_dir", "save_minutes")
 # rather than mixed (the published records were carried over to each version once, when it changed).
 FINGERPRINT_VERSION = 2
 # Keys added after version 2: counted only when set away from this default, so published records keep their prints.
-_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2}
+_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2, "head_text_prompts": None}
 _UNSET = object()
 
 
