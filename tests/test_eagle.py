@@ -221,3 +221,10 @@ def test_a_head_that_stops_when_unsure_stays_exact(echo, threshold):
                                draft_confidence=threshold)
     assert res.sequences == refs
     assert res.metrics.proposed < 6 * res.metrics.target_calls
+
+
+def test_distill_refuses_a_head_config():
+    from distillspec.distillation import distill
+
+    with pytest.raises(DistillSpecError, match="trains a feature head.*use distillspec.train_head"):
+        distill(Config(draft_kind="eagle", teacher="tiny-qwen3"), "/nonexistent")

@@ -150,6 +150,10 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     require(cfg.draft_kind == "eagle", f"train_head trains feature heads; this config's draft_kind is "
             f"'{cfg.draft_kind}' (use distill for a standalone draft).")
     require(len(prompts) > 0, "No training prompts for the feature head: the dataset is empty.")
+    from .runtime import world_size
+
+    require(world_size() == 1, "A feature head trains on one process (it is one layer); run it without "
+                               "accelerate launch / torchrun.")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     student = out / "student"
