@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,6 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from .atomic import share_as_umask
 from .errors import DistillSpecError, require
 
 HEAD_FILE, WEIGHTS_FILE = "eagle_head.json", "eagle_head.safetensors"
@@ -53,6 +50,15 @@ def _signature(target) -> dict:
     probe = target.get_input_embeddings().weight[:_PROBE_IDS].detach().float().cpu()
     return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
             "num_hidden_layers": cfg.num_hidden_layers, "embedding_probe": probe.flatten().tolist()}
+
+
+def _check_target(saved: dict, target, what: str = "This feature head") -> None:
+    """Refuse `target` unless it is the model the head was trained for (saved: the head's signature)."""
+    problem = _mismatch(saved, target)
+    if problem:
+        raise DistillSpecError(f"{what} was trained for another target ({problem}): a head only drafts for the model "
+                               "whose hidden states it learned. Load it with its own target, or train a head for "
+                               "this one.")
 
 
 def _mismatch(saved: dict, target) -> str | None:
@@ -94,11 +100,7 @@ class EagleHead(nn.Module):
 
     def attach(self, target) -> EagleHead:
         """Read the token embeddings, final norm and LM head of `target` (not registered: never trained or saved)."""
-        problem = _mismatch(self.signature, target)
-        if problem:
-            raise DistillSpecError(f"This feature head was trained for another target ({problem}): a head only "
-                                   "drafts for the model whose hidden states it learned. Load it with its own "
-                                   "target, or train a head for this one.")
+        _check_target(self.signature, target)
         object.__setattr__(self, "target", target)  # plain attribute: not a submodule
         return self
 
@@ -172,22 +174,15 @@ def save_head(head: EagleHead, directory: str | os.PathLike, *, extra: dict | No
     """Write the head's weights and description into `directory`, atomically (a temp dir swapped in)."""
     from safetensors.torch import save_file
 
-    from .models import swap_in
+    from .models import write_dir_atomic
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE))
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp / WEIGHTS_FILE))
         meta = {"format": FORMAT, "dtype": str(head.dtype).removeprefix("torch."), "body_config": head.config.to_dict(),
-                "target": head.signature, "draft_vocab_ids": None, **(extra or {})}
+                "target": head.signature, **(extra or {})}
         (tmp / HEAD_FILE).write_text(json.dumps(meta, indent=1))
-        share_as_umask(tmp)
-        swap_in(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+    return write_dir_atomic(directory, write)
 
 
 def is_head_dir(path: str | os.PathLike) -> bool:
@@ -213,11 +208,7 @@ def load_head(path: str | os.PathLike, target) -> EagleHead:
     from safetensors.torch import load_file
 
     meta = read_head_meta(path)
-    problem = _mismatch(meta["target"], target)
-    if problem:
-        raise DistillSpecError(f"The feature head in {path} was trained for another target ({problem}): a head only "
-                               "drafts for the model whose hidden states it learned. Load it with its own target, "
-                               "or train a head for this one.")
+    _check_target(meta["target"], target, f"The feature head in {path}")
     head = EagleHead(target)
     weights = Path(path) / WEIGHTS_FILE
     require(weights.is_file(), f"{path} has {HEAD_FILE} but no {WEIGHTS_FILE}: the head was not saved completely.")

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .atomic import write_json
 from .config import Config
 from .eagle import EagleHead, save_head, target_features
 from .errors import require
 from .evaluate import sample_completions
 from .losses import chunked_distill_loss
 from .sampling import SamplingConfig
+from .specdec import left_pad
 from .trainlog import TRAIN_LOG, DistillResult, append_log_line
 
 TEACHER_TEXT, CHECKPOINT = "teacher_text.jsonl", "head_checkpoint.pt"
@@ -46,9 +46,8 @@ def teacher_text(target, tokenizer, prompts: list[list[int]], *, sampling: Sampl
     """The teacher's completions of `prompts` as rows {prompt, completion} (ids, up to and with EOS), appended to
     `path` one batch at a time; rows already there are kept and not sampled again."""
     done = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    for start in range(len(done) - len(done) % batch_size, len(prompts), batch_size):  # whole batches only
-        if start < len(done):
-            continue
+    starts = range(len(done), len(prompts), batch_size)  # a batch is appended whole: resume after the last one
+    for start in tqdm(starts, desc="teacher text", disable=not starts):
         chunk = prompts[start : start + batch_size]
         (enc, out, new), = sample_completions(target, tokenizer, chunk, sampling=sampling,
                                               max_new_tokens=max_new_tokens, batch_size=len(chunk), seed=seed + start)
@@ -62,12 +61,9 @@ def teacher_text(target, tokenizer, prompts: list[list[int]], *, sampling: Sampl
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    return ids, mask
+    """ids [B, T] and mask [B, T] (1 = real token), left-padded as the decoder pads its prompts."""
+    ids, valid = left_pad(rows, pad, "cpu")
+    return ids, valid.long()
 
 
 @torch.no_grad()
@@ -216,7 +212,6 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
             saved_at = time.monotonic()
     bar.close()
     save_head(head.eval(), student, extra={"teacher": cfg.teacher, "steps": step, "draft_kind": "eagle"})
-    write_json({"teacher_text_rows": len(rows), "steps": step}, out / "head_run.json")
     checkpoint.unlink(missing_ok=True)
     return DistillResult(student, out, log, resumed_from)
 

@@ -71,20 +71,29 @@ def swap_in(tmp: Path, target: Path) -> Path:
     return target
 
 
-def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
-    """save_pretrained into a temp dir beside target, then swap it in: readers never see a half-written model."""
+def write_dir_atomic(target: str | os.PathLike, write) -> Path:
+    """write(tmp) fills a temp dir beside target, which is then swapped in: readers never see a half-written one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write(tmp)
         share_as_umask(tmp)  # mkdtemp made it owner-only
         swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
+    """save_pretrained (model, and tokenizer when given) into target, atomically (write_dir_atomic)."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return write_dir_atomic(target, write)
 
 
 def gguf_to_hf_dir(gguf_file: Path) -> Path:

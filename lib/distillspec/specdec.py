@@ -183,7 +183,7 @@ def _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, d
     return width
 
 
-def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     valid = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -391,7 +391,7 @@ def _prefill(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, prompts, pad: int, devic
     target's feature f_t instead, and keeps the last pair (the prompt's last token, the feature before it) pending:
     its first draft comes from that pair. A one-token prompt has no feature yet: zeros stand in (a weaker first
     guess, never a wrong output)."""
-    prefix_ids, prefix_valid = _left_pad([list(p[:-1]) for p in prompts], pad, device)
+    prefix_ids, prefix_valid = left_pad([list(p[:-1]) for p in prompts], pad, device)
     if prefix_ids.shape[1] > 0:
         tgt.forward(prefix_ids, prefix_valid, prefill=True)
         if not head:
@@ -401,7 +401,7 @@ def _prefill(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, prompts, pad: int, devic
     if prefix_ids.shape[1] == 0:
         features = torch.zeros(len(prompts), 1, tgt.model.config.hidden_size, device=device, dtype=drf.model.dtype)
     else:
-        pairs, _ = _left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
+        pairs, _ = left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
         if prefix_ids.shape[1] > 1:
             drf.forward(pairs[:, :-1], prefix_valid[:, :-1], prefill=True, features=tgt.hidden[:, :-1])
         features = tgt.hidden[:, -1:] * prefix_valid[:, -1:, None]  # [B, 1, H]; zeros for a one-token prompt
