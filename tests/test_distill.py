@@ -30,7 +30,8 @@ def _held_out_acceptance(cfg, teacher, student, tok):
 
 
 @pytest.mark.parametrize("divergence,rollout", [("fkl", "on_policy"), ("rkl", "on_policy"), ("jsd", "on_policy"),
-                                                 ("tvd", "on_policy"), ("jsd", "skd"), ("fkl", "lmbda=0.5")])
+                                                 ("tvd", "on_policy"), ("lk_alpha", "on_policy"), ("jsd", "skd"),
+                                                 ("fkl", "lmbda=0.5")])
 def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path, divergence, rollout):
     mix = {"lmbda": float(rollout.split("=")[1]), "rollout": "on_policy"} if "lmbda" in rollout else {}
     cfg = tiny_cfg.replace(**{"divergence": divergence, "rollout": rollout, **mix})

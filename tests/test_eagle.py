@@ -8,7 +8,8 @@ from distillspec import DistillSpecError
 from distillspec.acceptance import RejectionSampling
 from distillspec.config import Config
 from distillspec.eagle import EagleHead, load_head, save_head
-from distillspec.head_training import head_batch, head_loss, train_head
+from distillspec.head_training import head_loss, train_head
+from distillspec.teacher_text import text_batch
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate
 from distillspec.tiny import tiny_model
@@ -191,10 +192,10 @@ def test_unrolled_passes_score_the_head_on_its_own_features(target):
     torch.manual_seed(0)
     head = EagleHead(target).float()
     rows = [{"prompt": [5, 9, 11], "completion": [40, 41, 42, 43, 2]}, {"prompt": [7], "completion": [8, 9, 10]}]
-    from distillspec.head_training import teacher_features
+    from distillspec.teacher_text import teacher_features
 
     feats = teacher_features(target, rows)
-    batch = head_batch(rows, feats)
+    batch = text_batch(rows, feats)
     weight = target.get_output_embeddings().weight.detach()
     one = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=1), weight)
     two = head_loss(head, batch, Config(draft_kind="eagle", head_unroll=2), weight)

@@ -22,13 +22,15 @@ def _brute(s_logits, t_logits, divergence, beta, temperature):
             out.append((q * (q / p).log()).sum())
         elif divergence == "tvd":
             out.append(0.5 * (p - q).abs().sum())
+        elif divergence == "lk_alpha":
+            out.append(-torch.minimum(p, q).sum().log())
         else:
             m = beta * p + (1 - beta) * q
             out.append(beta * (p * (p / m).log()).sum() + (1 - beta) * (q * (q / m).log()).sum())
     return torch.stack(out)
 
 
-CASES = [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("tvd", 0.5)]
+CASES = [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("tvd", 0.5), ("lk_alpha", 0.5)]
 
 
 @pytest.mark.parametrize("divergence,beta", CASES)
@@ -61,11 +63,39 @@ def test_agrees_with_trl_generalized_jsd(beta):
 
 def test_known_values():
     x = torch.randn(4, 30)
-    for divergence in ("fkl", "rkl", "jsd", "tvd"):
+    for divergence in ("fkl", "rkl", "jsd", "tvd", "lk_alpha"):
         assert token_divergence(x, x, divergence).abs().max() < 1e-6
     s, t = torch.randn(4, 30), torch.randn(4, 30)
     p, q = torch.softmax(t, -1), torch.softmax(s, -1)
     torch.testing.assert_close(token_divergence(s, t, "tvd"), 1 - torch.minimum(p, q).sum(-1))
+    torch.testing.assert_close(token_divergence(s, t, "lk_alpha"), -(1 - token_divergence(s, t, "tvd")).log())
+
+
+def test_lk_alpha_where_teacher_and_student_do_not_overlap():
+    """Teacher and student sure of different tokens: acceptance ~1e-26, far below what sum(min(p, q)) resolves in
+    float32 beside 1. LK-alpha stays finite, matches float64, and its gradient moves the student toward the
+    teacher's token, where TVD's gradient has all but vanished."""
+    t = torch.full((1, 8), -30.0)
+    t[0, 0] = 30.0  # teacher: token 0
+    s = torch.full((1, 8), -30.0)
+    s[0, 1] = 30.0  # student: token 1
+    s.requires_grad_(True)
+    loss = token_divergence(s, t, "lk_alpha")
+    s64 = s.detach().double().requires_grad_(True)
+    ref = _brute(s64, t, "lk_alpha", 0.5, 1.0)
+    assert torch.isfinite(loss).all() and loss.item() > 50
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-4)
+    (g,) = torch.autograd.grad(loss.sum(), s)
+    (g_ref,) = torch.autograd.grad(ref.sum(), s64)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-6)
+    assert g[0, 0] < -0.1 and g[0, 1] > 0.1  # descent raises the teacher's token and lowers the student's own
+    s_tvd = s.detach().requires_grad_(True)
+    (g_tvd,) = torch.autograd.grad(token_divergence(s_tvd, t, "tvd").sum(), s_tvd)
+    assert g_tvd.abs().max() < 1e-6 < g.abs().max()
+    # a fully disjoint pair (-inf logits) is +inf, never NaN
+    t_inf, s_inf = torch.tensor([[0.0, -float("inf")]]), torch.tensor([[-float("inf"), 0.0]])
+    assert token_divergence(s_inf, t_inf, "lk_alpha").item() == float("inf")
 
 
 @pytest.mark.parametrize("divergence,beta", CASES)
@@ -116,7 +146,7 @@ def test_bad_divergence_inputs():
     x = torch.zeros(1, 2, 4)
     w = torch.zeros(8, 4)
     m = torch.ones(1, 2)
-    with pytest.raises(DistillSpecError, match="Unknown divergence 'kl'; choose one of fkl, rkl, jsd, tvd"):
+    with pytest.raises(DistillSpecError, match="Unknown divergence 'kl'; choose one of fkl, rkl, jsd, tvd, lk_alpha"):
         chunked_distill_loss(x, x, w, w, m, divergence="kl")
     with pytest.raises(DistillSpecError, match=r"beta=1.5 must be in \[0, 1\]"):
         chunked_distill_loss(x, x, w, w, m, divergence="jsd", beta=1.5)

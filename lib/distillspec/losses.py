@@ -3,7 +3,9 @@
 Conventions (TRL's generalized JSD): beta=0 is FKL = KL(teacher || student), beta=1 is RKL = KL(student ||
 teacher), 0 < beta < 1 is beta * KL(teacher || m) + (1 - beta) * KL(student || m), m = beta * teacher +
 (1 - beta) * student. TVD = 0.5 * sum |p - q| (DistillSpec), and 1 - TVD is the SD acceptance probability.
-Temperature divides both models' logits. Means are over completion tokens only (the mask).
+LK-alpha (`lk_alpha`, Samarin et al. 2026, "LK losses"; `nla` in vllm-project/speculators) is the negative log of that
+acceptance probability, -log sum_x min(p(x), q(x)): it targets acceptance directly, and unlike TVD its gradient does
+not vanish where the two distributions hardly overlap. Temperature divides both models' logits. Means are over completion tokens only (the mask).
 
 `chunked_distill_loss` projects hidden states through the LM heads for the masked positions only, a chunk of
 positions at a time under activation checkpointing, so peak memory is O(chunk x vocab), not O(B x T x vocab).
@@ -18,13 +20,14 @@ import torch.nn.functional as F
 
 from .errors import require
 
-DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "lk_alpha")
 
 
 def check_divergence(divergence: str, beta: float | None = None) -> None:
     require(
         divergence in DIVERGENCES,
-        f"Unknown divergence '{divergence}'; choose one of {', '.join(DIVERGENCES)} (jsd takes beta in [0, 1]).",
+        f"Unknown divergence '{divergence}'; choose one of {', '.join(DIVERGENCES)} (jsd takes beta in [0, 1]; "
+        f"lk_alpha is -log of the expected acceptance).",
     )
     if beta is not None:
         require(0.0 <= beta <= 1.0, f"beta={beta} must be in [0, 1] (0 = FKL, 0.5 = JSD, 1 = RKL).")
@@ -44,6 +47,12 @@ def generalized_jsd(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> 
     return beta * kl_t + (1 - beta) * kl_s
 
 
+def log_acceptance(s_logp: torch.Tensor, t_logp: torch.Tensor) -> torch.Tensor:
+    """Per-position log sum_x min(p, q) [N] from log-probs [N, V], taken in log space (logsumexp of the pointwise
+    minimum) so it stays finite, with a useful gradient, when p and q hardly overlap."""
+    return torch.logsumexp(torch.minimum(s_logp, t_logp), dim=-1)
+
+
 def token_divergence(student_logits, teacher_logits, divergence: str, beta: float = 0.5,
                      temperature: float = 1.0) -> torch.Tensor:
     """Per-position divergence [N] between logits [N, V] (float32 math)."""
@@ -51,6 +60,8 @@ def token_divergence(student_logits, teacher_logits, divergence: str, beta: floa
     t_logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     if divergence == "tvd":
         return 0.5 * (s_logp.exp() - t_logp.exp()).abs().sum(-1)
+    if divergence == "lk_alpha":
+        return -log_acceptance(s_logp, t_logp)
     return generalized_jsd(s_logp, t_logp, {"fkl": 0.0, "rkl": 1.0, "jsd": beta}[divergence])
 
 

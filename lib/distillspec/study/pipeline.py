@@ -24,7 +24,7 @@ from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, require
 from .handoff import import_records, publish_records
 from .manifest import run_damage
-from .rundir import (REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
+from .rundir import (BASELINE, REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
                      run_names)
 
 
@@ -84,6 +84,10 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
 
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
                   dict(base), [paths.root / "data"], then=import_finished if results_from is not None else None)]
+    if cfg.warm_start is not None:  # the baseline trained first: every run starts from it
+        steps.append(Step("02_distill.ipynb", f"02_distill_{BASELINE}.ipynb", [paths.student(BASELINE) / "config.json"],
+                          {**base, "run_name": BASELINE}, [paths.draft_dir(BASELINE)],
+                          done_instead=[paths.manifest(n) for n in drafts]))  # nothing left to train or evaluate
     for name in run_names(cfg):
         if name not in drafts:
             continue

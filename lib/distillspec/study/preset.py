@@ -16,6 +16,7 @@ from ..losses import check_divergence
 from ..runtime import resolve_precision
 from ..sampling import SamplingConfig
 from ..speed import MAX_GAMMA
+from ..warm_start import WarmStart
 
 SPEED_KEYS = ("greedy", "batch_size")
 
@@ -29,6 +30,9 @@ class StudyConfig(Recipe, Setup):
     divergences: list[str] = field(default_factory=lambda: ["fkl", "rkl", "jsd"])
     extra_runs: list[dict] = field(default_factory=list)  # e.g. [{name: skd, divergence: jsd, rollout: skd}]
     seeds: list[int] | None = None  # train every run once per seed (drafts <run>_s<seed>); evaluation keeps `seed`
+    # the baseline draft trained off-policy on the teacher's text before every run (warm_start.WarmStart's keys,
+    # e.g. {steps: 600}); null: every run starts from the untrained baseline
+    warm_start: dict | None = None
     # evaluation (speculative decoding, 03)
     eval_split: str = "test"
     n_eval: int = 64
@@ -144,6 +148,11 @@ class StudyConfig(Recipe, Setup):
                 "per divergence, with `seed`).")
         if self.eval_precision is not None:
             resolve_precision(self.eval_precision)
+        if self.warm_start is not None:
+            warm = WarmStart.of(self.warm_start)
+            require(self.draft_kind == "model",
+                    "warm_start trains the study's baseline draft: the base recipe's draft_kind must be 'model'.")
+            self.warm_start = warm.as_dict()  # every key written out: the fingerprint sees what was trained
         self._validate_speed()
         self.run_overrides()
 

@@ -173,7 +173,7 @@ def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min
     return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
 
 
-CANONICAL_DRAFTS = ("baseline", "fkl", "rkl", "jsd", "tvd", "skd")
+CANONICAL_DRAFTS = ("baseline", "fkl", "rkl", "jsd", "tvd", "lk_alpha", "skd")
 
 
 def draft_colors(names) -> dict[str, str]:
@@ -238,6 +238,31 @@ def plot_training_curves(logs: dict[str, pd.DataFrame], title: str, path=None,
         ax.grid(alpha=0.3)
     fig.legend(*ax1.get_legend_handles_labels(), title="draft", loc="outside right upper")
     fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_warm_curve(log: pd.DataFrame, title: str, path=None):
+    """A warm start's curve: alpha_pos and alpha_tok of the draft decoding held-out prompts against the teacher at
+    each evaluation, beside the expected acceptance on the teacher's text it trained on."""
+    import matplotlib.pyplot as plt
+
+    from ..warm_start import warm_curve
+
+    curve, trained = warm_curve(log), log.dropna(subset=["loss"])
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    ax.plot(curve["step"], curve["alpha_pos"], "o-", label="alpha_pos, held-out SD")
+    ax.plot(curve["step"], curve["alpha_tok"], "s--", label="alpha_tok, held-out SD")
+    if "expected_accept" in trained:
+        ax.plot(trained["step"], trained["expected_accept"], alpha=0.5,
+                label="Σ min(p, q) at T=1 on the teacher's text (training batches)")
+    ax.set_xlabel("warm-start step")
+    ax.set_ylabel("acceptance")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

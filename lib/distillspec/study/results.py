@@ -19,12 +19,14 @@ from .stats import STEP_METRICS, group_metric
 
 
 def results_markdown(cfg: StudyConfig, table: pd.DataFrame, speed_rows: pd.DataFrame, rows: dict[str, dict],
-                     seeded: str | None = None) -> str:
+                     seeded: str | None = None, warm_log: pd.DataFrame | None = None) -> str:
     """results.md: the header with the study's settings, the per-draft table (after the seeded lead, when the
     study has seeds), the teacher-scored expected acceptance and the speed table with where it was timed."""
     header = (f"Results for `{cfg.name}` ({cfg.task}, teacher `{cfg.teacher}`, gamma={cfg.gamma}, "
               f"T={cfg.temperature}, top_p={cfg.top_p}, {cfg.max_new_tokens} new tokens, "
               f"{int(table['n_prompts'].iloc[0])} held-out prompts).\n\n")
+    if warm_log is not None:
+        header += format_warm_start(cfg, warm_log)
     expected = ("\nTeacher-scored expected acceptance at T=1 (mean over positions; the prompts and settings above):"
                 "\n\n" + format_expected_acceptance(table))
     speed_md = ""
@@ -40,6 +42,20 @@ def results_markdown(cfg: StudyConfig, table: pd.DataFrame, speed_rows: pd.DataF
         return header + drafts + expected + speed_md
     return (header + seeded + "\nEach draft (every seed), with 95% bootstrap CIs over prompts:\n\n" + drafts
             + expected + speed_md)
+
+
+def format_warm_start(cfg: StudyConfig, log: pd.DataFrame) -> str:
+    """The warm start in words: what trained the baseline, and its curve's first and last points."""
+    from ..warm_start import warm_curve
+
+    warm, curve = cfg.warm_start, warm_curve(log)
+    points = ", ".join(f"{int(r.step)}: {r.alpha_pos:.3f}" for r in curve.itertuples())
+    return (f"Warm start: every draft starts from the baseline, a {cfg.student_keep_layers}-layer draft derived from "
+            f"the teacher and trained {warm['steps']} steps ({warm['batch_size']} sequences each, lr "
+            f"{warm['learning_rate']:g}, {warm['lr_scheduler']}) on the teacher's answers to {warm['text_prompts']} "
+            f"training prompts ({warm['text_tokens']} new tokens, T={cfg.temperature}) with {warm['divergence'].upper()} "
+            f"over full next-token distributions. Its alpha_pos decoding the first {warm['eval_prompts']} held-out "
+            f"prompts (gamma={cfg.gamma}, T={cfg.temperature}, training precision) by step: {points}.\n\n")
 
 
 def seeded_lead(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,

@@ -127,14 +127,16 @@ class RunPaths:
         return self.root / "figures"
 
     def figure(self, kind: str, task: str) -> Path:
-        """04's figures: kind 'entropy' (acceptance vs teacher entropy) or 'training' (training curves)."""
-        stem = {"entropy": "acceptance_vs_entropy", "training": "training_curves"}[kind]
+        """04's figures: kind 'entropy' (acceptance vs teacher entropy), 'training' (training curves) or 'warm' (the
+        warm start's curve)."""
+        stem = {"entropy": "acceptance_vs_entropy", "training": "training_curves", "warm": "warm_start"}[kind]
         return self.figures / f"{stem}_{task}.png"
 
 
 def figure_paths(cfg: StudyConfig, run_dir: str | Path) -> dict[str, Path]:
     paths = RunPaths(Path(run_dir))
-    return {kind: paths.figure(kind, cfg.task) for kind in ("entropy", "training")}
+    kinds = ("entropy", "training") + (("warm",) if cfg.warm_start is not None else ())
+    return {kind: paths.figure(kind, cfg.task) for kind in kinds}
 
 
 def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
@@ -200,7 +202,8 @@ _LOCATION_KEYS = ("data_source", "run_dir", "save_minutes")
 # rather than mixed (the published records were carried over to each version once, when it changed).
 FINGERPRINT_VERSION = 2
 # Keys added after version 2: counted only when set away from this default, so published records keep their prints.
-_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2, "head_text_prompts": None}
+_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2, "head_text_prompts": None,
+                   "warm_start": None}
 _UNSET = object()
 
 

@@ -25,7 +25,8 @@ from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, target_tokens_per_s, time_decoding
 from ..trainlog import read_log
 from .preset import StudyConfig
-from .report import acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, speed_summary, summary_table
+from .report import (acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, plot_warm_curve,
+                     speed_summary, summary_table)
 from .manifest import run_damage, seal
 from .results import results_markdown, seeded_lead
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
@@ -57,10 +58,19 @@ def prepare_data(cfg: StudyConfig, run_dir: str | Path) -> dict:
 
 
 def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
-    """02: distil one draft of the study (its overrides from the config, then any given here); resumable."""
-    require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
+    """02: distil one draft of the study (its overrides from the config, then any given here); resumable. With a
+    `warm_start`, the baseline is trained too (warm_start.py) and every other run starts from it."""
     paths = RunPaths(Path(run_dir))
+    if name == BASELINE and cfg.warm_start is not None:
+        return warm_start(cfg, run_dir, **overrides)
+    require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}"
+            + (" (and the baseline, trained by its warm_start)." if cfg.warm_start is not None else "."))
     run_cfg = cfg.run_config(name, **overrides)
+    if cfg.warm_start is not None:
+        require(saved_marker(paths.student(BASELINE)).is_file(),
+                f"Run '{name}' starts from the study's warm-started baseline, which is not trained yet: run 02 with "
+                f"run_name='{BASELINE}' first (the pipeline does), or import nothing and run the study again.")
+        run_cfg = run_cfg.replace(student=str(paths.student(BASELINE)))
     if run_cfg.draft_kind == "eagle":  # a feature head: its own loop (head_training.py), on the teacher's text
         from ..head_training import train_head
 
@@ -73,6 +83,32 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
     from ..distillation import distill  # TRL: only 02 pays for importing it
 
     return distill(run_cfg, paths.draft_dir(name), dataset=load_prompt_file(paths.train_prompts))
+
+
+def warm_start(cfg: StudyConfig, run_dir: str | Path, **overrides):
+    """02 for the baseline of a study with `warm_start`: the derived draft trained on the teacher's text, with its
+    curve (alpha_pos on held-out prompts every eval_every steps) in its train log; resumable."""
+    from ..warm_start import WarmStart, train_warm_start
+
+    paths = RunPaths(Path(run_dir))
+    run_cfg = cfg.run_config(**overrides)
+    target, tok = load_target(run_cfg)
+    vocab = draft_vocab(cfg, run_dir, target, tok)
+    warm = WarmStart.of(cfg.warm_start)
+    return train_warm_start(run_cfg, warm, paths.draft_dir(BASELINE), target=target, tokenizer=tok,
+                            prompts=render_prompts(tok, load_prompt_file(paths.train_prompts)),
+                            eval_prompts=render_prompts(tok, load_prompt_file(paths.eval_prompts)), gamma=cfg.gamma,
+                            draft_vocab_ids=None if vocab is None else vocab["ids"],
+                            text_path=paths.teacher_text(warm.text_tokens))
+
+
+def run_settings(cfg: StudyConfig, name: str) -> dict:
+    """What training run `name` changes from the base recipe (the baseline of a warm-started study: its warm
+    start's settings), for the workbook to show."""
+    if name == BASELINE and cfg.warm_start is not None:
+        return {**cfg.warm_start, "rollout": "teacher text (warm start)"}
+    require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}.")
+    return cfg.run_overrides()[name]
 
 
 def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
@@ -105,7 +141,7 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     evaluation resumes at the next draft."""
     paths = RunPaths(Path(run_dir))
     names = draft_names(cfg) if names is None else _known_drafts(cfg, names)
-    drafts = {n: _draft_source(paths, n) for n in names}
+    drafts = {n: _draft_source(cfg, paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
     for name in todo:
         path = drafts[name]
@@ -159,7 +195,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
     pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
     require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
             "(python -m distillspec run --drafts ...), which times them too.")
-    absent = [n for n in names if n != BASELINE and not saved_marker(paths.student(n)).is_file()]
+    absent = [n for n in names if _draft_source(cfg, paths, n) is not None and not saved_marker(paths.student(n)).is_file()]
     require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
             "only?): timing needs the model. Train them here, or retime where they were trained.")
     target, tok = load_target(cfg.for_decoding())
@@ -220,15 +256,16 @@ def draft_vocab(cfg: StudyConfig, run_dir: str | Path, target=None, tok=None) ->
     return vocab
 
 
-def _draft_source(paths: RunPaths, name: str) -> Path | None:
-    """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)."""
-    return None if name == BASELINE else paths.student(name)
+def _draft_source(cfg: StudyConfig, paths: RunPaths, name: str) -> Path | None:
+    """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)
+    unless the study warm-starts it."""
+    return None if name == BASELINE and cfg.warm_start is None else paths.student(name)
 
 
 def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
     """Draft `name` of the run as 03 decodes with it (target from load_target(cfg.for_decoding())): its head cut to
     the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
-    draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(RunPaths(Path(run_dir)), name))
+    draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(cfg, RunPaths(Path(run_dir)), name))
     vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
     return draft if vocab is None else cut_vocab(draft, vocab["ids"], tok.eos_token_id)
 
@@ -376,7 +413,8 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     lead = None
     if cfg.seeds is not None:
         lead = seeded_lead(cfg, paths, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
-    results_md = results_markdown(cfg, table, speed_rows, rows, lead)
+    warm_log = read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
+    results_md = results_markdown(cfg, table, speed_rows, rows, lead, warm_log)
     figure_bins = bins if cfg.seeds is None else bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     figs = figure_paths(cfg, run_dir)
@@ -390,6 +428,9 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
             logs, f"{cfg.task}: distilling the draft (lmbda={cfg.lmbda}: share of steps on its own samples)",
             path=figs["training"], groups={g: r for g, r in groups.items() if g != BASELINE}),
     }
+    if warm_log is not None:
+        figures["warm"] = plot_warm_curve(warm_log, f"{cfg.task}: warm start of the baseline draft (gamma={cfg.gamma}, "
+                                                    f"T={cfg.temperature})", path=figs["warm"])
     for fig in figures.values():
         plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)

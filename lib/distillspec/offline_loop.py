@@ -1,0 +1,132 @@
+"""The plain training loop (nanoGPT-style) for what trains on a fixed set of examples rather than on its own
+rollouts: feature heads (head_training.py) and warm starts (warm_start.py).
+
+AdamW over the trainable parameters, transformers' learning-rate schedule, gradient clipping; a checkpoint every
+`save_steps` steps or `save_minutes` minutes, resumed from (model, optimiser, schedule, step, RNG; the data order is
+fixed by the seed, so a resumed run sees the examples an uninterrupted one would); train_log.jsonl in a draft's
+format, with an optional evaluation logged at step 0, every `eval_every` steps and at the end."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .trainlog import TRAIN_LOG, append_log_line
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The optimisation of one offline run (a subset of a Recipe's keys)."""
+
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 25
+    save_minutes: float = 5.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg, **changes) -> LoopSettings:
+        """The settings a Config (or anything with these keys) names, with changes."""
+        keys = {k: getattr(cfg, k) for k in cls.__dataclass_fields__ if hasattr(cfg, k)}
+        return cls(**{**keys, **changes})
+
+
+def _save(path: Path, model, optimizer, scheduler, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def example_order(n: int, settings: LoopSettings) -> list[int]:
+    """Which examples each step takes: passes over the n examples, each in its own seeded order."""
+    order = torch.Generator().manual_seed(settings.seed)
+    passes = math.ceil(settings.max_steps * settings.batch_size / n) + 1
+    return torch.cat([torch.randperm(n, generator=order) for _ in range(passes)]).tolist()
+
+
+def train_offline(model: torch.nn.Module, n_examples: int, step_loss: Callable[[list[int]], dict],
+                  settings: LoopSettings, out_dir: str | os.PathLike, *, resume: bool = True, desc: str = "training",
+                  evaluate: Callable[[], dict] | None = None, eval_every: int | None = None) -> tuple[int, str | None]:
+    """Train `model` for settings.max_steps steps; step_loss(indices) returns {'loss': a differentiable scalar, and
+    floats to log} for a batch of example indices. Returns (steps done, the checkpoint resumed from or None). The
+    checkpoint is removed at the end (the caller saves the trained model)."""
+    from transformers import get_scheduler
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, log = out / CHECKPOINT, out / TRAIN_LOG
+    if not resume:
+        for stale in (checkpoint, log):
+            stale.unlink(missing_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps,
+                              num_training_steps=settings.max_steps)
+    step, resumed_from = 0, None
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, resumed_from = state["step"], str(checkpoint)
+        torch.set_rng_state(state["rng"])
+    sequence = example_order(n_examples, settings)
+
+    def evaluation() -> dict:
+        if evaluate is None:
+            return {}
+        rng = torch.get_rng_state()  # the evaluation samples; training's own draws stay as they were
+        model.eval()
+        result = evaluate()
+        model.train()
+        torch.set_rng_state(rng)
+        return result
+
+    if step == 0 and evaluate is not None:
+        append_log_line(log, 0, evaluation())
+    saved_at = time.monotonic()
+    bar = tqdm(total=settings.max_steps, initial=step, desc=desc)
+    model.train()
+    while step < settings.max_steps:
+        stats = step_loss(sequence[step * settings.batch_size : (step + 1) * settings.batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        stats["loss"].backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        line = {}  # one line per logged step (a log keeps one entry per step): the step's stats, its evaluation
+        if step % settings.logging_steps == 0 or step == settings.max_steps:
+            line = {**{k: float(torch.as_tensor(v).detach()) for k, v in stats.items()}, "grad_norm": grad_norm,
+                    "learning_rate": scheduler.get_last_lr()[0]}
+        if evaluate is not None and (eval_every and step % eval_every == 0 or step == settings.max_steps):
+            line.update(evaluation())
+        if line:
+            append_log_line(log, step, line)
+        if step % settings.save_steps == 0 or time.monotonic() - saved_at > 60 * settings.save_minutes:
+            _save(checkpoint, model, optimizer, scheduler, step)
+            saved_at = time.monotonic()
+    bar.close()
+    model.eval()
+    checkpoint.unlink(missing_ok=True)
+    return step, resumed_from
+
+
+__all__ = ["CHECKPOINT", "LoopSettings", "example_order", "train_offline"]
