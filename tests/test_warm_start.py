@@ -128,3 +128,28 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
     assert trained_from == str(warm.student_dir)
     # the warm start is part of what the records' fingerprint covers
     assert fingerprint(cfg, tmp_path) != fingerprint(cfg.replace(warm_start={**cfg.warm_start, "steps": 5}), tmp_path)
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_a_warm_study_and_publishes_its_curve(shared_data, tmp_path):
+    """python -m distillspec run on a tiny warm study: 02 trains the baseline first (its notebook), every run
+    starts from it, 04 draws the curve and states it in results.md, and the baseline's log is published."""
+    import yaml
+
+    from distillspec.__main__ import main
+
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg.update(data_source=str(shared_data), max_steps=2, save_steps=2, logging_steps=1, n_eval=2, n_train=8,
+               max_new_tokens=8, train_max_new_tokens=8, min_bin_count=2, divergences=["lk_alpha"], extra_runs=[],
+               speed=[], warm_start={"steps": 4, "warmup_steps": 1, "batch_size": 4, "text_prompts": 8,
+                                     "text_tokens": 8, "eval_every": 2, "eval_prompts": 2})
+    config = tmp_path / "warm.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run, pub = tmp_path / "run", tmp_path / "pub"
+    assert main(["run", "--config", str(config), "--run-dir", str(run), "--publish", str(pub)]) == 0
+    assert (run / "02_distill_baseline.ipynb").is_file() and (run / "figures" / "warm_start_gsm8k.png").is_file()
+    results = (run / "results.md").read_text()
+    assert "Warm start: every draft starts from the baseline, a 1-layer draft" in results
+    assert "by step: 0: " in results and ", 4: " in results
+    assert (pub / "tiny" / "records" / "baseline_train_log.jsonl").is_file()
+    assert (pub / "tiny" / "warm_start_gsm8k.png").is_file()

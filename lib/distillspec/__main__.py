@@ -104,6 +104,14 @@ def _cmd_retime(args) -> None:
     print("the next `python -m distillspec run` rebuilds 04's table with these timings.")
 
 
+def _cmd_training_signal(args) -> None:
+    from .study.training_signal import write_report
+
+    rho = write_report(args.published, args.out)
+    print(rho.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"per-draft table, rho table and figure in {Path(args.out).resolve()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distillspec", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -163,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder that is not an earlier "
                                                          "export (its files are deleted)")
     ex.set_defaults(func=_cmd_export)
+    ts = sub.add_parser("training-signal", help="does the training log's expected acceptance predict served "
+                                                "alpha_pos? (every published draft, Spearman's rho with CIs)")
+    ts.add_argument("--published", default="figures", help="the folder studies are published to (default: figures)")
+    ts.add_argument("--out", default="figures/training_signal", help="where the tables and the figure go")
+    ts.set_defaults(func=_cmd_training_signal)
     for parser in sub.choices.values():
         parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)

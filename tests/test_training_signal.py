@@ -1,0 +1,52 @@
+"""The training-vs-serving analysis: Spearman's rho agrees with scipy, its CI covers it, and published folders are
+read into one row per draft (a draft imported by a second study counted once)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from distillspec import DistillSpecError
+from distillspec.study.training_signal import collect, correlations, spearman
+
+
+def test_spearman_matches_scipy_and_its_interval_covers_it():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    y[3] = y[4]  # a tie
+    rho, lo, hi = spearman(x, y)
+    assert rho == pytest.approx(spearmanr(x, y).statistic)
+    assert lo < rho < hi and 0 < lo
+    assert spearman(x, -y)[0] == pytest.approx(-rho)
+    with pytest.raises(DistillSpecError, match="at least 3 pairs"):
+        spearman([1, 2], [1, 2])
+
+
+def _publish(root, study, task, drafts):
+    folder = root / study / "records"
+    folder.mkdir(parents=True)
+    (root / study / "config.yaml").write_text(yaml.safe_dump({"name": study, "task": task}))
+    for name, (curve, accepted) in drafts.items():
+        lines = [{"step": 5 * (i + 1), "loss": 1.0, "expected_accept": e} for i, e in enumerate(curve)]
+        (folder / f"{name}_train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        pd.DataFrame({"accepted": accepted, "proposed": [4] * len(accepted)}).to_parquet(
+            folder / f"{name}_steps.parquet")
+
+
+def test_collect_reads_published_drafts_once_each(tmp_path):
+    _publish(tmp_path, "big", "gsm8k", {f"d{i}": ([0.1, 0.2 + i / 10], [i % 5, 1, 2]) for i in range(6)})
+    _publish(tmp_path, "small", "gsm8k", {"d0": ([0.1, 0.2], [0, 1, 2])})  # big's d0, imported
+    table = collect(tmp_path)
+    assert len(table) == 6 and set(table["study"]) == {"big"}
+    row = table.set_index("draft").loc["d1"]
+    assert row["last_expected_accept"] == pytest.approx(0.3)
+    assert row["alpha_pos"] == pytest.approx((1 + 1 + 2) / (2 + 2 + 3))  # accepted / (accepted + first rejected)
+    rho = correlations(table)
+    assert {"all", "task gsm8k", "study big"} <= set(rho["set"])
+    with pytest.raises(DistillSpecError, match="No published drafts"):
+        collect(tmp_path / "nothing")
