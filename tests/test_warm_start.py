@@ -110,8 +110,8 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
     cfg = StudyConfig.from_yaml(TINY, data_source=str(shared_data), n_train=16, n_eval=4, max_new_tokens=8,
                                 train_max_new_tokens=8, max_steps=2, save_steps=2, logging_steps=1,
                                 divergences=["lk_alpha"], extra_runs=[], speed=[], draft_vocab=None,
-                                warm_start={"steps": 4, "warmup_steps": 1, "batch_size": 4, "text_prompts": 8,
-                                            "text_tokens": 8, "eval_every": 0, "eval_prompts": 2})
+                                warm_start={"steps": 4, "warmup_steps": 1, "batch_size": 4, "text_prompts": 4,
+                                            "text_samples": 2, "text_tokens": 8, "eval_every": 0, "eval_prompts": 2})
     steps = [s.executed for s in plan(cfg, tmp_path / "c.yaml", tmp_path)]
     assert steps[:3] == ["01_data.ipynb", "02_distill_baseline.ipynb", "02_distill_lk_alpha.ipynb"]
     stages.prepare_data(cfg, tmp_path)
@@ -121,6 +121,11 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
     warm = stages.train_draft(cfg, tmp_path, "baseline")
     assert warm.student_dir == RunPaths(tmp_path).student("baseline")
     assert len(warm_curve(read_log(warm.log_path))) == 2  # eval_every 0: before and after
+    import json
+
+    text = [json.loads(x) for x in RunPaths(tmp_path).teacher_text(8).read_text().splitlines()]
+    assert [r["prompt"] for r in text[:4]] == [r["prompt"] for r in text[4:]]  # 2 answers per prompt
+    assert [r["completion"] for r in text[:4]] != [r["completion"] for r in text[4:]]  # sampled with other seeds
     run = stages.train_draft(cfg, tmp_path, "lk_alpha")
     import yaml
 

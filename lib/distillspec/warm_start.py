@@ -41,11 +41,12 @@ class WarmStart:
     divergence: str = "fkl"  # FKL on the teacher's text is word-level KD; any of losses.DIVERGENCES
     text_prompts: int = 1024  # training prompts the teacher answers (the first N)
     text_tokens: int = 128  # new tokens per answer
+    text_samples: int = 1  # answers per prompt (a task with few training prompts, CNN/DM's 284, samples several)
     eval_every: int = 100  # steps between points of the curve (0: only before and after)
     eval_prompts: int = 16  # held-out prompts each point decodes (the first N of 03's)
 
     def __post_init__(self):
-        for key in ("steps", "batch_size", "text_prompts", "text_tokens", "eval_prompts"):
+        for key in ("steps", "batch_size", "text_prompts", "text_tokens", "text_samples", "eval_prompts"):
             require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1,
                     f"warm_start: {key}={getattr(self, key)!r} must be an integer >= 1.")
         require(self.learning_rate > 0, f"warm_start: learning_rate={self.learning_rate} must be > 0.")
@@ -114,8 +115,9 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
                      draft_vocab_ids: list[int] | None = None, text_path: str | os.PathLike | None = None,
                      resume: bool = True, student=None) -> DistillResult:
     """Train the study's baseline draft (`student`, or derived from the teacher by cfg) on the teacher's answers to
-    the first warm.text_prompts of `prompts` (rendered ids); resumable. The draft is saved to <output_dir>/student,
-    a loadable model with the teacher's tokenizer, its log (loss, expected acceptance, the curve) beside it."""
+    the first warm.text_prompts of `prompts` (rendered ids), text_samples answers each; resumable. The draft is
+    saved to <output_dir>/student, a loadable model with the teacher's tokenizer, its log (loss, expected
+    acceptance, the curve) beside it."""
     from .pair import load_draft
 
     require(cfg.draft_kind == "model", "A warm start trains a standalone draft; this config's draft_kind is "
@@ -125,7 +127,8 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
-    rows = teacher_text(target, tokenizer, prompts[: warm.text_prompts], sampling=sampling,
+    asked = prompts[: warm.text_prompts] * warm.text_samples  # each pass over the prompts samples with other seeds
+    rows = teacher_text(target, tokenizer, asked, sampling=sampling,
                         max_new_tokens=warm.text_tokens, batch_size=16, seed=cfg.data_seed,
                         path=Path(text_path) if text_path is not None else out / "teacher_text.jsonl")
     rows = [r for r in rows if r["completion"]]
