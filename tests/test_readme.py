@@ -86,7 +86,7 @@ def test_readme_is_a_five_minute_read_and_names_every_command():
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         main(["--help"])
-    commands = re.search(r"\{([a-z,]+)\}", out.getvalue()).group(1).split(",")
+    commands = re.search(r"\{([a-z,-]+)\}", out.getvalue()).group(1).split(",")
     assert len(commands) >= 5
     for command in commands:
         assert re.search(rf"\b{command}\b", text.split("## How it is built")[1]), command

@@ -50,3 +50,15 @@ def test_collect_reads_published_drafts_once_each(tmp_path):
     assert {"all", "task gsm8k", "study big"} <= set(rho["set"])
     with pytest.raises(DistillSpecError, match="No published drafts"):
         collect(tmp_path / "nothing")
+
+
+def test_the_command_writes_its_tables_and_figure(tmp_path, capsys):
+    from distillspec.__main__ import main
+
+    _publish(tmp_path / "pub", "big", "gsm8k", {f"d{i}": ([0.1, 0.2 + i / 10], [i % 5, 1, 2]) for i in range(6)})
+    out = tmp_path / "out"
+    assert main(["training-signal", "--published", str(tmp_path / "pub"), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"training_signal.csv", "training_signal_rho.csv",
+                                               "training_signal.png"}
+    assert "study big" in capsys.readouterr().out
+    assert main(["training-signal", "--published", str(tmp_path / "none"), "--out", str(out)]) == 2
