@@ -14,9 +14,10 @@ from distillspec.tiny import tiny_model
 from distillspec.trainlog import read_log
 from distillspec.warm_start import WarmStart, train_warm_start, warm_curve
 
+from conftest import REPO
 from test_specdec import _prompts
 
-TINY = "configs/tiny.yaml"
+TINY = REPO / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_the_pipeline_runs_a_warm_study_and_publishes_its_curve(shared_data, tmp
 
     from distillspec.__main__ import main
 
-    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg = yaml.safe_load(TINY.read_text())
     cfg.update(data_source=str(shared_data), max_steps=2, save_steps=2, logging_steps=1, n_eval=2, n_train=8,
                max_new_tokens=8, train_max_new_tokens=8, min_bin_count=2, divergences=["lk_alpha"], extra_runs=[],
                speed=[], warm_start={"steps": 4, "warmup_steps": 1, "batch_size": 4, "text_prompts": 8,
