@@ -1,3 +1,4 @@
+import shutil
 import warnings
 
 import pytest
@@ -68,6 +69,16 @@ def test_interrupted_run_resumes_to_the_same_draft_bit_for_bit_and_the_seed_matt
     log = read_log(result.log_path).dropna(subset=["loss"])
     assert sorted(set(log["step"])) == [1, 2, 3, 4, 5, 6]
     assert (result.student_dir / "config.json").is_file()
+    # run again once finished: nothing trains (transformers would take a step past max_steps from the last
+    # checkpoint), and a student lost after the final checkpoint is saved again from it, the same weights
+    finished = _weights(result.student_dir)
+    shutil.rmtree(result.student_dir)
+    again = distill(cfg, tmp_path / "resumed", pair=load_pair(cfg, training=True))
+    assert again.resumed_from.endswith("checkpoint-6") and not (tmp_path / "resumed" / "checkpoint-7").exists()
+    assert sorted(set(read_log(again.log_path)["step"])) == [1, 2, 3, 4, 5, 6]
+    assert all(torch.equal(finished[k], v) for k, v in _weights(again.student_dir).items())
+    distill(cfg, tmp_path / "resumed", pair=load_pair(cfg, training=True))
+    assert not (tmp_path / "resumed" / "checkpoint-7").exists()
     # the same seed from scratch, uninterrupted: the same draft; another seed (rollouts, data order): another draft
     straight = _weights(distill(cfg, tmp_path / "straight", pair=load_pair(cfg, training=True)).student_dir)
     resumed = _weights(result.student_dir)

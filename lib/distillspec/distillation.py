@@ -30,7 +30,7 @@ import torch
 from .quiet import quiet_bitsandbytes_import, quiet_trainer_noise
 
 with quiet_bitsandbytes_import():  # transformers' Trainer and TRL import peft, which imports bitsandbytes
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerState
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DistillationConfig, DistillationTrainer
 
@@ -316,6 +316,21 @@ def _save_student(trainer: DistillSpecTrainer, cfg: Config, tokenizer, target: P
     return target
 
 
+def _finished(trainer: DistillSpecTrainer, cfg: Config, tokenizer, output_dir: Path, last: str,
+              log_path: Path) -> DistillResult:
+    """A run whose last checkpoint is its final step: its saved student as it is, or, when the run stopped between
+    that checkpoint and saving the student, the student saved from the checkpoint's weights."""
+    student_dir = output_dir / "student"
+    if not (student_dir / "config.json").is_file():
+        require(not trainer.is_fsdp_enabled,
+                f"{output_dir} finished training ({Path(last).name}) but its student was not saved, and an FSDP "
+                f"checkpoint is only loaded inside training: remove {last} to train the last steps again from the "
+                "checkpoint before it.")
+        trainer._load_from_checkpoint(last)  # transformers' own loader: plain weights, safetensors shards or PEFT
+        _save_student(trainer, cfg, tokenizer, student_dir)
+    return DistillResult(student_dir=student_dir, output_dir=output_dir, log_path=log_path, resumed_from=last)
+
+
 def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, pair=None, dataset=None,
             callbacks: list | None = None) -> DistillResult:
     """Train a draft by on-policy distillation; checkpoints every cfg.save_steps steps and cfg.save_minutes minutes,
@@ -355,6 +370,9 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
         ds_config=cfg,
     )
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.exists() else None
+    if last is not None and TrainerState.load_from_json(os.path.join(last, "trainer_state.json")).global_step \
+            >= cfg.max_steps:  # finished: resuming from its last checkpoint would train one step past max_steps
+        return _finished(trainer, cfg, tokenizer, output_dir, last, log_path)
     with quiet_trainer_noise(), safe_stop.catching_signals():
         trainer.train(resume_from_checkpoint=last)
     if safe_stop.signal is not None:
