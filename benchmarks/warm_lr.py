@@ -12,13 +12,14 @@ runs/<name>_warm_lr.json and prints a Markdown table.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from distillspec.atomic import write_json
+from distillspec.data import render_prompts
+from distillspec.errors import require
+from distillspec.models import load_model
 from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
 from distillspec.study import stages
@@ -47,10 +48,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = StudyConfig.from_yaml(args.config)
-    assert cfg.warm_start is not None, f"{args.config} has no warm_start"
+    require(cfg.warm_start is not None, f"{args.config} has no warm_start: this check needs a warm-started study.")
     run_dir = Path("runs") / cfg.name
     paths = RunPaths(run_dir)
-    assert paths.student("baseline").is_dir(), f"no warm draft in {run_dir}: train it first (DRAFTS=baseline)"
+    require(paths.student("baseline").is_dir(),
+            f"No warm draft in {run_dir}: train it first (make run CONFIG={args.config} DRAFTS=baseline).")
     trained = {}
     for lr in args.lr:
         scratch = scratch_run(run_dir, lr)
@@ -60,12 +62,12 @@ def main() -> None:
     target, tok = load_target(cfg.run_config(args.run))
     vocab = stages.draft_vocab(cfg, run_dir, target, tok)
     warm = WarmStart.of(cfg.warm_start)
-    prompts = stages.render_prompts(tok, load_prompt_file(paths.eval_prompts))[: warm.eval_prompts]
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))[: warm.eval_prompts]
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     rows = {}
     for label, student_dir in {"warm draft": paths.student("baseline"), **trained}.items():
-        student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-        rows[label] = served_acceptance(target, student, prompts, gamma=cfg.gamma,
-                                        sampling=SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p),
+        student, _ = load_model(student_dir, dtype=torch.float32)
+        rows[label] = served_acceptance(target, student, prompts, gamma=cfg.gamma, sampling=sampling,
                                         max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id,
                                         draft_vocab_ids=None if vocab is None else vocab["ids"], seed=cfg.seed)
     write_json(run_dir.parent / f"{cfg.name}_warm_lr.json", {"run": args.run, "steps": args.steps, "rows": rows})

@@ -37,6 +37,7 @@ with quiet_bitsandbytes_import():  # transformers' Trainer and TRL import peft, 
 from .acceptance import TopKAcceptance
 from .config import Config
 from .data import check_prompt_rows
+from .eagle import saved_marker
 from .errors import TrainingInterrupted, require
 from .evaluate import completion_mask
 from .losses import chunked_distill_loss
@@ -321,7 +322,7 @@ def _finished(trainer: DistillSpecTrainer, cfg: Config, tokenizer, output_dir: P
     """A run whose last checkpoint is its final step: its saved student as it is, or, when the run stopped between
     that checkpoint and saving the student, the student saved from the checkpoint's weights."""
     student_dir = output_dir / "student"
-    if not (student_dir / "config.json").is_file():
+    if not saved_marker(student_dir).is_file():
         require(not trainer.is_fsdp_enabled,
                 f"{output_dir} finished training ({Path(last).name}) but its student was not saved, and an FSDP "
                 f"checkpoint is only loaded inside training: remove {last} to train the last steps again from the "

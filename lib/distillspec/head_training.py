@@ -80,7 +80,6 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     ids); resumable. The head is saved to <output_dir>/student (eagle.save_head) with
     the train log beside it. text_path: where the teacher's text is kept (default <output_dir>/teacher_text.jsonl; a
     study shares one file between its heads): it is sampled with `data_seed`, like the prompt sets."""
-
     require(cfg.draft_kind == "eagle", f"train_head trains feature heads; this config's draft_kind is "
             f"'{cfg.draft_kind}' (use distill for a standalone draft).")
     require(len(prompts) > 0, "No training prompts for the feature head: the dataset is empty.")
