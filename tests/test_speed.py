@@ -120,8 +120,10 @@ def test_timed_greedy_sd_writes_the_targets_text(tiny_teacher_and_draft, tokeniz
     alone = time_decoding(teacher, draft, tok, prompts, gamma=0, sampling=SamplingConfig(greedy=True), batch_size=2,
                           max_new_tokens=10)  # the policy's gamma 0: the decoder is the target alone
     assert alone["identical"].all() and (alone["proposed"] == 0).all() and (alone["sd_tokens"] > 0).all()
+    assert (alone["sd_s"] == alone["target_s"]).all()  # one call timed once, not the machine's noise between two
     summary = speed_summary({"d": alone.assign(setting="greedy, batch 2")}, {}).iloc[0]
     assert summary["gamma"] == 0 and math.isnan(summary["alpha_pos"]) and math.isnan(summary["tau"])
+    assert summary["speedup"] == summary["speedup_lo"] == summary["speedup_hi"] == 1.0
     sampled = time_decoding(teacher, draft, tok, prompts, gamma=2, batch_size=2, max_new_tokens=6,
                             sampling=SamplingConfig(temperature=0.6, top_p=0.95))
     assert list(sampled["prompts"]) == [2, 1] and sampled["identical"].isna().all()
