@@ -159,3 +159,67 @@ def test_the_pipeline_runs_a_warm_study_and_publishes_its_curve(shared_data, tmp
     assert "by step: 0: " in results and ", 4: " in results
     assert (pub / "tiny" / "records" / "baseline_train_log.jsonl").is_file()
     assert (pub / "tiny" / "warm_start_gsm8k.png").is_file()
+
+
+def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its_records(shared_data, tmp_path):
+    """A warm study in parts: another machine imports the baseline's records (its evaluation and train log) and
+    trains the warm draft again for its runs to start from; the retrain is checked against the records' log and
+    kept apart, so the records stay intact, published as they came, and are not evaluated again."""
+    from distillspec.study import stages
+    from distillspec.study.handoff import import_records, publish_records
+    from distillspec.study.manifest import run_damage
+    from distillspec.study.rundir import RunPaths, draft_names
+
+    cfg = StudyConfig.from_yaml(TINY, data_source=str(shared_data), n_train=8, n_eval=2, max_new_tokens=8,
+                                train_max_new_tokens=8, max_steps=2, save_steps=2, logging_steps=1,
+                                divergences=["lk_alpha"], extra_runs=[], speed=[], draft_vocab=None,
+                                warm_start={"steps": 4, "warmup_steps": 1, "batch_size": 4, "text_prompts": 4,
+                                            "text_tokens": 8, "eval_every": 0, "eval_prompts": 2})
+    first, second, pub = tmp_path / "first", tmp_path / "second", tmp_path / "pub"
+    stages.prepare_data(cfg, first)
+    stages.train_draft(cfg, first, "baseline")
+    stages.evaluate_drafts(cfg, first, ["baseline"])
+    publish_records(first, pub, ["baseline"])
+    stages.prepare_data(cfg, second)  # the same seeded prompts
+    assert import_records(cfg, second, pub, draft_names(cfg)) == ["baseline"]
+    paths = RunPaths(second)
+    def held():  # the baseline's records in the run: its evaluation and its train log
+        return {p.name: p.read_bytes() for p in paths.records.glob("baseline_*")} | {
+            "log": paths.train_log("baseline").read_bytes()}
+
+    records = held()
+    warm = stages.train_draft(cfg, second, "baseline")
+    assert warm.student_dir == paths.student("baseline") and (paths.student("baseline") / "config.json").is_file()
+    assert warm.log_path == paths.warm_retrain / "train_log.jsonl"
+    assert run_damage(paths, "baseline") == []
+    stages.evaluate_drafts(cfg, second, ["baseline"])  # imported and intact: not evaluated again
+    assert held() == records
+    run = stages.train_draft(cfg, second, "lk_alpha")
+    import yaml
+
+    assert yaml.safe_load((run.output_dir / "config.yaml").read_text())["student"] == str(paths.student("baseline"))
+
+
+def test_a_warm_draft_trained_again_is_refused_unless_it_matches_the_records_log(tmp_path):
+    import json
+
+    from distillspec.study.handoff import check_retrained_warm_start
+
+    def log(name, **change):
+        rows = [{"step": 0, "alpha_pos": 0.1}] + [
+            {"step": s, "loss": 2.0 / s, "teacher_entropy": 1.0 + s / 100, "learning_rate": 1e-3 * s} for s in (5, 10)]
+        for row in rows[1:]:
+            row.update({k: f(row) for k, f in change.items()})
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    records = log("records")
+    close = log("close", loss=lambda r: r["loss"] * 1.01)  # float rounding on another machine
+    assert "loss within 1.00% on average" in check_retrained_warm_start(records, close)
+    lr_doubled = {"learning_rate": lambda r: r["learning_rate"] * 2}
+    for change, message in [({"loss": lambda r: r["loss"] * 1.2}, r"its loss differs by 20.0% on average"),
+                            ({"teacher_entropy": lambda r: r["teacher_entropy"] + 0.01}, "at step 5 its teacher_ent"),
+                            (lr_doubled, "at step 5 its learning_rate is 0.01 against 0.005")]:
+        with pytest.raises(DistillSpecError, match=rf"not the one the imported baseline records describe .*{message}"):
+            check_retrained_warm_start(records, log("other", **change))

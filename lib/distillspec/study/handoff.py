@@ -30,7 +30,9 @@ def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> 
 
 def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, names: list[str]) -> list[str]:
     """Copy finished drafts' records from source into the run (drafts this run has trained, or holds finished and
-    intact, are left alone; a damaged copy is replaced); return the names imported. Raises when a record was made with another config or prompt set."""
+    intact, are left alone; a damaged copy is replaced); return the names imported. Raises when a record was made
+    with another config or prompt set. A warm study's baseline is imported too: stages.warm_start trains its model
+    again beside the records."""
     paths, source = RunPaths(Path(run_dir)), Path(source)
     require(source.is_dir(), f"--results-from {source}: no such directory (a published records folder, e.g. "
                              f"figures/{cfg.name}/records).")
@@ -58,4 +60,38 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     return imported
 
 
-__all__ = ["fingerprint", "import_records", "publish_records"]
+def check_retrained_warm_start(records_log: str | Path, retrained_log: str | Path,
+                               loss_tolerance: float = 0.05) -> str:
+    """A warm draft trained again here stands for the one the imported baseline records describe when its training
+    saw the same text in the same order under the same schedule (each logged step's teacher entropy and learning
+    rate) and its losses agree on average within loss_tolerance (relative; two CPUs differ by 0.2% on average, 1% at
+    most, in float rounding). Returns a line saying how close it came; raises otherwise."""
+    from ..trainlog import read_log
+
+    ours, theirs = (read_log(p).set_index("step") for p in (retrained_log, records_log))
+    ours, theirs = ours[ours["loss"].notna()], theirs[theirs["loss"].notna()]
+    problem = None
+    if list(ours.index) != list(theirs.index):
+        problem = f"it logged steps {list(ours.index)[:3]}... against {list(theirs.index)[:3]}..."
+    else:
+        for column, tolerance in (("learning_rate", 1e-9), ("teacher_entropy", 1e-3)):  # the schedule, the text
+            off = ((ours[column] - theirs[column]).abs() > tolerance * theirs[column].abs().clip(lower=1e-12))
+            if off.any():
+                step = off.idxmax()
+                problem = (f"at step {step} its {column} is {ours.loc[step, column]:.6g} against "
+                           f"{theirs.loc[step, column]:.6g}")
+                break
+    relative = ((ours["loss"] - theirs["loss"]).abs() / theirs["loss"].abs()) if problem is None else None
+    if problem is None and relative.mean() > loss_tolerance:
+        problem = f"its loss differs by {relative.mean():.1%} on average (tolerance {loss_tolerance:.0%})"
+    if problem is not None:
+        raise DistillSpecError(
+            f"The warm draft trained here ({retrained_log}) is not the one the imported baseline records describe "
+            f"({records_log}): {problem}. Drafts trained from it would be compared with another draft's results. "
+            f"Run with the code and preset that made the records, or evaluate this warm draft as the baseline: "
+            f"delete the run's records/baseline_* files and run again (its training is kept).")
+    return (f"warm draft trained again: it matches the baseline's records (loss within {relative.mean():.2%} on "
+            f"average, {relative.max():.2%} at most, over {len(relative)} logged steps)")
+
+
+__all__ = ["check_retrained_warm_start", "fingerprint", "import_records", "publish_records"]

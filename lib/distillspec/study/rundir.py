@@ -63,6 +63,12 @@ class RunPaths:
         return self.draft_dir(name) / TRAIN_LOG
 
     @property
+    def warm_retrain(self) -> Path:
+        """Where a warm start is trained again when the baseline's records were imported (--results-from): its
+        log and checkpoints, apart from the records' log; the finished model moves to student(BASELINE)."""
+        return self.draft_dir(BASELINE) / "retrained"
+
+    @property
     def records(self) -> Path:
         return self.root / "records"
 

@@ -5,6 +5,8 @@ words: results.py."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,11 @@ from ..pair import load_draft, load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, target_tokens_per_s, time_decoding
-from ..trainlog import read_log
+from ..trainlog import TRAIN_LOG, DistillResult, read_log
 from .preset import StudyConfig
 from .report import (acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, plot_warm_curve,
                      speed_summary, summary_table)
+from .handoff import check_retrained_warm_start
 from .manifest import run_damage, seal
 from .results import results_markdown, seeded_lead
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
@@ -87,15 +90,36 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
 
 def warm_start(cfg: StudyConfig, run_dir: str | Path, **overrides):
     """02 for the baseline of a study with `warm_start`: the derived draft trained on the teacher's text, with its
-    curve (alpha_pos on held-out prompts every eval_every steps) in its train log; resumable."""
+    curve (alpha_pos on held-out prompts every eval_every steps) in its train log; resumable. When the baseline's
+    records were imported (a study in parts: a model cannot be published), the draft is trained again in
+    retrained/ for the runs to start from, checked against the records' log, which stays the baseline's."""
+    paths = RunPaths(Path(run_dir))
+    imported = paths.manifest(BASELINE).is_file()
+    again = paths.warm_retrain
+    if not imported and not again.is_dir():
+        return _train_warm_start(cfg, paths, paths.draft_dir(BASELINE), overrides)
+    finished = saved_marker(again / "student").is_file()  # trained before a refused check: kept, not trained again
+    result = (DistillResult(again / "student", again, again / TRAIN_LOG, None) if finished
+              else _train_warm_start(cfg, paths, again, overrides))
+    if imported:
+        print(check_retrained_warm_start(paths.train_log(BASELINE), result.log_path))
+        os.replace(result.student_dir, paths.student(BASELINE))  # retrained/ stays: the records are not its own
+        return DistillResult(paths.student(BASELINE), again, result.log_path, result.resumed_from)
+    # the imported records were deleted to evaluate this draft instead: its log becomes the baseline's
+    os.replace(result.log_path, paths.train_log(BASELINE))
+    os.replace(result.student_dir, paths.student(BASELINE))
+    shutil.rmtree(again)
+    return DistillResult(paths.student(BASELINE), paths.draft_dir(BASELINE), paths.train_log(BASELINE), None)
+
+
+def _train_warm_start(cfg: StudyConfig, paths: RunPaths, out: Path, overrides: dict):
     from ..warm_start import WarmStart, train_warm_start
 
-    paths = RunPaths(Path(run_dir))
     run_cfg = cfg.run_config(**overrides)
     target, tok = load_target(run_cfg)
-    vocab = draft_vocab(cfg, run_dir, target, tok)
+    vocab = draft_vocab(cfg, paths.root, target, tok)
     warm = WarmStart.of(cfg.warm_start)
-    return train_warm_start(run_cfg, warm, paths.draft_dir(BASELINE), target=target, tokenizer=tok,
+    return train_warm_start(run_cfg, warm, out, target=target, tokenizer=tok,
                             prompts=render_prompts(tok, load_prompt_file(paths.train_prompts)),
                             eval_prompts=render_prompts(tok, load_prompt_file(paths.eval_prompts)), gamma=cfg.gamma,
                             draft_vocab_ids=None if vocab is None else vocab["ids"],
@@ -124,6 +148,8 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
                 "to evaluate again: import it again (--results-from its published records) or train it here.")
         return False
     if student is None or not saved_marker(student).is_file():  # baseline, or results imported (handoff)
+        return True
+    if name == BASELINE and paths.warm_retrain.is_dir():  # imported records; the warm draft trained again for them
         return True
     return paths.manifest(name).stat().st_mtime >= saved_marker(student).stat().st_mtime
 
