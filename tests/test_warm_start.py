@@ -137,9 +137,11 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_a_warm_study_and_publishes_its_curve(shared_data, tmp_path):
-    """python -m distillspec run on a tiny warm study: 02 trains the baseline first (its notebook), every run
-    starts from it, 04 draws the curve and states it in results.md, and the baseline's log is published."""
+def test_the_pipeline_runs_a_warm_study_in_parts_and_publishes_its_curve(shared_data, tmp_path, capsys):
+    """python -m distillspec run on a tiny warm study in two parts: the first trains and evaluates the baseline
+    (its notebook); the second, in a fresh run directory, imports its records, trains the warm draft again beside
+    them, starts its run from it and, with every draft evaluated, runs 04, which draws the curve and states it in
+    results.md; the baseline's records are published as the first part made them."""
     import yaml
 
     from distillspec.__main__ import main
@@ -151,20 +153,32 @@ def test_the_pipeline_runs_a_warm_study_and_publishes_its_curve(shared_data, tmp
                                      "text_tokens": 8, "eval_every": 2, "eval_prompts": 2})
     config = tmp_path / "warm.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    run, pub = tmp_path / "run", tmp_path / "pub"
-    assert main(["run", "--config", str(config), "--run-dir", str(run), "--publish", str(pub)]) == 0
-    assert (run / "02_distill_baseline.ipynb").is_file() and (run / "figures" / "warm_start_gsm8k.png").is_file()
+    first, run, pub = tmp_path / "first", tmp_path / "run", tmp_path / "pub"
+    records = pub / "tiny" / "records"
+    assert main(["run", "--config", str(config), "--run-dir", str(first), "--publish", str(pub),
+                 "--drafts", "baseline"]) == 0
+    assert "wait 04_entropy_analysis.ipynb: drafts lk_alpha are not evaluated yet" in capsys.readouterr().out
+    made = {p.name: p.read_bytes() for p in records.glob("baseline_*")}
+    assert "baseline_train_log.jsonl" in made and "baseline_manifest.json" in made
+    assert main(["run", "--config", str(config), "--run-dir", str(run), "--publish", str(pub),
+                 "--drafts", "lk_alpha", "--results-from", str(records)]) == 0
+    assert "imported finished drafts from" in capsys.readouterr().out
+    assert (run / "drafts" / "baseline" / "retrained" / "train_log.jsonl").is_file()  # trained again, apart
+    retrain = (run / "02_distill_baseline.ipynb").read_text()
+    assert "warm draft trained again: it matches the baseline's records" in retrain
+    assert (run / "02_distill_lk_alpha.ipynb").is_file() and (run / "figures" / "warm_start_gsm8k.png").is_file()
     results = (run / "results.md").read_text()
     assert "Warm start: every draft starts from the baseline, a 1-layer draft" in results
     assert "by step: 0: " in results and ", 4: " in results
-    assert (pub / "tiny" / "records" / "baseline_train_log.jsonl").is_file()
+    assert {p.name: p.read_bytes() for p in records.glob("baseline_*")} == made
     assert (pub / "tiny" / "warm_start_gsm8k.png").is_file()
 
 
 def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its_records(shared_data, tmp_path):
     """A warm study in parts: another machine imports the baseline's records (its evaluation and train log) and
     trains the warm draft again for its runs to start from; the retrain is checked against the records' log and
-    kept apart, so the records stay intact, published as they came, and are not evaluated again."""
+    kept apart, so the records stay intact, published as they came, and are not evaluated again. Only drafts with
+    a model here are decoded (03's example): an imported one has records only."""
     from distillspec.study import stages
     from distillspec.study.handoff import import_records, publish_records
     from distillspec.study.manifest import run_damage
@@ -194,7 +208,9 @@ def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its
     assert run_damage(paths, "baseline") == []
     stages.evaluate_drafts(cfg, second, ["baseline"])  # imported and intact: not evaluated again
     assert held() == records
+    assert stages.drafts_here(cfg, second, ["lk_alpha", "baseline"]) == ["baseline"]
     run = stages.train_draft(cfg, second, "lk_alpha")
+    assert stages.drafts_here(cfg, second, ["lk_alpha", "baseline"]) == ["lk_alpha", "baseline"]
     import yaml
 
     assert yaml.safe_load((run.output_dir / "config.yaml").read_text())["student"] == str(paths.student("baseline"))

@@ -221,7 +221,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
     pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
     require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
             "(python -m distillspec run --drafts ...), which times them too.")
-    absent = [n for n in names if _draft_source(cfg, paths, n) is not None and not saved_marker(paths.student(n)).is_file()]
+    absent = [n for n in names if n not in drafts_here(cfg, run_dir, names)]
     require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
             "only?): timing needs the model. Train them here, or retime where they were trained.")
     target, tok = load_target(cfg.for_decoding())
@@ -286,6 +286,14 @@ def _draft_source(cfg: StudyConfig, paths: RunPaths, name: str) -> Path | None:
     """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)
     unless the study warm-starts it."""
     return None if name == BASELINE and cfg.warm_start is None else paths.student(name)
+
+
+def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list[str]:
+    """The named drafts whose model this run holds, in the order given: a draft imported from another machine
+    (--results-from) has its records only."""
+    paths = RunPaths(Path(run_dir))
+    sources = {n: _draft_source(cfg, paths, n) for n in names}
+    return [n for n, source in sources.items() if source is None or saved_marker(source).is_file()]
 
 
 def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
