@@ -1,6 +1,9 @@
 """The warm start: a derived draft trained off-policy on its teacher's text before on-policy distillation. It
 raises the draft's served acceptance, records its curve, resumes to the same weights, refuses bad settings, and a
-study with one trains its baseline first and starts every run from it."""
+study with one trains its baseline first and starts every run from it; a part of it on another machine trains the
+warm draft again beside the imported baseline records, checked against them."""
+
+import json
 
 import pytest
 import torch
@@ -122,8 +125,6 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
     warm = stages.train_draft(cfg, tmp_path, "baseline")
     assert warm.student_dir == RunPaths(tmp_path).student("baseline")
     assert len(warm_curve(read_log(warm.log_path))) == 2  # eval_every 0: before and after
-    import json
-
     text = [json.loads(x) for x in RunPaths(tmp_path).teacher_text(8).read_text().splitlines()]
     assert [r["prompt"] for r in text[:4]] == [r["prompt"] for r in text[4:]]  # 2 answers per prompt
     assert [r["completion"] for r in text[:4]] != [r["completion"] for r in text[4:]]  # sampled with other seeds
@@ -209,6 +210,25 @@ def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its
     stages.evaluate_drafts(cfg, second, ["baseline"])  # imported and intact: not evaluated again
     assert held() == records
     assert stages.drafts_here(cfg, second, ["lk_alpha", "baseline"]) == ["baseline"]
+    # a retrain that does not match is refused and kept; with the imported records deleted it becomes the baseline
+    third = tmp_path / "third"
+    stages.prepare_data(cfg, third)
+    import_records(cfg, third, pub, ["baseline"])
+    other = RunPaths(third)
+    log = other.train_log("baseline")  # as if the records came from a run at another learning rate
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({**r, **({"learning_rate": 2 * r["learning_rate"]} if "learning_rate" in r
+                                                 else {})}) + "\n" for r in rows))
+    with pytest.raises(DistillSpecError, match=r"not the one the imported baseline records describe .* learning_rate"):
+        stages.train_draft(cfg, third, "baseline")
+    for record in other.records.glob("baseline_*"):
+        record.unlink()
+    assert import_records(cfg, third, pub, ["baseline"]) == []  # the retrain is kept, not replaced by an import
+    adopted = stages.train_draft(cfg, third, "baseline")
+    assert adopted.log_path == other.train_log("baseline") and not other.warm_retrain.exists()
+    assert (other.student("baseline") / "config.json").is_file()
+    schedule = read_log(pub / "baseline_train_log.jsonl")["learning_rate"].dropna().tolist()
+    assert read_log(adopted.log_path)["learning_rate"].dropna().tolist() == schedule  # its own log, not the edited one
     run = stages.train_draft(cfg, second, "lk_alpha")
     assert stages.drafts_here(cfg, second, ["lk_alpha", "baseline"]) == ["lk_alpha", "baseline"]
     import yaml
@@ -217,8 +237,6 @@ def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its
 
 
 def test_a_warm_draft_trained_again_is_refused_unless_it_matches_the_records_log(tmp_path):
-    import json
-
     from distillspec.study.handoff import check_retrained_warm_start
 
     def log(name, **change):

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 from .preset import StudyConfig
+from ..eagle import saved_marker
 from ..errors import DistillSpecError, require
 from .manifest import folder_damage, run_damage
-from .rundir import RunPaths, fingerprint, published_records
+from .rundir import BASELINE, RunPaths, fingerprint, published_records
 
 
 def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
@@ -41,7 +42,9 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     for name in names:
         row_file = source / paths.speed_row(name).name
         here = paths.manifest(name).is_file() and not run_damage(paths, name)  # finished and intact in this run
-        if not row_file.is_file() or here or paths.student(name).is_dir():
+        trained = paths.student(name).is_dir() or name == BASELINE and saved_marker(
+            paths.warm_retrain / "student").is_file()  # a warm draft trained again, its imported records deleted
+        if not row_file.is_file() or here or trained:
             continue
         damaged = folder_damage(source, paths, name)
         require(not damaged, f"--results-from {source}: draft '{name}' cannot be imported: {'; '.join(damaged)}. "
@@ -89,7 +92,8 @@ def check_retrained_warm_start(records_log: str | Path, retrained_log: str | Pat
             f"The warm draft trained here ({retrained_log}) is not the one the imported baseline records describe "
             f"({records_log}): {problem}. Drafts trained from it would be compared with another draft's results. "
             f"Run with the code and preset that made the records, or evaluate this warm draft as the baseline: "
-            f"delete the run's records/baseline_* files and run again (its training is kept).")
+            f"delete the run's records/baseline_* files and run again (its training is kept; the baseline is then "
+            f"not imported).")
     return (f"warm draft trained again: it matches the baseline's records (loss within {relative.mean():.2%} on "
             f"average, {relative.max():.2%} at most, over {len(relative)} logged steps)")
 
