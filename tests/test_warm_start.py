@@ -198,6 +198,7 @@ def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its
     stages.prepare_data(cfg, second)  # the same seeded prompts
     assert import_records(cfg, second, pub, draft_names(cfg)) == ["baseline"]
     paths = RunPaths(second)
+
     def held():  # the baseline's records in the run: its evaluation and its train log
         return {p.name: p.read_bytes() for p in paths.records.glob("baseline_*")} | {
             "log": paths.train_log("baseline").read_bytes()}

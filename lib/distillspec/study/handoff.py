@@ -63,6 +63,18 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     return imported
 
 
+def _schedule_or_text_differs(ours, theirs) -> str | None:
+    """Where two warm starts' logs (indexed by step) part: other logged steps, learning rates or teacher entropies."""
+    if list(ours.index) != list(theirs.index):
+        return f"it logged steps {list(ours.index)[:3]}... against {list(theirs.index)[:3]}..."
+    for column, tolerance in (("learning_rate", 1e-9), ("teacher_entropy", 1e-3)):
+        off = (ours[column] - theirs[column]).abs() > tolerance * theirs[column].abs().clip(lower=1e-12)
+        if off.any():
+            step = off.idxmax()
+            return f"at step {step} its {column} is {ours.loc[step, column]:.6g} against {theirs.loc[step, column]:.6g}"
+    return None
+
+
 def check_retrained_warm_start(records_log: str | Path, retrained_log: str | Path,
                                loss_tolerance: float = 0.05) -> str:
     """A warm draft trained again here stands for the one the imported baseline records describe when its training
@@ -73,20 +85,11 @@ def check_retrained_warm_start(records_log: str | Path, retrained_log: str | Pat
 
     ours, theirs = (read_log(p).set_index("step") for p in (retrained_log, records_log))
     ours, theirs = ours[ours["loss"].notna()], theirs[theirs["loss"].notna()]
-    problem = None
-    if list(ours.index) != list(theirs.index):
-        problem = f"it logged steps {list(ours.index)[:3]}... against {list(theirs.index)[:3]}..."
-    else:
-        for column, tolerance in (("learning_rate", 1e-9), ("teacher_entropy", 1e-3)):  # the schedule, the text
-            off = ((ours[column] - theirs[column]).abs() > tolerance * theirs[column].abs().clip(lower=1e-12))
-            if off.any():
-                step = off.idxmax()
-                problem = (f"at step {step} its {column} is {ours.loc[step, column]:.6g} against "
-                           f"{theirs.loc[step, column]:.6g}")
-                break
-    relative = ((ours["loss"] - theirs["loss"]).abs() / theirs["loss"].abs()) if problem is None else None
-    if problem is None and relative.mean() > loss_tolerance:
-        problem = f"its loss differs by {relative.mean():.1%} on average (tolerance {loss_tolerance:.0%})"
+    problem = _schedule_or_text_differs(ours, theirs)
+    if problem is None:
+        relative = (ours["loss"] - theirs["loss"]).abs() / theirs["loss"].abs()
+        if relative.mean() > loss_tolerance:
+            problem = f"its loss differs by {relative.mean():.1%} on average (tolerance {loss_tolerance:.0%})"
     if problem is not None:
         raise DistillSpecError(
             f"The warm draft trained here ({retrained_log}) is not the one the imported baseline records describe "

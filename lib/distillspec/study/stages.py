@@ -109,7 +109,8 @@ def warm_start(cfg: StudyConfig, run_dir: str | Path, **overrides):
     os.replace(result.log_path, paths.train_log(BASELINE))
     os.replace(result.student_dir, paths.student(BASELINE))
     shutil.rmtree(again)
-    return DistillResult(paths.student(BASELINE), paths.draft_dir(BASELINE), paths.train_log(BASELINE), None)
+    return DistillResult(paths.student(BASELINE), paths.draft_dir(BASELINE), paths.train_log(BASELINE),
+                         result.resumed_from)
 
 
 def _train_warm_start(cfg: StudyConfig, paths: RunPaths, out: Path, overrides: dict):
@@ -292,8 +293,7 @@ def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list
     """The named drafts whose model this run holds, in the order given: a draft imported from another machine
     (--results-from) has its records only."""
     paths = RunPaths(Path(run_dir))
-    sources = {n: _draft_source(cfg, paths, n) for n in names}
-    return [n for n, source in sources.items() if source is None or saved_marker(source).is_file()]
+    return [n for n in names if (source := _draft_source(cfg, paths, n)) is None or saved_marker(source).is_file()]
 
 
 def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
