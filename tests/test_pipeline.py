@@ -225,15 +225,21 @@ def test_a_study_run_in_parts(tiny_run, tmp_path, capsys):
     assert sorted(p.name for p in records.iterdir()) == ["baseline_manifest.json", "baseline_speed.json",
                                                           "baseline_steps.parquet", "baseline_timing.parquet",
                                                           "baseline_tokens.parquet"]
+    interim = (first / "interim.md").read_text()  # where the study stands, published beside the records
+    assert interim.startswith(f"**Interim**: 1 of {1 + len(RUNS)} drafts evaluated; still to come: {', '.join(RUNS)}.")
+    assert "| baseline |" in interim and not any(f"| {r} |" in interim for r in RUNS)
+    assert (tmp_path / "pub" / name / "interim.md").read_text() == interim
     for f in _published_records(tiny_run).iterdir():  # drafts other parts published, all but the first
         if not f.name.startswith(("baseline_", f"{RUNS[0]}_")):
             shutil.copy(f, records / f.name)
     baseline_tokens = pd.read_parquet(records / "baseline_tokens.parquet")
     assert main(["run", "--config", str(config), "--run-dir", str(second), "--drafts", RUNS[0],
-                 "--results-from", str(records)]) == 0
+                 "--results-from", str(records), "--publish", str(tmp_path / "pub")]) == 0
     assert [p.name for p in second.glob("02_distill_*.ipynb")] == [f"02_distill_{RUNS[0]}.ipynb"]
     assert pd.read_parquet(second / "records" / "baseline_tokens.parquet").equals(baseline_tokens)  # not redone
     assert pd.read_csv(second / "summary.csv")["draft"].tolist() == ["baseline", *RUNS]
+    assert (tmp_path / "pub" / name / "results.md").is_file()  # 04's table replaces the interim one
+    assert not (tmp_path / "pub" / name / "interim.md").exists() and not (second / "interim.md").exists()
 
 
 def test_results_of_another_config_are_refused(tiny_run, tmp_path):

@@ -190,3 +190,31 @@ def test_a_seeded_study_reports_means_over_seeds(seeded_run):
     regions = pd.read_csv(paths.entropy_regions)
     assert set(regions["other"]) == {"fkl"} and len(regions) == 3
     assert paths.figure("entropy", cfg.task).is_file()
+
+
+def test_a_study_in_parts_reads_where_it_stands_over_the_seeds_it_has(seeded_run, tmp_path):
+    """interim.md: results.md's text over the drafts evaluated so far, a recipe's mean over the seeds it has; the
+    drafts still to come named; the seeds' CSVs of 04 not written."""
+    import shutil
+
+    from distillspec.study.rundir import RunPaths
+    from distillspec.study.stages import interim_results
+
+    cfg, run_dir = seeded_run
+    part = tmp_path / "part"
+    shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("student", "checkpoint-*", "*.ipynb", "*.csv"))
+    paths = RunPaths(part)
+    paths.manifest("fkl_s1").unlink()  # fkl's second seed not finished yet
+    text = interim_results(cfg, part)
+    assert text.startswith("**Interim**: 4 of 5 drafts evaluated; still to come: fkl_s1. Recipes with some of their "
+                           "seeds so far: fkl (1 of 2)")
+    assert paths.interim.read_text() == text
+    per_seed = (lambda s: s["accepted"].sum() / s["proposed"].sum())(pd.read_parquet(paths.steps("fkl_s0")))
+    fkl = next(line for line in text.splitlines() if line.startswith("| fkl | 1 | "))
+    assert fkl.split(" | ")[2].startswith(f"{100 * per_seed:.2f} [")  # the one seed's value, not the pair's mean
+    assert "| adaptive | 2 | " in text and "| fkl_s1 |" not in text
+    assert not paths.seed_summary.exists() and not paths.differences.exists()
+    for name in ("baseline", "fkl_s0", "fkl_s1", "adaptive_s0", "adaptive_s1"):
+        paths.manifest(name).unlink(missing_ok=True)
+    with pytest.raises(DistillSpecError, match="No evaluated drafts"):
+        interim_results(cfg, part)

@@ -191,6 +191,8 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
             if waiting:
                 log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
                     "--drafts, here or later elsewhere with --results-from)")
+                if finished_drafts(cfg, run_dir):
+                    log(f"interim results over the drafts evaluated so far: {_write_interim(cfg, run_dir)}")
                 continue
             if not force and step.done(run_dir):
                 log(f"skip {step.executed}: outputs exist")
@@ -211,12 +213,21 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         return run_dir
 
 
+def _write_interim(cfg: StudyConfig, run_dir: Path) -> Path:
+    """interim.md over the drafts finished so far (stages.interim_results); imported here, where it is needed, so
+    that the command line starts without loading the models' libraries."""
+    from .stages import interim_results
+
+    interim_results(cfg, run_dir)
+    return RunPaths(run_dir).interim
+
+
 def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
     """Copy a run's figures, results table and the config that made them into publish_dir/<run name>/ (e.g.
     figures/offline_gsm8k_full/, so presets of the same task do not overwrite each other), and every finished
     draft's records into its records/ (what 04 needs, and what a later run imports). Where 04 has not run on these
     records (a study in parts, or after `retime`), a table and figures published before are removed: they describe
-    other records."""
+    other records; interim.md, made again from the finished drafts, stands in for the table until 04 runs."""
     paths = RunPaths(run_dir)
     finished = finished_drafts(cfg, run_dir)
     damaged = [p for n in finished for p in run_damage(paths, n)]
@@ -228,8 +239,11 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
     made_by_04 = [*figure_paths(cfg, run_dir).values(), paths.results]
     if paths.results.is_file():  # 04 has run
         sources += made_by_04
+        (out / paths.interim.name).unlink(missing_ok=True)
     else:
         for stale in made_by_04:
             (out / stale.name).unlink(missing_ok=True)
+        if finished:
+            sources.append(_write_interim(cfg, run_dir))
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
     return copied + publish_records(run_dir, out / "records", finished)

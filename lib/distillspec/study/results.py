@@ -58,18 +58,24 @@ def format_warm_start(cfg: StudyConfig, log: pd.DataFrame) -> str:
             f"prompts (gamma={cfg.gamma}, T={cfg.temperature}, training precision) by step: {points}.\n\n")
 
 
-def seeded_lead(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]], steps, tokens, timing,
+def seeded_lead(cfg: StudyConfig, paths: RunPaths | None, groups: dict[str, list[str]], steps, tokens, timing,
                 speed_rows: pd.DataFrame, rows: dict[str, dict], logs: dict[str, pd.DataFrame], seed: int) -> str:
     """results.md's lead for a study with seeds: the headline table (means over seeds, crossed-bootstrap CIs,
     speed), the ranking its CIs support, and, for an entropy-adaptive recipe, where along the entropy axis it
-    differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv."""
+    differs from the others. Writes seed_summary.csv, differences.csv and entropy_regions.csv into the run (paths;
+    None: nothing written, as for interim.md)."""
+
+    def save(frame: pd.DataFrame, name: str) -> None:
+        if paths is not None:
+            write_text(frame.to_csv(index=False), getattr(paths, name))
+
     metrics = [group_metric(steps, groups, m, seed=seed) for m in STEP_METRICS]
     if len(speed_rows):
         metrics.append(speed_over_seeds(timing, groups, speed_rows, seed=seed))
     metrics = pd.concat(metrics, ignore_index=True)
-    write_text(metrics.to_csv(index=False), paths.seed_summary)
+    save(metrics, "seed_summary")
     differences = pairwise_differences(steps, groups, "alpha_tok", seed=seed)
-    write_text(differences.to_csv(index=False), paths.differences)
+    save(differences, "differences")
     n_seeds = " or ".join(map(str, sorted({len(r) for g, r in groups.items() if g != BASELINE})))
     md = (f"Each recipe trained with seeds {cfg.seeds} (the seed sets the rollouts and the data order; every seed is "
           "evaluated on the same prompts with the same decoding seed). Mean over seeds with a 95% CI from a crossed "
@@ -95,7 +101,7 @@ def seeded_lead(cfg: StudyConfig, paths: RunPaths, groups: dict[str, list[str]],
         regions = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
         others = {g: r for g, r in groups.items() if g != BASELINE}
         diffs = region_differences(tokens, others, group, regions, seed=seed)
-        write_text(diffs.to_csv(index=False), paths.entropy_regions)
+        save(diffs, "entropy_regions")
         md += (f"\nThe entropy-adaptive recipe `{group}` ({schedule.low.upper()} below {schedule.h_low:g} nats of "
                f"teacher entropy, {schedule.high.upper()} above {schedule.h_high:g}, blended between) against each "
                "other trained recipe: alpha_pos difference in points within each region of its schedule (teacher "

@@ -3,7 +3,7 @@ of different setups apart.
 
 runs/<preset>/ holds data/ (01's prompt sets), drafts/<run>/ (02: trainer output, student/, train_log.jsonl),
 records/ (03: per-token and per-step Parquet, one speed row per draft), summary.csv, results.md, entropy_bins.csv
-and figures/ (04), and the executed notebooks.
+and figures/ (04; interim.md before every draft is in), and the executed notebooks.
 """
 
 from __future__ import annotations
@@ -123,6 +123,11 @@ class RunPaths:
     @property
     def results(self) -> Path:
         return self.root / "results.md"
+
+    @property
+    def interim(self) -> Path:
+        """A study in parts before every draft is in: results.md's text over the drafts evaluated so far."""
+        return self.root / "interim.md"
 
     @property
     def entropy_bins(self) -> Path:

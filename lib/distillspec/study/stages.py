@@ -392,6 +392,52 @@ def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
     return tokens, steps
 
 
+def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: dict[str, list[str]], seed: int,
+             csv: bool):
+    """results.md over the drafts with speed rows (rows) and the recipes' seeds in groups, returned with Table 1, the
+    per-token records and the speed summary it was made from; csv: also write summary.csv, speed_summary.csv and the
+    seeded lead's CSVs into the run, as 04 does."""
+    names = list(rows)
+    speed = speed_table(cfg, paths.root, rows)
+    tokens, steps = load_records(paths.root, names)
+    speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
+    table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
+    timing = load_timing(paths.root, names)
+    speed_rows = decoding_speed(cfg, paths.root, names, timing, rows)
+    if csv:
+        write_text(table.to_csv(index=False), paths.summary)
+        if len(speed_rows):
+            write_text(speed_rows.to_csv(index=False), paths.speed_summary)
+    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg) if n in rows}
+    lead = None
+    if cfg.seeds is not None:
+        lead = seeded_lead(cfg, paths if csv else None, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
+    warm_log = read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
+    return table, tokens, speed_rows, results_markdown(cfg, table, speed_rows, rows, lead, warm_log)
+
+
+def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str:
+    """Where a study run in parts stands before every draft is in: results.md as 04 would write it over the drafts
+    evaluated so far (each recipe's mean over the seeds it has), under a line naming the drafts still to come.
+    Written to interim.md (published beside the records until 04's results.md replaces it)."""
+    paths = RunPaths(Path(run_dir))
+    rows = read_speed_rows(cfg, run_dir)
+    require(bool(rows), f"No evaluated drafts in {paths.root}: run the study (or a part of it, with --drafts) first.")
+    missing = [n for n in draft_names(cfg) if n not in rows]
+    groups = {g: [d for d in runs if d in rows] for g, runs in draft_groups(cfg).items()}
+    *_, results_md = _results(cfg, paths, rows, {g: runs for g, runs in groups.items() if runs}, seed, csv=False)
+    partial = [f"{g} ({len(r)} of {len(draft_groups(cfg)[g])})" for g, r in groups.items()
+               if r and len(r) < len(draft_groups(cfg)[g])]
+    note = (f"**Interim**: {len(rows)} of {len(rows) + len(missing)} drafts evaluated; still to come: "
+            f"{', '.join(missing) or 'none (run 04 for results.md)'}. "
+            + (f"Recipes with some of their seeds so far: {', '.join(partial)}; their means and CIs are over those "
+               "seeds only. " if partial else "")
+            + "04 replaces this file with results.md once every draft is in.\n\n")
+    text = note + results_md
+    write_text(text, paths.interim)
+    return text
+
+
 @dataclass
 class Analysis:
     """04's results: Table 1, acceptance per teacher-entropy bin, the per-token records, and the figures."""
@@ -430,27 +476,16 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     paths = RunPaths(Path(run_dir))
     rows = read_speed_rows(cfg, run_dir)
     require(bool(rows), f"No evaluated drafts in {paths.root}: run 03 first.")
-    speed = speed_table(cfg, run_dir, rows)
     names = list(rows)
-    tokens, steps = load_records(run_dir, names)
-    speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
-    table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
-    write_text(table.to_csv(index=False), paths.summary)
+    groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
+    table, tokens, speed_rows, results_md = _results(cfg, paths, rows, groups, seed, csv=True)
+    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
     bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
-    timing = load_timing(run_dir, names)
-    speed_rows = decoding_speed(cfg, run_dir, names, timing, rows)
-    if len(speed_rows):
-        write_text(speed_rows.to_csv(index=False), paths.speed_summary)
-    groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
-    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
-    lead = None
-    if cfg.seeds is not None:
-        lead = seeded_lead(cfg, paths, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
     warm_log = read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
-    results_md = results_markdown(cfg, table, speed_rows, rows, lead, warm_log)
     figure_bins = bins if cfg.seeds is None else bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
+    paths.interim.unlink(missing_ok=True)  # results.md over every draft replaces it
     figs = figure_paths(cfg, run_dir)
     figs["entropy"].parent.mkdir(parents=True, exist_ok=True)
     band = "the lowest to the highest seed" if cfg.seeds is not None else "Wilson 95% CI"
