@@ -50,7 +50,9 @@ def format_warm_start(cfg: StudyConfig, log: pd.DataFrame) -> str:
 
     warm, curve = cfg.warm_start, warm_curve(log)
     points = ", ".join(f"{int(r.step)}: {r.alpha_pos:.3f}" for r in curve.itertuples())
-    return (f"Warm start: every draft starts from the baseline, a {cfg.student_keep_layers}-layer draft derived from "
+    layers = cfg.student_keep_layers
+    article = "an" if str(layers).startswith("8") or layers in (11, 18) else "a"  # as the number is spoken
+    return (f"Warm start: every draft starts from the baseline, {article} {layers}-layer draft derived from "
             f"the teacher and trained {warm['steps']} steps ({warm['batch_size']} sequences each, lr "
             f"{warm['learning_rate']:g}, {warm['lr_scheduler']}) on the teacher's answers to {warm['text_prompts']} "
             f"training prompts ({warm['text_tokens']} new tokens, T={cfg.temperature}) with {warm['divergence'].upper()} "
