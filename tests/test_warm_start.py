@@ -169,7 +169,8 @@ def test_the_pipeline_runs_a_warm_study_in_parts_and_publishes_its_curve(shared_
     assert "warm draft trained again: it matches the baseline's records" in retrain
     assert (run / "02_distill_lk_alpha.ipynb").is_file() and (run / "figures" / "warm_start_gsm8k.png").is_file()
     results = (run / "results.md").read_text()
-    assert "Warm start: every draft starts from the baseline, a 1-layer draft" in results
+    assert ("Warm start: every draft starts from the baseline, a draft derived from the teacher (1 of its layers)"
+            in results)
     assert "by step: 0: " in results and ", 4: " in results
     assert {p.name: p.read_bytes() for p in records.glob("baseline_*")} == made
     assert (pub / "tiny" / "warm_start_gsm8k.png").is_file()

@@ -185,14 +185,14 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(RunPaths(run_dir).config)
+        waited = False
         for step in tqdm(plan(cfg, config_path, run_dir, drafts, results_from), desc=f"pipeline {cfg.name}",
                          unit="notebook"):
             waiting = step.waiting_for() if step.waiting_for else []
             if waiting:
                 log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
                     "--drafts, here or later elsewhere with --results-from)")
-                if finished_drafts(cfg, run_dir):
-                    log(f"interim results over the drafts evaluated so far: {_write_interim(cfg, run_dir)}")
+                waited = True
                 continue
             if not force and step.done(run_dir):
                 log(f"skip {step.executed}: outputs exist")
@@ -209,7 +209,11 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
             if step.then:
                 log(step.then())
         if publish_dir is not None:
-            publish(cfg, run_dir, publish_dir)
+            publish(cfg, run_dir, publish_dir)  # writes interim.md where 04 has not run
+        elif waited and finished_drafts(cfg, run_dir):
+            _write_interim(cfg, run_dir)
+        if waited and RunPaths(run_dir).interim.is_file():
+            log(f"interim results over the drafts evaluated so far: {RunPaths(run_dir).interim}")
         return run_dir
 
 

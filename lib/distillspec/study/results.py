@@ -50,14 +50,13 @@ def format_warm_start(cfg: StudyConfig, log: pd.DataFrame) -> str:
 
     warm, curve = cfg.warm_start, warm_curve(log)
     points = ", ".join(f"{int(r.step)}: {r.alpha_pos:.3f}" for r in curve.itertuples())
-    layers = cfg.student_keep_layers
-    article = "an" if str(layers).startswith("8") or layers in (11, 18) else "a"  # as the number is spoken
-    return (f"Warm start: every draft starts from the baseline, {article} {layers}-layer draft derived from "
-            f"the teacher and trained {warm['steps']} steps ({warm['batch_size']} sequences each, lr "
-            f"{warm['learning_rate']:g}, {warm['lr_scheduler']}) on the teacher's answers to {warm['text_prompts']} "
-            f"training prompts ({warm['text_tokens']} new tokens, T={cfg.temperature}) with {warm['divergence'].upper()} "
-            f"over full next-token distributions. Its alpha_pos decoding the first {warm['eval_prompts']} held-out "
-            f"prompts (gamma={cfg.gamma}, T={cfg.temperature}, training precision) by step: {points}.\n\n")
+    return (f"Warm start: every draft starts from the baseline, a draft derived from the teacher "
+            f"({cfg.student_keep_layers} of its layers) and trained {warm['steps']} steps ({warm['batch_size']} "
+            f"sequences each, lr {warm['learning_rate']:g}, {warm['lr_scheduler']}) on the teacher's answers to "
+            f"{warm['text_prompts']} training prompts ({warm['text_tokens']} new tokens, T={cfg.temperature}) with "
+            f"{warm['divergence'].upper()} over full next-token distributions. Its alpha_pos decoding the first "
+            f"{warm['eval_prompts']} held-out prompts (gamma={cfg.gamma}, T={cfg.temperature}, training precision) "
+            f"by step: {points}.\n\n")
 
 
 def seeded_lead(cfg: StudyConfig, paths: RunPaths | None, groups: dict[str, list[str]], steps, tokens, timing,

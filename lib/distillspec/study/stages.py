@@ -392,11 +392,11 @@ def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
     return tokens, steps
 
 
-def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: dict[str, list[str]], seed: int,
-             csv: bool):
-    """results.md over the drafts with speed rows (rows) and the recipes' seeds in groups, returned with Table 1, the
-    per-token records and the speed summary it was made from; csv: also write summary.csv, speed_summary.csv and the
-    seeded lead's CSVs into the run, as 04 does."""
+def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: dict[str, list[str]],
+             logs: dict[str, pd.DataFrame], warm_log: pd.DataFrame | None, seed: int, csv: bool):
+    """results.md over the drafts with speed rows (rows), the recipes' seeds in groups and the runs' training logs,
+    returned with Table 1, the per-token records and the speed summary it was made from; csv: also write
+    summary.csv, speed_summary.csv and the seeded lead's CSVs into the run, as 04 does."""
     names = list(rows)
     speed = speed_table(cfg, paths.root, rows)
     tokens, steps = load_records(paths.root, names)
@@ -408,12 +408,15 @@ def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: d
         write_text(table.to_csv(index=False), paths.summary)
         if len(speed_rows):
             write_text(speed_rows.to_csv(index=False), paths.speed_summary)
-    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg) if n in rows}
     lead = None
     if cfg.seeds is not None:
         lead = seeded_lead(cfg, paths if csv else None, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
-    warm_log = read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
     return table, tokens, speed_rows, results_markdown(cfg, table, speed_rows, rows, lead, warm_log)
+
+
+def _warm_log(cfg: StudyConfig, paths: RunPaths) -> pd.DataFrame | None:
+    """The warm start's training log (its curve heads results.md), for a study with `warm_start`."""
+    return read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
 
 
 def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str:
@@ -424,10 +427,11 @@ def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str
     rows = read_speed_rows(cfg, run_dir)
     require(bool(rows), f"No evaluated drafts in {paths.root}: run the study (or a part of it, with --drafts) first.")
     missing = [n for n in draft_names(cfg) if n not in rows]
-    groups = {g: [d for d in runs if d in rows] for g, runs in draft_groups(cfg).items()}
-    *_, results_md = _results(cfg, paths, rows, {g: runs for g, runs in groups.items() if runs}, seed, csv=False)
-    partial = [f"{g} ({len(r)} of {len(draft_groups(cfg)[g])})" for g, r in groups.items()
-               if r and len(r) < len(draft_groups(cfg)[g])]
+    every = draft_groups(cfg)
+    groups = {g: have for g, runs in every.items() if (have := [d for d in runs if d in rows])}
+    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg) if n in rows}
+    *_, results_md = _results(cfg, paths, rows, groups, logs, _warm_log(cfg, paths), seed, csv=False)
+    partial = [f"{g} ({len(have)} of {len(every[g])})" for g, have in groups.items() if len(have) < len(every[g])]
     note = (f"**Interim**: {len(rows)} of {len(rows) + len(missing)} drafts evaluated; still to come: "
             f"{', '.join(missing) or 'none (run 04 for results.md)'}. "
             + (f"Recipes with some of their seeds so far: {', '.join(partial)}; their means and CIs are over those "
@@ -478,11 +482,11 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     require(bool(rows), f"No evaluated drafts in {paths.root}: run 03 first.")
     names = list(rows)
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
-    table, tokens, speed_rows, results_md = _results(cfg, paths, rows, groups, seed, csv=True)
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
+    warm_log = _warm_log(cfg, paths)
+    table, tokens, speed_rows, results_md = _results(cfg, paths, rows, groups, logs, warm_log, seed, csv=True)
     bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
-    warm_log = read_log(paths.train_log(BASELINE)) if cfg.warm_start is not None else None
     figure_bins = bins if cfg.seeds is None else bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     paths.interim.unlink(missing_ok=True)  # results.md over every draft replaces it
