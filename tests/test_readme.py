@@ -64,14 +64,15 @@ def test_rebuild_commands_reproduce_the_published_tables(tmp_path, shared_data):
 
 
 def test_published_tables_in_the_docs_are_the_results_files_verbatim():
-    """Every full results table (Table 1, the speed table) in docs/results.md and docs/speed.md is a block of some
-    figures/<preset>/results.md, or of the interim.md of a study still in parts (the README's compact tables are
-    checked above)."""
+    """Every full results table (Table 1, the speed table, the entropy-region tables) in docs/results.md and
+    docs/speed.md is a block of some figures/<preset>/results.md, or of the interim.md of a study still in parts
+    (the README's compact tables are checked above)."""
     published = [p.read_text() for p in sorted((REPO / "figures").glob("*/*.md")) if p.name in ("results.md",
                                                                                                    "interim.md")]
     assert published
     for doc in ("docs/results.md", "docs/speed.md"):
-        tables = re.findall(r"(?m)^(\| draft \| (?:alpha_tok|setting|seeds) .*\n(?:\|.*\n)+)", (REPO / doc).read_text())
+        tables = re.findall(r"(?m)^(\| (?:draft \| (?:alpha_tok|setting|seeds) |\w+ minus |minus \w+ ).*\n(?:\|.*\n)+)",
+                            (REPO / doc).read_text())
         assert tables, doc
         for table in tables:
             assert any(table in text for text in published), (doc, table[:200])

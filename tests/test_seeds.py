@@ -12,7 +12,8 @@ from distillspec.errors import DistillSpecError
 from distillspec.runtime import machine
 from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
 from distillspec.study.results import collapse_text, ranking_text
-from distillspec.study.seeds import bins_over_seeds, pairwise_differences, region_differences, speed_over_seeds
+from distillspec.study.seeds import (bins_over_seeds, format_region_differences, pairwise_differences,
+                                     region_differences, region_gains, speed_over_seeds)
 from distillspec.study.stats import format_interval, group_metric, ratio_bootstrap
 
 
@@ -83,6 +84,16 @@ def test_region_differences_find_where_a_recipe_gains():
     low, high = diffs.iloc[0], diffs.iloc[1]
     assert not low["separated"] and abs(low["difference"]) < 0.05
     assert high["separated"] and high["difference"] == pytest.approx(0.3, abs=0.05)
+    # the same comparison turned round: each group minus a reference, in the reference's verified tokens
+    gains = region_gains(toks, {"ad": ["ad0", "ad1"], "f": ["f0", "f1"]}, "f", [(0, 2), (2, np.inf)])
+    assert gains["subject"].tolist() == ["ad", "ad"] and set(gains["other"]) == {"f"}
+    assert gains["difference"].tolist() == pytest.approx(diffs["difference"].tolist())
+    assert (gains["lo"] <= gains["difference"]).all() and (gains["difference"] <= gains["hi"]).all()
+    assert gains["separated"].tolist() == [False, True]
+    table = format_region_differences(gains, rows="subject")
+    assert table.splitlines()[0] == "| minus f | H in [0, 2) nats | H >= 2 nats |"
+    assert table.splitlines()[2].startswith("| ad | ") and "(higher)" in table.splitlines()[2]
+    assert table.splitlines()[-1].startswith("| (f's verified tokens) | ")
 
 
 def test_intervals_scale_and_round_the_estimate_and_both_bounds_alike():
@@ -187,8 +198,11 @@ def test_a_seeded_study_reports_means_over_seeds(seeded_run):
     assert "No trained draft collapsed" in results  # random-init tiny drafts keep their entropy
     diffs = pd.read_csv(paths.differences)
     assert len(diffs) == 3  # baseline, fkl, adaptive: three pairs
-    regions = pd.read_csv(paths.entropy_regions)
-    assert set(regions["other"]) == {"fkl"} and len(regions) == 3
+    assert "| minus baseline |" in results  # each recipe against the baseline, per teacher-entropy region
+    regions = pd.read_csv(paths.entropy_regions)  # that table's rows, then the blend's against each other recipe
+    gains, blend = regions[regions["other"] == "baseline"], regions[regions["other"] != "baseline"]
+    assert sorted(set(gains["subject"])) == ["adaptive", "fkl"] and len(gains) == 6
+    assert set(blend["subject"]) == {"adaptive"} and set(blend["other"]) == {"fkl"} and len(blend) == 3
     assert paths.figure("entropy", cfg.task).is_file()
 
 

@@ -14,8 +14,13 @@ from .preset import StudyConfig
 from .report import format_expected_acceptance, format_speed_table, format_table, timing_machines
 from .rundir import BASELINE, RunPaths
 from .seeds import (format_differences, format_headline, format_region_differences, format_wall_times,
-                    pairwise_differences, region_differences, speed_over_seeds)
+                    pairwise_differences, region_differences, region_gains, speed_over_seeds)
 from .stats import STEP_METRICS, group_metric
+
+# where each recipe gains over the baseline along the teacher-entropy axis: the default entropy-adaptive schedule's
+# regions (confident, between, uncertain), so that table and the blend's line up
+ENTROPY_REGIONS = ((0.0, AdaptiveBeta.h_low), (AdaptiveBeta.h_low, AdaptiveBeta.h_high), (AdaptiveBeta.h_high,
+                                                                                         float("inf")))
 
 
 def results_markdown(cfg: StudyConfig, table: pd.DataFrame, speed_rows: pd.DataFrame, rows: dict[str, dict],
@@ -90,6 +95,14 @@ def seeded_lead(cfg: StudyConfig, paths: RunPaths | None, groups: dict[str, list
     md += ("\nRanking by alpha_tok, stated only where the 95% CI of the difference (same crossed bootstrap, prompts "
            "paired) excludes 0:\n\n" + ranking_text(metrics[metrics["metric"] == "alpha_tok"], differences)
            + "\n" + format_differences(differences))
+    others = {g: r for g, r in groups.items() if g != BASELINE}
+    regions = []  # entropy_regions.csv: every region table of results.md
+    if BASELINE in groups and others:
+        regions.append(region_gains(tokens, groups, BASELINE, ENTROPY_REGIONS, seed=seed))
+        md += ("\nEach recipe against the baseline within three regions of teacher entropy at T=1 (those of the "
+               "entropy-adaptive recipe's default schedule): alpha_pos difference in points, 95% crossed-bootstrap "
+               "CI; (higher) / (lower) where the CI excludes 0:\n\n"
+               + format_region_differences(regions[-1], rows="subject"))
     collapses = collapse_text(groups, logs)
     md += f"\n{collapses}" if collapses else ""
     md += ("\nWall time per draft (minutes, each seed, on the machine that ran the stage: drafts imported with "
@@ -99,15 +112,16 @@ def seeded_lead(cfg: StudyConfig, paths: RunPaths | None, groups: dict[str, list
     adaptive = [g for g, runs in recipes.items() if g in groups and any(o.get("adaptive_beta") for o in runs.values())]
     for group in adaptive:
         schedule = AdaptiveBeta(**next(iter(recipes[group].values()))["adaptive_beta"])
-        regions = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
-        others = {g: r for g, r in groups.items() if g != BASELINE}
-        diffs = region_differences(tokens, others, group, regions, seed=seed)
-        save(diffs, "entropy_regions")
+        bounds = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
+        diffs = region_differences(tokens, others, group, bounds, seed=seed)
+        regions.append(diffs)
         md += (f"\nThe entropy-adaptive recipe `{group}` ({schedule.low.upper()} below {schedule.h_low:g} nats of "
                f"teacher entropy, {schedule.high.upper()} above {schedule.h_high:g}, blended between) against each "
                "other trained recipe: alpha_pos difference in points within each region of its schedule (teacher "
                "entropy at T=1), 95% crossed-bootstrap CI; (higher) / (lower) where the CI excludes 0:\n\n"
                + format_region_differences(diffs))
+    if regions:
+        save(pd.concat(regions, ignore_index=True), "entropy_regions")
     return md
 
 

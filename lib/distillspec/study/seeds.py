@@ -178,15 +178,28 @@ def region_differences(tokens: dict[str, pd.DataFrame], groups: dict[str, list[s
     return pd.DataFrame(rows)
 
 
-def format_region_differences(diffs: pd.DataFrame) -> str:
+def region_gains(tokens: dict[str, pd.DataFrame], groups: dict[str, list[str]], reference: str,
+                 regions: Sequence[tuple[float, float]], **kwargs) -> pd.DataFrame:
+    """alpha_pos of each other group minus `reference`'s (e.g. the undistilled draft) within teacher-entropy regions:
+    region_differences with the reference as subject, turned round (difference and CI negated; `tokens` stays the
+    reference's verified tokens)."""
+    d = region_differences(tokens, groups, reference, regions, **kwargs)
+    return d.assign(subject=d["other"], other=reference, difference=-d["difference"], lo=-d["hi"], hi=-d["lo"])
+
+
+def format_region_differences(diffs: pd.DataFrame, rows: str = "other") -> str:
+    """A region_differences table, a row per other group (one subject minus each), or with rows="subject" a
+    region_gains table, a row per subject (each minus one reference)."""
     regions = list(dict.fromkeys(zip(diffs["entropy_lo"], diffs["entropy_hi"])))
-    subject = diffs["subject"].iloc[0]
+    fixed = "subject" if rows == "other" else "other"
+    one = diffs[fixed].iloc[0]
     label = [f"H in [{lo:g}, {hi:g}) nats" if np.isfinite(hi) else f"H >= {lo:g} nats" for lo, hi in regions]
-    lines = [f"| {subject} minus | " + " | ".join(label) + " |", "|---|" + "---|" * len(regions)]
-    for other in dict.fromkeys(diffs["other"]):
+    head = f"{one} minus" if rows == "other" else f"minus {one}"
+    lines = [f"| {head} | " + " | ".join(label) + " |", "|---|" + "---|" * len(regions)]
+    for other in dict.fromkeys(diffs[rows]):
         cells = []
         for lo, hi in regions:
-            r = diffs[(diffs["other"] == other) & (diffs["entropy_lo"] == lo) & (diffs["entropy_hi"] == hi)].iloc[0]
+            r = diffs[(diffs[rows] == other) & (diffs["entropy_lo"] == lo) & (diffs["entropy_hi"] == hi)].iloc[0]
             if not np.isfinite(r["difference"]):
                 cells.append("n/a (no verified tokens)")
                 continue
@@ -195,7 +208,8 @@ def format_region_differences(diffs: pd.DataFrame) -> str:
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     tokens = [int(diffs[(diffs["entropy_lo"] == lo) & (diffs["entropy_hi"] == hi)]["tokens"].iloc[0])
               for lo, hi in regions]
-    lines.append(f"| ({subject}'s verified tokens) | " + " | ".join(f"{n:,}" for n in tokens) + " |")
+    owner = one if rows == "other" else diffs["other"].iloc[0]  # region_gains keeps the reference's tokens
+    lines.append(f"| ({owner}'s verified tokens) | " + " | ".join(f"{n:,}" for n in tokens) + " |")
     return "\n".join(lines) + "\n"
 
 
