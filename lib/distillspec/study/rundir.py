@@ -117,7 +117,8 @@ class RunPaths:
 
     @property
     def entropy_regions(self) -> Path:
-        """With seeds and an entropy-adaptive recipe: its acceptance minus each other's, per entropy region."""
+        """With seeds: each recipe's acceptance minus the baseline's per teacher-entropy region, and an
+        entropy-adaptive recipe's minus each other's per region of its schedule."""
         return self.root / "entropy_regions.csv"
 
     @property
