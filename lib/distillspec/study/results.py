@@ -17,10 +17,14 @@ from .seeds import (format_differences, format_headline, format_region_differenc
                     pairwise_differences, region_differences, region_gains, speed_over_seeds)
 from .stats import STEP_METRICS, group_metric
 
-# where each recipe gains over the baseline along the teacher-entropy axis: the default entropy-adaptive schedule's
-# regions (confident, between, uncertain), so that table and the blend's line up
-ENTROPY_REGIONS = ((0.0, AdaptiveBeta.h_low), (AdaptiveBeta.h_low, AdaptiveBeta.h_high), (AdaptiveBeta.h_high,
-                                                                                         float("inf")))
+
+def schedule_regions(schedule: AdaptiveBeta) -> list[tuple[float, float]]:
+    """The three teacher-entropy regions of an entropy-adaptive schedule: confident, between, uncertain (nats)."""
+    return [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
+
+
+# where each recipe gains over the baseline: the default schedule's regions, so that table and the blend's line up
+ENTROPY_REGIONS = schedule_regions(AdaptiveBeta())
 
 
 def results_markdown(cfg: StudyConfig, table: pd.DataFrame, speed_rows: pd.DataFrame, rows: dict[str, dict],
@@ -112,8 +116,7 @@ def seeded_lead(cfg: StudyConfig, paths: RunPaths | None, groups: dict[str, list
     adaptive = [g for g, runs in recipes.items() if g in groups and any(o.get("adaptive_beta") for o in runs.values())]
     for group in adaptive:
         schedule = AdaptiveBeta(**next(iter(recipes[group].values()))["adaptive_beta"])
-        bounds = [(0.0, schedule.h_low), (schedule.h_low, schedule.h_high), (schedule.h_high, float("inf"))]
-        diffs = region_differences(tokens, others, group, bounds, seed=seed)
+        diffs = region_differences(tokens, others, group, schedule_regions(schedule), seed=seed)
         regions.append(diffs)
         md += (f"\nThe entropy-adaptive recipe `{group}` ({schedule.low.upper()} below {schedule.h_low:g} nats of "
                f"teacher entropy, {schedule.high.upper()} above {schedule.h_high:g}, blended between) against each "

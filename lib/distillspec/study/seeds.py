@@ -208,8 +208,8 @@ def format_region_differences(diffs: pd.DataFrame, rows: str = "other") -> str:
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     tokens = [int(diffs[(diffs["entropy_lo"] == lo) & (diffs["entropy_hi"] == hi)]["tokens"].iloc[0])
               for lo, hi in regions]
-    owner = one if rows == "other" else diffs["other"].iloc[0]  # region_gains keeps the reference's tokens
-    lines.append(f"| ({owner}'s verified tokens) | " + " | ".join(f"{n:,}" for n in tokens) + " |")
+    # tokens: the subject's of region_differences, the reference's of region_gains: `one` either way
+    lines.append(f"| ({one}'s verified tokens) | " + " | ".join(f"{n:,}" for n in tokens) + " |")
     return "\n".join(lines) + "\n"
 
 
