@@ -9,6 +9,9 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from distillspec.threads import set_threads  # noqa: E402
+
+set_threads("work")  # before any test imports torch: tests beside other work wait passively (threads.py)
 
 
 @pytest.fixture(scope="session", autouse=True)

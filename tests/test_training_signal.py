@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from distillspec import DistillSpecError
+from distillspec.study.manifest import write_manifest
 from distillspec.study.training_signal import collect, correlations, spearman
 
 
@@ -36,6 +37,7 @@ def _publish(root, study, task, drafts):
         (folder / f"{name}_train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         pd.DataFrame({"accepted": accepted, "proposed": [4] * len(accepted)}).to_parquet(
             folder / f"{name}_steps.parquet")
+        write_manifest({f.name: f for f in folder.glob(f"{name}_*")}, folder / f"{name}_manifest.json")
 
 
 def test_collect_reads_published_drafts_once_each(tmp_path):

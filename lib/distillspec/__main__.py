@@ -9,32 +9,51 @@ import time
 from pathlib import Path
 
 from .errors import DistillSpecError, TrainingInterrupted
+from .threads import set_threads
 
 
 def _cmd_eval(args) -> None:
     """Batched SD of the teacher with a draft on task prompts; writes records and metrics under --out."""
-    from .data import load_prompts, render_prompts, task_spec
+    from .data import load_prompts, render_prompts
     from .pair import load_pair
-    from .sampling import SamplingConfig
     from .specdec import speculative_generate
     from .study.preset import pair_config
 
     cfg = pair_config(args.config, teacher=args.teacher, keep_layers=args.keep_layers)
     task = args.task or cfg.task
-    spec = task_spec(task)
+    if task != cfg.task:  # another task than the preset's: that task's sampling defaults
+        cfg = cfg.replace(task=task)
+    sampling, max_new_tokens = eval_sampling(cfg, args)  # bad flags refused before any model loads
     target, draft, tok = load_pair(cfg, args.draft)
     source = args.data if args.data is not None else cfg.data_source  # a preset's own data, as 01 reads it
     prompts = load_prompts(task, args.split, args.n, source=source, seed=args.seed, tokenizer=tok)
     ids = render_prompts(tok, prompts)
-    sampling = SamplingConfig(greedy=True) if args.greedy else SamplingConfig(
-        temperature=args.temperature or spec.temperature, top_p=args.top_p)
     started = time.perf_counter()
-    res = speculative_generate(target, draft, ids, gamma=args.gamma, max_new_tokens=args.max_new_tokens
-                               or spec.max_new_tokens, sampling=sampling, eos_token_id=tok.eos_token_id,
-                               seed=args.seed, target_tokenizer=tok, draft_tokenizer=tok)
+    res = speculative_generate(target, draft, ids, gamma=args.gamma, max_new_tokens=max_new_tokens, sampling=sampling,
+                               eos_token_id=tok.eos_token_id, seed=args.seed, target_tokenizer=tok, draft_tokenizer=tok)
     paths = res.save(args.out)
     print(json.dumps({"seconds": time.perf_counter() - started, **res.metrics.as_dict()}, indent=2))
     print(f"records: {', '.join(str(p) for p in paths.values())}")
+
+
+def eval_sampling(cfg, args):
+    """(SamplingConfig, new tokens) of `eval`: the preset's (or the task's defaults), each overridden by its flag;
+    --greedy or --temperature 0 decode greedily. Zero or negative lengths and temperatures are refused, not read
+    as unset."""
+    from .errors import require
+    from .sampling import SamplingConfig
+
+    if args.max_new_tokens is not None:
+        require(args.max_new_tokens >= 1, f"--max-new-tokens {args.max_new_tokens}: must be >= 1 (leave it out for "
+                                          f"the preset's {cfg.max_new_tokens}).")
+    if args.temperature is not None:
+        require(args.temperature >= 0, f"--temperature {args.temperature}: must be >= 0 (0 decodes greedily).")
+    max_new_tokens = cfg.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    temperature = cfg.temperature if args.temperature is None else args.temperature
+    top_p = cfg.top_p if args.top_p is None else args.top_p
+    if args.greedy or temperature == 0:
+        return SamplingConfig(greedy=True), max_new_tokens
+    return SamplingConfig(temperature=temperature, top_p=top_p), max_new_tokens
 
 
 def _cmd_train(args) -> None:
@@ -43,16 +62,20 @@ def _cmd_train(args) -> None:
     from accelerate import PartialState
 
     from .study.preset import StudyConfig
-    from .study.rundir import RunPaths, default_run_dir
-    from .study.stages import prepare_data, train_draft
+    from .study.rundir import RunPaths, bind_config, default_run_dir, run_dir_lock
+    from .study.stages import forget_draft, prepare_data, train_draft
 
     cfg = StudyConfig.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
     state = PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer then uses
-    with state.main_process_first():  # 01's prompt sets, written once; the other processes then find them
-        if not RunPaths(run_dir).train_prompts.is_file():
-            prepare_data(cfg, run_dir)
-    result = train_draft(cfg, run_dir, args.draft)
+    with run_dir_lock(run_dir, f"train --draft {args.draft}", hold=state.is_main_process):
+        with state.main_process_first():  # 01's prompt sets, written once; the other processes then find them
+            bind_config(cfg, run_dir)
+            if not RunPaths(run_dir).train_prompts.is_file():
+                prepare_data(cfg, run_dir)
+            if args.retrain and state.is_main_process:
+                forget_draft(cfg, run_dir, args.draft)
+        result = train_draft(cfg, run_dir, args.draft)
     if state.is_main_process:
         print(f"student: {result.student_dir}")
 
@@ -91,15 +114,17 @@ def _cmd_retime(args) -> None:
     """03's timing again on this machine for drafts already evaluated; publishes their records when asked."""
     from .study.pipeline import publish
     from .study.preset import StudyConfig
-    from .study.rundir import default_run_dir, expand_drafts
+    from .study.rundir import bind_config, default_run_dir, expand_drafts, run_dir_lock
     from .study.stages import retime_drafts
 
     cfg = StudyConfig.from_yaml(args.config)
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
     names = expand_drafts(cfg, [d.strip() for d in args.drafts.split(",") if d.strip()])
-    print(retime_drafts(cfg, run_dir, names).to_string(index=False))
-    if args.publish:
-        publish(cfg, run_dir, Path(args.publish))
+    with run_dir_lock(run_dir, "retime"):
+        bind_config(cfg, run_dir)
+        print(retime_drafts(cfg, run_dir, names).to_string(index=False))
+        if args.publish:
+            publish(cfg, run_dir, Path(args.publish))
         print(f"published to {Path(args.publish).resolve() / cfg.name}")
     print("the next `python -m distillspec run` rebuilds 04's table with these timings.")
 
@@ -127,17 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", default=None, help="'hub' or a directory of jsonl files (default: the config's "
                                                  "data_source, else $DISTILLSPEC_DATA_DIR)")
     ev.add_argument("--gamma", type=int, default=5)
-    ev.add_argument("--max-new-tokens", type=int, default=None)
-    ev.add_argument("--temperature", type=float, default=None)
-    ev.add_argument("--top-p", type=float, default=0.95)
-    ev.add_argument("--greedy", action="store_true")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the preset's (else the task's)")
+    ev.add_argument("--temperature", type=float, default=None,
+                    help="default: the preset's (else the task's); 0 decodes greedily")
+    ev.add_argument("--top-p", type=float, default=None, help="default: the preset's (0.95)")
+    ev.add_argument("--greedy", action="store_true", help="decode greedily (as --temperature 0)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="runs/eval")
     ev.set_defaults(func=_cmd_eval)
     run = sub.add_parser("run", help="the whole study for a config preset (papermill, resumable)")
     run.add_argument("--config", required=True, help="a preset from configs/")
     run.add_argument("--run-dir", default=None, help="default: runs/<config name>")
-    run.add_argument("--force", action="store_true", help="rerun every step from scratch")
+    run.add_argument("--force", action="store_true", help="rerun every step from scratch (a run directory made "
+                                                           "with other settings is emptied first)")
     run.add_argument("--publish", default=None,
                      help="copy figures, the results table and finished drafts' records here (e.g. figures)")
     run.add_argument("--drafts", default=None,
@@ -159,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--draft", required=True,
                     help="the training run's name (a divergence or an extra_runs name; with seeds, <name>_s<seed>)")
     tr.add_argument("--run-dir", default=None, help="default: runs/<config name>, as `run` uses")
+    tr.add_argument("--retrain", action="store_true", help="train the draft again from scratch: its checkpoints, "
+                                                          "student, settings and records are removed first")
     tr.set_defaults(func=_cmd_train)
     ex = sub.add_parser("export", help="a trained draft as a self-contained checkpoint for transformers or vLLM")
     ex.add_argument("--draft", required=True, help="a trained draft directory (e.g. runs/<name>/drafts/rkl/student)")
@@ -179,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for parser in sub.choices.values():
         parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
+    if args.command != "run":  # `run` computes in its notebooks' kernels, each started with its stage's setting
+        set_threads("timing" if args.command == "retime" else "work")
     from .quiet import quiet_library_output
 
     quiet_library_output()

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temp file beside the target, then rename, so readers never see half a file."""
+"""Atomic file writes: write to a temp file beside the target, then rename, so readers never see half a file; and
+reading such a file back with an error that names it when it was damaged after all."""
 
 from __future__ import annotations
 
@@ -50,3 +51,18 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 def write_json(obj, path: str | os.PathLike) -> Path:
     return write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n", path)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """A Parquet file as a DataFrame; a damaged or cut file is one error naming it, not pyarrow's."""
+    import pandas as pd
+
+    from .errors import DistillSpecError
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DistillSpecError(f"{path} is damaged ({type(err).__name__}: {err}); it cannot be read. Restore it, or "
+                               "produce it again (run the study again: damaged drafts are evaluated again).") from err

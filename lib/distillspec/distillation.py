@@ -46,6 +46,7 @@ from .pair import load_pair
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
+from .training_settings import RETRAIN_FIX, claim, clear_training_output
 from .trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, TRAIN_LOG, DistillResult, append_log_line, collapse_span
 
 _LOGIT_TRANSFORMS = ("logit_scale", "final_logit_softcapping", "output_multiplier", "lm_head_multiplier",
@@ -337,7 +338,9 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     """Train a draft by on-policy distillation; checkpoints every cfg.save_steps steps and cfg.save_minutes minutes,
     and resumes from the last one. SIGTERM / SIGINT save a checkpoint and raise TrainingInterrupted.
 
-    The final student (model + tokenizer) is written to <output_dir>/student. pair=(teacher, student, tokenizer)
+    The run's settings are kept in <output_dir>/config.yaml: resuming with other settings is refused (resume=False
+    trains again from scratch, replacing the output). The final student (model + tokenizer) is written to
+    <output_dir>/student. pair=(teacher, student, tokenizer)
     reuses loaded models (the notebooks and tests do); dataset overrides the task's training prompts.
     All inputs are checked before any training starts. Under `accelerate launch` every process runs this.
     """
@@ -360,8 +363,10 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
-    if rank() == 0:
-        cfg.to_yaml(output_dir / "config.yaml")
+    if not resume and rank() == 0:
+        clear_training_output(output_dir)
+    if resume or rank() == 0:
+        claim(output_dir, cfg.to_dict(), RETRAIN_FIX, write=rank() == 0)
     log_path = output_dir / TRAIN_LOG
     safe_stop = SafeStop(cfg.save_minutes)
     trainer = DistillSpecTrainer(

@@ -27,7 +27,6 @@ from .errors import DistillSpecError, require
 
 HEAD_FILE, WEIGHTS_FILE = "eagle_head.json", "eagle_head.safetensors"
 FORMAT = "distillspec-eagle-head"
-_PROBE_IDS = 8  # embedding rows kept in the head's file to recognise its target
 
 
 @dataclass
@@ -44,12 +43,23 @@ def _decoder(target) -> nn.Module:
     return decoder
 
 
+def target_checksum(target) -> str:
+    """sha256 over every parameter of the target (by name, in bf16: a bf16 copy of fp32 weights hashes the same), so
+    a head refuses a target with any weight changed, not only one of another shape."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(target.named_parameters(), key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(param.detach().to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _signature(target) -> dict:
-    """What a head must match in its target: architecture, widths and the first rows of its embedding."""
+    """What a head must match in its target: architecture, widths, and the checksum of all its parameters."""
     cfg = target.config
-    probe = target.get_input_embeddings().weight[:_PROBE_IDS].detach().float().cpu()
     return {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
-            "num_hidden_layers": cfg.num_hidden_layers, "embedding_probe": probe.flatten().tolist()}
+            "num_hidden_layers": cfg.num_hidden_layers, "parameters_sha256": target_checksum(target)}
 
 
 def _check_target(saved: dict, target, what: str = "This feature head") -> None:
@@ -62,20 +72,22 @@ def _check_target(saved: dict, target, what: str = "This feature head") -> None:
 
 
 def _mismatch(saved: dict, target) -> str | None:
-    here = _signature(target)
+    cfg = target.config
     for key in ("model_type", "hidden_size", "vocab_size", "num_hidden_layers"):
-        if saved[key] != here[key]:
-            return f"{key} {saved[key]} in the head, {here[key]} in the target"
-    a, b = torch.tensor(saved["embedding_probe"]), torch.tensor(here["embedding_probe"])
-    if not torch.allclose(a, b, rtol=2e-2, atol=1e-2 * float(a.abs().max()) + 1e-6):  # bf16 and fp32 copies agree
-        return "its token embeddings differ from the ones the head was trained with"
+        if saved.get(key) != getattr(cfg, key):
+            return f"{key} {saved.get(key)} in the head, {getattr(cfg, key)} in the target"
+    if "parameters_sha256" not in saved:
+        return "the head records no checksum of its target's parameters; train it again with this version"
+    if saved["parameters_sha256"] != target_checksum(target):
+        return "the target's parameters differ from the ones the head was trained with (checksum)"
     return None
 
 
 class EagleHead(nn.Module):
     """fc([embed(token); feature]) -> one decoder layer -> the target's final norm and LM head (see the module doc)."""
 
-    def __init__(self, target, *, init_from_layer: int | None = None):
+    def __init__(self, target, *, init_from_layer: int | None = None, signature: dict | None = None):
+        """A new head for `target`; signature: the target's, when already checked (load_head)."""
         super().__init__()
         cfg = copy.deepcopy(target.config.get_text_config())
         cfg.num_hidden_layers = 1
@@ -90,18 +102,19 @@ class EagleHead(nn.Module):
         self.body.embed_tokens = None  # inputs are fc's output; the target's embedding is read instead
         self.body.norm = nn.Identity()  # the target's final norm is applied after the layer
         self.config = self.body.config
-        self.signature = _signature(target)
+        self.signature = signature if signature is not None else _signature(target)
         self.draft_vocab_ids: torch.Tensor | None = None
         if init_from_layer is not None:  # start the layer as a copy of one of the target's (random init learned
             # faster in a 100-step trial on GSM8K: expected acceptance 0.53 vs 0.35 for a copy of the last layer)
             self.body.layers[0].load_state_dict(_decoder(target).layers[init_from_layer].state_dict())
-        self.attach(target)
+        object.__setattr__(self, "target", target)  # plain attribute: not a submodule
         self.to(target.device)
 
     def attach(self, target) -> EagleHead:
-        """Read the token embeddings, final norm and LM head of `target` (not registered: never trained or saved)."""
+        """Read the token embeddings, final norm and LM head of `target` (not registered: never trained or saved);
+        refused unless `target` is the head's own (checksum of every parameter)."""
         _check_target(self.signature, target)
-        object.__setattr__(self, "target", target)  # plain attribute: not a submodule
+        object.__setattr__(self, "target", target)
         return self
 
     @property
@@ -209,7 +222,7 @@ def load_head(path: str | os.PathLike, target) -> EagleHead:
 
     meta = read_head_meta(path)
     _check_target(meta["target"], target, f"The feature head in {path}")
-    head = EagleHead(target)
+    head = EagleHead(target, signature=meta["target"])
     weights = Path(path) / WEIGHTS_FILE
     require(weights.is_file(), f"{path} has {HEAD_FILE} but no {WEIGHTS_FILE}: the head was not saved completely.")
     head.load_state_dict(load_file(str(weights)), strict=True)
@@ -217,4 +230,4 @@ def load_head(path: str | os.PathLike, target) -> EagleHead:
 
 
 __all__ = ["EagleHead", "HeadOutput", "is_head", "is_head_dir", "load_head", "read_head_meta", "save_head",
-           "saved_marker", "target_features"]
+           "saved_marker", "target_checksum", "target_features"]

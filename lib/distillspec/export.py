@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import write_text
 from .errors import DistillSpecError, require
+from .trainlog import TRAIN_LOG
+from .training_settings import CHECKPOINT
 from .models import check_compatible, load_tokenizer, logits_width, resolve_model_path, save_pretrained_atomic
 
 ENGINES = ("hf", "vllm")
@@ -43,6 +45,37 @@ def _study_gamma(draft_dir: Path) -> tuple[int, Path] | None:
         if isinstance(gamma, int):
             return gamma, config
     return None
+
+
+def _training_folder(path: Path) -> str | None:
+    """What `path` is, when a study or a training run wrote it: 'a run directory' (config.yaml beside drafts/,
+    records/ or data/) or 'a training run' (a student/, train log or checkpoints); None otherwise."""
+    if not path.is_dir():
+        return None
+    if (path / "config.yaml").is_file() and any((path / d).is_dir() for d in ("drafts", "records", "data")):
+        return "a run directory"
+    if (path / "student").is_dir() or (path / TRAIN_LOG).is_file() or (path / CHECKPOINT).is_file() or any(
+            path.glob("checkpoint-*")):
+        return "a training run"
+    return None
+
+
+def _check_not_training_output(out: Path, draft: Path) -> None:
+    """Refuse an --out that is, contains or lies inside the exported draft, a run directory or a training run,
+    --force or not: replacing it would delete the work the export is made from."""
+    draft = draft.resolve()
+    require(not (out == draft or out.is_relative_to(draft) or draft.is_relative_to(out)),
+            f"--out {out} {'is' if out == draft else 'contains' if draft.is_relative_to(out) else 'lies inside'} the "
+            f"draft it exports ({draft}); pick a folder outside it, e.g. exports/<name>.")
+    for folder in (out, *out.parents):
+        kind = _training_folder(folder)
+        require(kind is None, f"--out {out} {'is' if folder == out else 'lies inside'} {kind} ({folder}); an export "
+                              "there could delete training output. Pick a folder outside it, e.g. exports/<name>.")
+    if out.is_dir():
+        for root, dirs, _ in os.walk(out):
+            kind = _training_folder(Path(root))
+            require(kind is None, f"--out {out} contains {kind} ({root}); replacing it would delete it. Pick an "
+                                  "empty or new folder.")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -98,7 +131,8 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
     """Write `draft` (a saved draft directory) to `out` as a self-contained checkpoint plus USAGE.md; return out.
     target: the target the snippet names (default: the teacher of the draft's training config); gamma: draft tokens
     per step in the snippet (default: the gamma of the study that trained it). A non-empty `out` that is not an
-    earlier export is refused unless force. Files get the permissions of the user's umask."""
+    earlier export is refused unless force; one that is, contains or lies inside a run directory, a training run or
+the draft, always. Files get the permissions of the user's umask."""
     require(engine in ENGINES, f"--to {engine}: choose one of {', '.join(ENGINES)}.")
     draft, out = Path(draft), Path(out).resolve()
     require(not (draft / "eagle_head.json").is_file(),
@@ -120,6 +154,7 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
     else:
         gamma_from = "--gamma"
     require(isinstance(gamma, int) and gamma >= 1, f"gamma={gamma} must be an int >= 1.")
+    _check_not_training_output(out, draft)
     _check_out(out, force)
     target = target or _training_teacher(draft)
     require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")

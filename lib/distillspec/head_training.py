@@ -33,6 +33,7 @@ from .offline_loop import LoopSettings, train_offline
 from .sampling import SamplingConfig
 from .teacher_text import teacher_features, teacher_text, text_batch
 from .trainlog import TRAIN_LOG, DistillResult
+from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
 TEACHER_TEXT = "teacher_text.jsonl"
 
@@ -77,7 +78,7 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
                draft_vocab_ids: list[int] | None = None, resume: bool = True,
                text_path: str | os.PathLike | None = None) -> DistillResult:
     """Train a feature head for `target` on its text for the first `head_text_prompts` of `prompts` (rendered token
-    ids); resumable. The head is saved to <output_dir>/student (eagle.save_head) with
+    ids); resumable with the same settings (kept in <output_dir>/config.yaml; resume=False starts again). The head is saved to <output_dir>/student (eagle.save_head) with
     the train log beside it. text_path: where the teacher's text is kept (default <output_dir>/teacher_text.jsonl; a
     study shares one file between its heads): it is sampled with `data_seed`, like the prompt sets."""
     require(cfg.draft_kind == "eagle", f"train_head trains feature heads; this config's draft_kind is "
@@ -89,6 +90,9 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
                                "accelerate launch / torchrun.")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        clear_training_output(out)
+    claim(out, cfg.to_dict(), RETRAIN_FIX)
     text_path = Path(text_path) if text_path is not None else out / TEACHER_TEXT
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     n_text = cfg.head_text_prompts or cfg.max_steps * cfg.batch_size

@@ -19,8 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .trainlog import TRAIN_LOG, append_log_line
-
-CHECKPOINT = "checkpoint.pt"
+from .training_settings import CHECKPOINT
 
 
 @dataclass(frozen=True)

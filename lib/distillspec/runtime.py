@@ -60,6 +60,41 @@ def machine() -> str:
             f"{caps.get('num_physical_cores', os.cpu_count())} cores, {bf16[cpu_has_bf16()]}")
 
 
+BUSY_SHARE = 0.10  # other processes' share of the CPU above which a timing is flagged as timed on a busy machine
+
+
+class OtherLoad:
+    """Other processes' share of the machine's CPU time over a `with` block: the machine's busy time (/proc/stat)
+    less this process's own and its waited-for children's (/proc/self/stat), over the block's CPU capacity (all
+    cores). `share` is None where /proc is absent (not Linux)."""
+
+    share: float | None = None
+
+    @staticmethod
+    def _read() -> tuple[int, int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()  # fields after the command name
+        except OSError:
+            return None
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        total = sum(ticks[:8])  # user .. steal (guest time is already counted in user)
+        return total - idle, total, sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
+
+    def __enter__(self) -> OtherLoad:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._read()
+        if self._start is None or end is None or end[1] == self._start[1]:
+            return
+        busy, total, own = (b - a for a, b in zip(self._start, end))
+        self.share = min(1.0, max(0.0, (busy - own) / total))
+
+
 def warn_if_emulated_bf16(precision: str, what: str) -> None:
     """Warn when `precision` runs bf16 on a CPU without bf16 instructions: there it is no faster than fp32 and
     slower for multi-token forwards (docs/speed.md), so timings from it say little about CPUs that have them."""

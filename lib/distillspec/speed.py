@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -22,6 +23,7 @@ from .errors import require
 from .evaluate import sample_completions
 from .eagle import is_head
 from .metrics import expected_tokens_per_step
+from .runtime import BUSY_SHARE, OtherLoad
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
 
@@ -214,7 +216,8 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
     batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
     batch: seconds and new tokens of each, SD's steps and acceptance counts, and (greedy) whether SD's text was
-    identical to the target's. gamma 0 (the never-slower policy chose not to draft): the decoder is that same
+    identical to the target's, and how busy the machine was (`other_load`: other processes' share of the CPU
+while the batch was timed; `busy`: above BUSY_SHARE, so the row's times are not the decoder's alone). gamma 0 (the never-slower policy chose not to draft): the decoder is that same
     target-only call, so it runs once and SD's seconds are its seconds, a speedup of exactly 1 rather than the
     machine's noise between two runs of one call. progress: show a bar with this label."""
     from tqdm.auto import tqdm
@@ -236,20 +239,29 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
                     "target_calls": m.metrics.target_calls, "accepted": m.metrics.accepted,
                     "verified": m.metrics.verified, "proposed": m.metrics.proposed}, m.sequences
 
-        if gamma == 0:  # the decoder is the target alone: one call stands for both
-            target_s, target_out = run_target()
-            sd, sd_out = {"sd_s": target_s, "sd_tokens": sum(map(len, target_out)), "steps": 0, "target_calls": 0,
-                          "accepted": 0, "verified": 0, "proposed": 0}, target_out
-        elif i % 2 == 0:
-            target_s, target_out = run_target()
-            sd, sd_out = run_sd()
-        else:
-            sd, sd_out = run_sd()
-            target_s, target_out = run_target()
+        with OtherLoad() as load:
+            if gamma == 0:  # the decoder is the target alone: one call stands for both
+                target_s, target_out = run_target()
+                sd, sd_out = {"sd_s": target_s, "sd_tokens": sum(map(len, target_out)), "steps": 0,
+                              "target_calls": 0, "accepted": 0, "verified": 0, "proposed": 0}, target_out
+            elif i % 2 == 0:
+                target_s, target_out = run_target()
+                sd, sd_out = run_sd()
+            else:
+                sd, sd_out = run_sd()
+                target_s, target_out = run_target()
         rows.append({"batch": i, "prompts": len(chunk), "gamma": gamma, "target_s": target_s,
                      "target_tokens": sum(map(len, target_out)), **sd,
-                     "identical": sd_out == target_out if sampling.greedy else None})
-    return pd.DataFrame(rows)
+                     "identical": sd_out == target_out if sampling.greedy else None,
+                     "other_load": load.share, "busy": load.share is not None and load.share > BUSY_SHARE})
+    frame = pd.DataFrame(rows)
+    if frame["busy"].any():
+        warnings.warn(f"{int(frame['busy'].sum())} of {len(frame)} timed batches{f' ({progress})' if progress else ''} "
+                      f"ran while other processes used more than {BUSY_SHARE:.0%} of the CPU (up to "
+                      f"{frame['other_load'].max():.0%}): their speedups are not this decoder's. Time on a quiet "
+                      "machine (pause other jobs) and run `python -m distillspec retime`.", RuntimeWarning,
+                      stacklevel=2)
+    return frame
 
 
 __all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",

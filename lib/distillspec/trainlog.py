@@ -34,7 +34,16 @@ def read_log(path: str | os.PathLike):
     """Training log as a DataFrame, one row per logged step (the last entry wins after a resume)."""
     import pandas as pd
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                from .errors import DistillSpecError
+
+                raise DistillSpecError(f"{path}:{number} is damaged (not a JSON log line: {err}); restore the log, "
+                                       "or train the draft again.") from err
     df = pd.DataFrame(rows)
     return df.drop_duplicates(subset=["step"] + [c for c in ("train_runtime",) if c in df], keep="last")
 

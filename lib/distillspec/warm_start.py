@@ -27,6 +27,7 @@ from .sampling import SamplingConfig
 from .specdec import speculative_generate
 from .teacher_text import teacher_features, teacher_text, text_batch
 from .trainlog import TRAIN_LOG, DistillResult
+from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
     require(len(eval_prompts) > 0, "No held-out prompts for the warm start's curve: the evaluation set is empty.")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        clear_training_output(out)
+    claim(out, warm_settings(cfg, warm), RETRAIN_FIX)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     asked = prompts[: warm.text_prompts] * warm.text_samples  # each pass over the prompts samples with other seeds
     rows = teacher_text(target, tokenizer, asked, sampling=sampling,
@@ -157,6 +161,11 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
                                         desc="warm start", evaluate=curve_point, eval_every=warm.eval_every)
     save_pretrained_atomic(student, tokenizer, out / "student")
     return DistillResult(out / "student", out, out / TRAIN_LOG, resumed_from)
+
+
+def warm_settings(cfg: Config, warm: WarmStart) -> dict:
+    """What a warm start is trained with: the run's config and the warm start's own keys."""
+    return {**cfg.to_dict(), "warm_start": asdict(warm)}
 
 
 def warm_curve(log):

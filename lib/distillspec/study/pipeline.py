@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from tqdm.auto import tqdm
 
 from .preset import StudyConfig
 from ..data import data_dir_env_resolved
-from ..errors import DistillSpecError, require
+from ..errors import DistillSpecError, TrainingInterrupted, require
+from ..threads import thread_env
 from .handoff import import_records, publish_records
 from .manifest import run_damage
-from .rundir import (BASELINE, REPO, RunPaths, default_run_dir, draft_names, expand_drafts, figure_paths, finished_drafts,
-                     run_names)
+from .rundir import (BASELINE, REPO, RunPaths, bind_config, default_run_dir, draft_names, expand_drafts,
+                     figure_paths, finished_drafts, run_dir_lock, run_names)
 
 
 def notebooks_dir() -> Path:
@@ -51,6 +53,7 @@ class Step:
     waiting_for: Callable[[], list[str]] | None = None  # drafts that must be finished first (04: all of them)
     damaged: Callable[[], list[str]] | None = None  # outputs present but not intact (03: against the manifests)
     then: Callable[[], str] | None = None  # after the step, run or skipped; returns a line for the log
+    threads: str = "work"  # the kernel's OpenMP setting (threads.py): "timing" for the stage that times decoding
 
     def done(self, run_dir: Path) -> bool:
         """Outputs present, and the executed copy (when there is one) ran to its end: a notebook that failed after
@@ -97,7 +100,7 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
                           params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
     steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.manifest(n) for n in drafts],
-                      {**base, "drafts": selected}, [paths.records, paths.speed_table],
+                      {**base, "drafts": selected}, [paths.records, paths.speed_table], threads="timing",
                       damaged=lambda: [p for n in drafts if paths.manifest(n).is_file() for p in run_damage(paths, n)]))
     steps.append(Step("04_entropy_analysis.ipynb", "04_entropy_analysis.ipynb",
                       [paths.results, paths.summary, *figure_paths(cfg, run_dir).values()], dict(base),
@@ -134,23 +137,100 @@ def notebook_warnings(executed: Path) -> list[str]:
     return found
 
 
-def _execute(step: Step, run_dir: Path, kernel: str) -> None:
+_KERNELS: list = []  # the kernel managers of the notebooks this process is executing (one at a time)
+
+
+def _kernel_manager_class(log: Path, threads: str):
+    """jupyter_client's kernel manager, with the kernel's own stdout and stderr (ipykernel's lines at shutdown, a
+    native crash's last words) appended to `log` instead of the terminal, OpenMP set for the stage (threads.py)
+    before torch starts in it, and each started kernel listed in _KERNELS so that a stop signal can reach it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RunKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            env = dict(kw.get("env") or os.environ)
+            env.update(thread_env(threads, env))
+            with open(log, "ab") as sink:  # the kernel keeps its own copy of the descriptor
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "env": env, "stdout": sink, "stderr": sink})
+            _KERNELS.append(self)
+
+    return RunKernelManager
+
+
+class _Stop:
+    """SIGTERM or a first Ctrl-C while a notebook runs: passed on to its kernel as an interrupt (a training
+    checkpoints and stops; other work stops where it is), and the run then ends with one line and exit code 130.
+    With no kernel running, or at a second Ctrl-C, the run stops at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __call__(self, signum, frame):
+        import signal
+
+        running = [km for km in _KERNELS if km.has_kernel and km.provisioner.pid]
+        if not running or self.signal is not None and signum == signal.SIGINT:
+            raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name}; run the same command again to "
+                                      "resume (finished steps are kept).")
+        self.signal = signum
+        for km in running:
+            os.killpg(km.provisioner.pid, signal.SIGINT)  # the kernel leads its own process group
+
+    @contextmanager
+    def catching(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        before = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+
+def _execute(step: Step, run_dir: Path, kernel: str, stop: _Stop) -> None:
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     out = run_dir / step.executed
+    log = RunPaths(run_dir).kernel_log
+    with open(log, "a") as f:
+        f.write(f"--- {step.executed}\n")
     try:
         notebooks = notebooks_dir()
         pm.execute_notebook(str(notebooks / step.notebook), str(out), parameters=step.parameters,
-                            cwd=str(notebooks), kernel_name=kernel, progress_bar=False, config=_kernel_config())
+                            cwd=str(notebooks), kernel_name=kernel, progress_bar=False, config=_kernel_config(),
+                            kernel_manager_class=_kernel_manager_class(log, step.threads))
     except PapermillExecutionError as err:
+        if stop.signal is not None:
+            import signal
+
+            raise TrainingInterrupted(
+                f"{step.executed} stopped by {signal.Signals(stop.signal).name} ({err.ename}: {err.evalue}); run "
+                "the same command again to resume (finished steps and checkpoints are kept).") from err
         raise DistillSpecError(
             f"Notebook {step.executed} failed in cell {err.exec_count}: {err.ename}: {err.evalue}. "
             f"The executed notebook is kept at {out}."
         ) from err
+    except DeadKernelError as err:
+        raise DistillSpecError(
+            f"The kernel running {step.executed} died ({err}); what it printed last is at the end of {log} (a kernel "
+            f"killed for memory prints nothing). The executed notebook so far is kept at {out}; run again to resume."
+        ) from err
     finally:
+        _KERNELS.clear()
         if out.is_file():
             sign_notebook(out)
+    if stop.signal is not None:
+        import signal
+
+        raise TrainingInterrupted(f"stopped by {signal.Signals(stop.signal).name} after {step.executed}; run the "
+                                  "same command again to resume.")
     missing = [str(p) for p in step.outputs if not p.exists()]
     if missing:
         raise DistillSpecError(f"Notebook {step.executed} ran but did not write {missing}.")
@@ -184,37 +264,38 @@ def run_pipeline(config_path: str | Path, *, run_dir: str | Path | None = None, 
         require(not (force and results_from), "--force reruns everything; it cannot be combined with --results-from.")
         run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(RunPaths(run_dir).config)
-        waited = False
-        for step in tqdm(plan(cfg, config_path, run_dir, drafts, results_from), desc=f"pipeline {cfg.name}",
-                         unit="notebook"):
-            waiting = step.waiting_for() if step.waiting_for else []
-            if waiting:
-                log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
-                    "--drafts, here or later elsewhere with --results-from)")
-                waited = True
-                continue
-            if not force and step.done(run_dir):
-                log(f"skip {step.executed}: outputs exist")
-            else:
-                if force:
-                    for p in step.clean:
-                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                log(f"run  {step.executed}")
-                started = time.perf_counter()
-                _execute(step, run_dir, kernel)
-                log(f"done {step.executed} in {(time.perf_counter() - started) / 60:.1f} min")
-                for warning in notebook_warnings(run_dir / step.executed):
-                    log(f"  warning in {step.executed}: {warning}")
-            if step.then:
-                log(step.then())
-        if publish_dir is not None:
-            publish(cfg, run_dir, publish_dir)  # writes interim.md where 04 has not run
-        elif waited and finished_drafts(cfg, run_dir):
-            _write_interim(cfg, run_dir)
-        if waited and RunPaths(run_dir).interim.is_file():
-            log(f"interim results over the drafts evaluated so far: {RunPaths(run_dir).interim}")
-        return run_dir
+        with run_dir_lock(run_dir, "run"), _Stop().catching() as stop:
+            bind_config(cfg, run_dir, replace=force)
+            waited = False
+            for step in tqdm(plan(cfg, config_path, run_dir, drafts, results_from), desc=f"pipeline {cfg.name}",
+                             unit="notebook"):
+                waiting = step.waiting_for() if step.waiting_for else []
+                if waiting:
+                    log(f"wait {step.executed}: drafts {','.join(waiting)} are not evaluated yet (run them with "
+                        "--drafts, here or later elsewhere with --results-from)")
+                    waited = True
+                    continue
+                if not force and step.done(run_dir):
+                    log(f"skip {step.executed}: outputs exist")
+                else:
+                    if force:
+                        for p in step.clean:
+                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    log(f"run  {step.executed}")
+                    started = time.perf_counter()
+                    _execute(step, run_dir, kernel, stop)
+                    log(f"done {step.executed} in {(time.perf_counter() - started) / 60:.1f} min")
+                    for warning in notebook_warnings(run_dir / step.executed):
+                        log(f"  warning in {step.executed}: {warning}")
+                if step.then:
+                    log(step.then())
+            if publish_dir is not None:
+                publish(cfg, run_dir, publish_dir)  # writes interim.md where 04 has not run
+            elif waited and finished_drafts(cfg, run_dir):
+                _write_interim(cfg, run_dir)
+            if waited and RunPaths(run_dir).interim.is_file():
+                log(f"interim results over the drafts evaluated so far: {RunPaths(run_dir).interim}")
+            return run_dir
 
 
 def _write_interim(cfg: StudyConfig, run_dir: Path) -> Path:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from ..errors import require
 from ..metrics import expected_tokens_per_step
+from ..runtime import BUSY_SHARE
 from ..speed import StepCosts
 from .stats import (SPEED_COLUMNS, STEP_METRICS, bootstrap, format_interval, group_metric, prompt_sums, speed_ratio,
                     wilson_interval)
@@ -38,6 +39,7 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
                 "identical": f["identical"].mean() if f["identical"].notna().all() else float("nan"),
                 "n_prompts": int(f["prompts"].sum()),
+                "busy_batches": int(f["busy"].sum()) if "busy" in f else 0,  # timed beside other work (speed.py)
             })
     return pd.DataFrame(rows)
 
@@ -57,6 +59,12 @@ def format_speed_table(speed: pd.DataFrame) -> str:
             f"{format_interval(r['speedup'], r['speedup_lo'], r['speedup_hi'], unit='x')} | "
             f"{r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
             f"{r['n_prompts']} |")
+    busy = [f"{r['draft']} ({r['setting']}): {r['busy_batches']} batches" for _, r in speed.iterrows()
+            if r.get("busy_batches", 0)]
+    if busy:
+        lines += ["", f"**Timed on a busy machine** (other processes used more than {BUSY_SHARE:.0%} of the CPU): "
+                      f"{'; '.join(busy)}. Those speedups are not the decoder's alone; time them again on a quiet "
+                      "machine (`python -m distillspec retime`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import datasets
 from ..atomic import write_text
 from .preset import StudyConfig
 from ..trainlog import TRAIN_LOG
-from ..errors import require
+from ..errors import DistillSpecError, require
+from ..training_settings import WHERE_NOT_WHAT, differences, read_settings
 
 BASELINE = "baseline"
 REPO = Path(__file__).resolve().parents[3]  # the checkout this package is installed from (editable install)
@@ -67,6 +70,17 @@ class RunPaths:
         """Where a warm start is trained again when the baseline's records were imported (--results-from): its
         log and checkpoints, apart from the records' log; the finished model moves to student(BASELINE)."""
         return self.draft_dir(BASELINE) / "retrained"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the command working on this run directory (run_dir_lock)."""
+        return self.root / ".lock"
+
+    @property
+    def kernel_log(self) -> Path:
+        """What the notebooks' kernels print outside their cells (the terminal stays clean; a dead kernel's last
+        words are here)."""
+        return self.root / "kernel.log"
 
     @property
     def records(self) -> Path:
@@ -199,6 +213,59 @@ def default_run_dir(cfg: StudyConfig) -> Path:
     return (REPO / cfg.run_dir / cfg.name).resolve()
 
 
+def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False) -> None:
+    """A run directory holds the work of one preset: its config.yaml is written when the directory is new, and a
+    preset with other settings is refused, naming the keys (what the directory holds would not be what the preset
+    says), unless replace (run --force), which empties the directory first."""
+    paths = RunPaths(Path(run_dir))
+    saved = read_settings(paths.root) if paths.config.is_file() else None
+    diff = differences(saved, cfg.to_dict()) if saved is not None else []
+    if diff and replace:
+        for child in paths.root.iterdir():
+            if child != paths.lock:  # held by this command
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    elif diff:
+        raise DistillSpecError(
+            f"{paths.root} holds a run of other settings than this preset's ({'; '.join(diff)}): its drafts, records "
+            "and results would be described by settings that did not make them. Use a new --run-dir for the "
+            "changed preset, run it again from scratch with --force (every draft is trained and evaluated again), "
+            "or put the preset back.")
+    if saved is None or diff:
+        cfg.to_yaml(paths.config)
+
+
+@contextmanager
+def run_dir_lock(run_dir: str | Path, what: str, *, hold: bool = True):
+    """One command at a time on a run directory: a second `run`, `train` or `retime` on it is refused while one
+    works there, naming it. hold=False on the other processes of one `accelerate launch` (its main process holds
+    the lock for all of them; they cannot run without it). The lock goes with the process that holds it, however
+    it ends. what: the command, as the refusal names it."""
+    import fcntl
+    import os
+
+    if not hold:
+        yield
+        return
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DistillSpecError(f"{paths.root} is in use by {holder}: one command at a time works on a run "
+                                   "directory. Wait for it to finish (or stop it), or use another --run-dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"`python -m distillspec {what}` (pid {os.getpid()})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_prompts(ds: datasets.Dataset, path: Path) -> None:
     write_text("".join(json.dumps(r) + "\n" for r in ds.to_list()), path)
 
@@ -208,8 +275,6 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
     return datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
 
 
-# Config keys that say where or when files are written, not what is computed: they may differ between machines.
-_LOCATION_KEYS = ("data_source", "run_dir", "save_minutes")
 # Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
 # rather than mixed (the published records were carried over to each version once, when it changed).
 FINGERPRINT_VERSION = 2
@@ -223,7 +288,7 @@ def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
     paths = RunPaths(Path(run_dir))
     settings = {k: v for k, v in cfg.to_dict().items()
-                if k not in _LOCATION_KEYS and _LATER_DEFAULTS.get(k, _UNSET) != v}
+                if k not in WHERE_NOT_WHAT and _LATER_DEFAULTS.get(k, _UNSET) != v}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..atomic import write_json, write_parquet, write_text
+from ..atomic import read_parquet, write_json, write_parquet, write_text
 from ..data import load_raw, render_prompts, task_spec, token_lengths
 from ..eagle import is_head, saved_marker
 from ..draft_vocab import check_draft_vocab, choose_draft_vocab, teacher_token_counts
@@ -26,6 +26,7 @@ from ..runtime import machine
 from ..specdec import speculative_generate
 from ..speed import decoding_shape, measure_step_costs, target_tokens_per_s, time_decoding
 from ..trainlog import TRAIN_LOG, DistillResult, read_log
+from ..training_settings import check_settings, clear_training_output
 from .preset import StudyConfig
 from .report import (acceptance_by_entropy, plot_acceptance_vs_entropy, plot_training_curves, plot_warm_curve,
                      speed_summary, summary_table)
@@ -33,7 +34,7 @@ from .handoff import check_retrained_warm_start
 from .manifest import run_damage, seal
 from .results import results_markdown, seeded_lead
 from .rundir import (BASELINE, RunPaths, draft_groups, draft_names, figure_paths, fingerprint, finished_drafts,
-                     load_prompt_file, run_names, save_prompts)
+                     load_prompt_file, published_records, run_names, save_prompts)
 from .seeds import bins_over_seeds
 
 
@@ -60,10 +61,35 @@ def prepare_data(cfg: StudyConfig, run_dir: str | Path) -> dict:
     return summary
 
 
-def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
-    """02: distil one draft of the study (its overrides from the config, then any given here); resumable. With a
-    `warm_start`, the baseline is trained too (warm_start.py) and every other run starts from it."""
+def _retrain_fix(cfg: StudyConfig, name: str) -> str:
+    return (f"Train '{name}' again from scratch (python -m distillspec train --config <{cfg.name} preset> --draft "
+            f"{name} --retrain), or use a new --run-dir.")
+
+
+def forget_draft(cfg: StudyConfig, run_dir: str | Path, name: str) -> None:
+    """Remove a draft's training output, settings and records (and 04's table, made with them): the next train
+    starts it from scratch and the next run evaluates it again. A warm-started baseline is refused: every other
+    draft of the run started from it."""
     paths = RunPaths(Path(run_dir))
+    _known_drafts(cfg, [name])
+    require(not (name == BASELINE and cfg.warm_start is not None),
+            f"The warm-started baseline of {paths.root} is where every other draft of the run started: training it "
+            "again would leave them describing another start. Use a new --run-dir (or run --force).")
+    clear_training_output(paths.draft_dir(name))
+    for record in published_records(paths, name).values():
+        if record.parent == paths.records:
+            record.unlink(missing_ok=True)
+    paths.results.unlink(missing_ok=True)
+
+
+def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, *, retrain: bool = False, **overrides):
+    """02: distil one draft of the study (its overrides from the config, then any given here); resumable with the
+    same settings (a draft trained with others is refused, naming the keys); retrain: train it again from scratch
+    (forget_draft first). With a `warm_start`, the baseline is trained too (warm_start.py) and every other run
+    starts from it."""
+    paths = RunPaths(Path(run_dir))
+    if retrain:
+        forget_draft(cfg, run_dir, name)
     if name == BASELINE and cfg.warm_start is not None:
         return warm_start(cfg, run_dir, **overrides)
     require(name in run_names(cfg), f"Unknown training run '{name}'; this study's runs are {list(run_names(cfg))}"
@@ -74,6 +100,7 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, **overrides):
                 f"Run '{name}' starts from the study's warm-started baseline, which is not trained yet: run 02 with "
                 f"run_name='{BASELINE}' first (the pipeline does), or import nothing and run the study again.")
         run_cfg = run_cfg.replace(student=str(paths.student(BASELINE)))
+    check_settings(paths.draft_dir(name), run_cfg.to_dict(), _retrain_fix(cfg, name))
     if run_cfg.draft_kind == "eagle":  # a feature head: its own loop (head_training.py), on the teacher's text
         from ..head_training import train_head
 
@@ -116,10 +143,13 @@ def warm_start(cfg: StudyConfig, run_dir: str | Path, **overrides):
 def _train_warm_start(cfg: StudyConfig, paths: RunPaths, out: Path, overrides: dict):
     from ..warm_start import WarmStart, train_warm_start
 
+    from ..warm_start import warm_settings
+
     run_cfg = cfg.run_config(**overrides)
+    warm = WarmStart.of(cfg.warm_start)
+    check_settings(out, warm_settings(run_cfg, warm), _retrain_fix(cfg, BASELINE))
     target, tok = load_target(run_cfg)
     vocab = draft_vocab(cfg, paths.root, target, tok)
-    warm = WarmStart.of(cfg.warm_start)
     return train_warm_start(run_cfg, warm, out, target=target, tokenizer=tok,
                             prompts=render_prompts(tok, load_prompt_file(paths.train_prompts)),
                             eval_prompts=render_prompts(tok, load_prompt_file(paths.eval_prompts)), gamma=cfg.gamma,
@@ -388,7 +418,7 @@ def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
     tokens, steps = {}, {}
     for n in names:
         require(paths.tokens(n).is_file(), f"No records for draft '{n}' in {paths.root}: run 03 first.")
-        tokens[n], steps[n] = pd.read_parquet(paths.tokens(n)), pd.read_parquet(paths.steps(n))
+        tokens[n], steps[n] = read_parquet(paths.tokens(n)), read_parquet(paths.steps(n))
     return tokens, steps
 
 
@@ -457,7 +487,7 @@ class Analysis:
 def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame]:
     """03's timing rows (SD against the target alone) of those of these drafts that were timed."""
     paths = RunPaths(Path(run_dir))
-    return {n: pd.read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
+    return {n: read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
 
 
 def decoding_speed(cfg: StudyConfig, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,

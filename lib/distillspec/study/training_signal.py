@@ -1,5 +1,6 @@
 """Does the training curve predict serving? Over every published draft, the last `expected_accept` its training log
-recorded (Σ min(p, q) at T=1 on the positions trained in the last logging window) against the alpha_pos 03 measured
+recorded (Σ min(p, q) at T=1 on the positions trained in the last logging window; every file checked against its
+draft's manifest first) against the alpha_pos 03 measured
 when it decoded held-out prompts, with Spearman's rho and a bootstrap CI over drafts: pooled, and within each study
 (one task, one setting, recipes and seeds side by side), which is the comparison a user makes when choosing a recipe.
 """
@@ -12,9 +13,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..atomic import read_parquet
 from ..errors import require
 from ..metrics import verified_positions
 from ..trainlog import TRAIN_LOG, read_log
+from .manifest import folder_damage
+from .rundir import RunPaths
 from .stats import bootstrap
 
 LOG_SUFFIX = f"_{TRAIN_LOG}"
@@ -32,6 +36,10 @@ def collect(published: str | Path) -> pd.DataFrame:
         records = config.parent / "records"
         for log_path in sorted(records.glob(f"*{LOG_SUFFIX}")):
             draft = log_path.name[: -len(LOG_SUFFIX)]
+            damaged = folder_damage(records, RunPaths(config.parent), draft)
+            require(not damaged, f"{records}: draft '{draft}' does not match its manifest ({'; '.join(damaged)}); "
+                    "its training log or records changed since they were published. Publish the study again from "
+                    "its run (python -m distillspec run --config ... --publish figures), or restore the files.")
             steps_path = records / f"{draft}_steps.parquet"
             log = read_log(log_path)
             if not steps_path.is_file() or "expected_accept" not in log:
@@ -41,7 +49,7 @@ def collect(published: str | Path) -> pd.DataFrame:
             if curve in seen:
                 continue
             seen.add(curve)
-            steps = pd.read_parquet(steps_path, columns=["accepted", "proposed"])
+            steps = read_parquet(steps_path, columns=["accepted", "proposed"])
             verified = int(verified_positions(steps["accepted"], steps["proposed"]).sum())
             kind = "warm start" if draft == "baseline" else "head" if "feature_loss" in log else "draft"
             rows.append({"study": study["name"], "task": study["task"], "draft": draft, "kind": kind,
