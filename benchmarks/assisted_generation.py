@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from distillspec.data import load_prompts, render_prompts
-from distillspec.eagle import is_head
+from distillspec.drafts import kind_of
 from distillspec.evaluate import count_new_tokens
 from distillspec.models import load_model
-from distillspec.pair import load_draft
+from distillspec.drafts import load_draft
 from distillspec.study.preset import pair_config
 from distillspec.specdec import speculative_generate
 from distillspec.study.stats import bootstrap
@@ -60,7 +60,7 @@ def main() -> None:
         target, tok = load_model(cfg.teacher, dtype=getattr(torch, dtype))
         draft = target if args.draft is None else load_draft(cfg, target, tok, args.draft).to(target.dtype)
         prompts = render_prompts(tok, load_prompts("gsm8k", "test", args.prompts, tokenizer=tok))
-        runners = {"ours": ours} if is_head(draft) else {"assisted": assisted, "ours": ours}
+        runners = {"ours": ours} if not kind_of(draft).standalone else {"assisted": assisted, "ours": ours}
         for run in runners.values():  # warm-up
             run(target, draft, tok, prompts[0], args.gamma, 8)
         seconds = {k: [] for k in runners}

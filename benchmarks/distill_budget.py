@@ -28,7 +28,7 @@ from distillspec.atomic import write_json
 from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
 from distillspec.distillation import distill
-from distillspec.pair import load_pair
+from distillspec.drafts import load_pair
 from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.models import load_model

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from distillspec.study.preset import StudyConfig
 from distillspec.data import render_prompts
-from distillspec.pair import load_pair
+from distillspec.drafts import load_pair
 from distillspec.evaluate import completion_mask
 from distillspec.models import load_model
 from distillspec.sampling import SamplingConfig

@@ -1,6 +1,6 @@
 """OpenMP waiting (ACTIVE / PASSIVE) and thread counts, on a quiet CPU and beside one busy process, for the work
 each entry point does: a short target-only `generate` (latency-bound decoding: the timing stage, SD), and the
-forward + backward of a training batch (the training stages). Each cell runs in a fresh process, since the
+forward + backward of a training batch (the training stages), both in fp32. Each cell runs in a fresh process, since the
 settings take effect only before torch starts. Prints one row per (work, threads, policy, neighbour) with the
 median of --repeats runs.
 
@@ -20,7 +20,7 @@ WORK = {
     "generate": """
 import time, torch
 from distillspec.models import load_model
-model, tok = load_model("smollm2-135m-instruct", dtype=torch.bfloat16)
+model, tok = load_model("smollm2-135m-instruct", dtype=torch.float32)
 ids = tok.apply_chat_template([{"role": "user", "content": "What is 12 times 7? Explain."}], add_generation_prompt=True,
                               return_tensors="pt", return_dict=True)
 model.generate(**ids, max_new_tokens=4, do_sample=False)  # warm-up
@@ -35,10 +35,9 @@ from distillspec.models import load_model, draft_from_teacher
 teacher, tok = load_model("smollm2-135m-instruct", dtype=torch.float32)
 student = draft_from_teacher(teacher, 4, "first").train()
 opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
-ids = torch.randint(100, 20000, (8, 200))
+ids = torch.randint(100, 20000, (4, 128))
 def step():
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = student(ids, labels=ids).loss
+    loss = student(ids, labels=ids).loss
     loss.backward(); opt.step(); opt.zero_grad()
 step()
 times = []

@@ -19,7 +19,7 @@ from distillspec.metrics import expected_tokens_per_step
 from distillspec.data import load_prompts, render_prompts
 from distillspec.evaluate import count_new_tokens
 from distillspec.speed import target_tokens_per_s
-from distillspec.pair import load_pair
+from distillspec.drafts import load_pair
 from distillspec.study.preset import pair_config
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import speculative_generate

@@ -2,16 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillspec.study.report import (
-    acceptance_by_entropy,
-    assign_bins,
-    bin_inspector,
-    draft_colors,
-    entropy_bin_edges,
-    summary_table,
-    timing_machines,
-    wilson_interval,
-)
+from distillspec.study.figures import draft_colors
+from distillspec.study.inspector import bin_inspector
+from distillspec.study.markdown import timing_machines
+from distillspec.study.stats import wilson_interval
+from distillspec.study.tables import acceptance_by_entropy, assign_bins, entropy_bin_edges, summary_table
 from distillspec.study.results import format_timing_machines
 from distillspec.study.stats import ratio_bootstrap
 
@@ -78,7 +73,7 @@ def test_bin_inspector_prerenders_every_bin_and_draft_and_links_the_controls():
     from ipywidgets.widgets import widget as widget_registry
     from ipywidgets.widgets.widget_link import Link
 
-    from distillspec.study.report import entropy_range_label
+    from distillspec.study.inspector import entropy_range_label
 
     class Tok:  # a tokenizer whose tokens are whitespace-heavy
         def decode(self, ids):

@@ -9,7 +9,7 @@ from distillspec import DistillSpecError
 from distillspec.study.preset import StudyConfig
 from distillspec.data import load_prompts, render_prompts
 from distillspec.distillation import CollapseWarning, distill
-from distillspec.pair import load_pair
+from distillspec.drafts import load_pair
 from distillspec.trainlog import read_log
 from distillspec.evaluate import expected_acceptance
 from distillspec.tiny import tiny_model

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from distillspec.study.report import entropy_range_label
+from distillspec.study.inspector import entropy_range_label
 from test_pipeline import RUNS
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -179,7 +179,8 @@ def test_rerun_in_lab_gives_a_live_inspector(lab, browser, tiny_run):
     page.get_by_text("Run All Cells", exact=True).click()
     live = page.locator(".distillspec-inspector:not(.jupyter-widgets-disconnected)")
     live.wait_for(timeout=120_000)
-    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    assert stderr.count() == 0, [el.inner_text()[:300] for el in stderr.all()]
     handle = live.locator(".widget-slider .noUi-handle").first
     handle.focus()
     page.keyboard.press("End")  # the last bin

@@ -263,7 +263,7 @@ def test_relative_paths_mean_relative_to_where_they_were_typed(tmp_path, monkeyp
 
     seen = []
 
-    def execute(step, run_dir, kernel):  # stands in for papermill: what would the notebook receive?
+    def execute(step, run_dir, kernel, stop):  # stands in for papermill: what would the notebook receive?
         seen.append((step.parameters, os.environ["DISTILLSPEC_DATA_DIR"]))
         raise DistillSpecError("stop here")
 
@@ -315,7 +315,7 @@ def test_03_times_every_draft_against_the_target_with_a_cut_head(tiny_run, token
     # the speed table times each draft at its gamma; 03's eval-run throughput is not shown as a speedup beside it
     results = (run_dir / "results.md").read_text()
     assert "| speedup [95% CI] |" in results and "speedup vs target" not in results
-    from distillspec.study.report import format_table
+    from distillspec.study.markdown import format_table
 
     for eval_speed, columns in ((True, 7), (False, 6)):  # without a speed table, the eval run's ratio is shown
         rows = format_table(pd.read_csv(run_dir / "summary.csv"), eval_speed=eval_speed).splitlines()

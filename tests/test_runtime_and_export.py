@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM
 from distillspec import DistillSpecError
 from distillspec.study.preset import StudyConfig
 from distillspec.distillation import distill
-from distillspec.pair import load_pair
+from distillspec.drafts import load_pair
 from distillspec.losses import chunked_distill_loss, naive_distill_loss
 from distillspec.models import count_parameters, draft_from_teacher, load_model, save_pretrained_atomic
 from distillspec import runtime
 from distillspec.study.pipeline import plan
 from distillspec.runtime import batch_layout, check_engine, compute_dtype, process_device, resolve_precision
-from distillspec.study import stages
+from distillspec.study import evaluation
 from distillspec.study.rundir import RunPaths
 from distillspec.tiny import tiny_model
 
@@ -158,14 +158,13 @@ def test_target_speed_is_reused_only_on_the_machine_that_measured_it(monkeypatch
     paths = RunPaths(tmp_path)
     paths.target_speed.parent.mkdir(parents=True)
     measured = []
-    monkeypatch.setattr(stages, "target_tokens_per_s", lambda *a, **k: measured.append(1) or 50.0 + len(measured))
-    monkeypatch.setattr(stages, "machine", lambda: "cpu: here")
+    monkeypatch.setattr(evaluation, "target_tokens_per_s", lambda *a, **k: measured.append(1) or 50.0 + len(measured))
+    monkeypatch.setattr(evaluation, "machine", lambda: "cpu: here")
     cfg = StudyConfig()
     for saved, expect, calls in (({"tokens_per_s": 9.0, "machine": "cpu: here"}, 9.0, 0),
-                                 ({"tokens_per_s": 9.0, "machine": "cpu: elsewhere"}, 51.0, 1),
-                                 ({"tokens_per_s": 9.0}, 52.0, 2)):  # an older run: no machine recorded
+                                 ({"tokens_per_s": 9.0, "machine": "cpu: elsewhere"}, 51.0, 1)):
         paths.target_speed.write_text(json.dumps(saved))
-        assert stages._target_speed(cfg, paths, None, None, [[1, 2]]) == expect and len(measured) == calls
+        assert evaluation._target_speed(cfg, paths, None, None, [[1, 2]]) == expect and len(measured) == calls
         assert json.loads(paths.target_speed.read_text())["machine"] == "cpu: here"
 
 

@@ -13,7 +13,7 @@ from distillspec.errors import DistillSpecError
 from distillspec.metrics import ideal_speedup
 from distillspec.sampling import SamplingConfig
 from distillspec.speed import StepCosts, decoding_shape, forward_steps, measure_step_costs, time_decoding
-from distillspec.study.report import speed_summary
+from distillspec.study.tables import speed_summary
 
 
 def _cpu_like_costs() -> StepCosts:

@@ -11,7 +11,8 @@ import torch
 from distillspec import DistillSpecError
 from distillspec.config import Config
 from distillspec.models import draft_from_teacher
-from distillspec.offline_loop import LoopSettings, train_offline
+from distillspec.config import Optimisation
+from distillspec.offline_loop import train_offline
 from distillspec.study.preset import StudyConfig
 from distillspec.tiny import tiny_model
 from distillspec.trainlog import read_log
@@ -63,7 +64,7 @@ def test_warm_start_raises_served_acceptance_and_records_its_curve(warm_run, tok
 
 def test_an_interrupted_offline_run_resumes_to_the_same_weights(tmp_path):
     data = torch.randn(24, 8, generator=torch.Generator().manual_seed(0))
-    settings = LoopSettings(max_steps=6, batch_size=4, learning_rate=1e-2, save_steps=2, logging_steps=1)
+    settings = Optimisation(max_steps=6, batch_size=4, learning_rate=1e-2, save_steps=2, logging_steps=1)
 
     def run(out, stop_at=None):
         torch.manual_seed(0)

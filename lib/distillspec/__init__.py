@@ -15,7 +15,7 @@ _API = {
     "speculative_generate": "specdec", "SpecDecResult": "specdec",
     "distill": "distillation", "Config": "config",
     "load_model": "models", "load_tokenizer": "models", "draft_from_teacher": "models",
-    "check_compatible": "models", "load_pair": "pair", "DistillSpecError": "errors",
+    "check_compatible": "models", "load_pair": "drafts", "DistillSpecError": "errors",
     "EagleHead": "eagle", "load_head": "eagle", "train_head": "head_training",
 }
 

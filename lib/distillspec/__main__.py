@@ -15,7 +15,7 @@ from .threads import set_threads
 def _cmd_eval(args) -> None:
     """Batched SD of the teacher with a draft on task prompts; writes records and metrics under --out."""
     from .data import load_prompts, render_prompts
-    from .pair import load_pair
+    from .drafts import load_pair
     from .specdec import speculative_generate
     from .study.preset import pair_config
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DistillSpecError, require
+from .errors import require
 
 LENIENCE_KINDS = ("lin", "sq", "exp")
 

@@ -1,10 +1,12 @@
-"""Atomic file writes: write to a temp file beside the target, then rename, so readers never see half a file; and
+"""Atomic writes of files and folders: write to a temp file (or folder) beside the target, then rename, so readers
+never see half of one; and
 reading such a file back with an error that names it when it was damaged after all."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def swap_in(tmp: Path, target: Path) -> Path:
+    """Replace target by the finished directory tmp (beside it) in one rename; the old copy is removed after."""
+    old = target.parent / f".{target.name}.old"
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def write_dir(target: str | os.PathLike, write) -> Path:
+    """write(tmp) fills a temp dir beside target, which is then swapped in: readers never see a half-written one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        share_as_umask(tmp)  # mkdtemp made it owner-only
+        swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def write_parquet(df, path: str | os.PathLike) -> Path:

@@ -39,8 +39,40 @@ class Setup:
 
 
 @dataclass
-class Recipe:
-    """How one draft is trained: the student, the objective, the rollouts and the optimisation."""
+class Optimisation:
+    """How every training loop optimises (TRL's trainer for drafts, the plain loop for heads and warm starts), its
+    checkpoints and logs: one group of keys, read by each loop from here."""
+
+    learning_rate: float = 1e-4
+    batch_size: int = 8  # global batch: sequences per optimiser step over all processes (same experiment on 1 or 8 GPUs)
+    micro_batch_size: int | None = None  # most sequences per forward per process; the rest is gradient accumulation
+    max_steps: int = 100
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0  # training (rollouts, data order) and the evaluation's sampling
+    logging_steps: int = 5
+    save_steps: int = 25
+    save_minutes: float = 5.0  # also checkpoint after this much wall time since the last checkpoint (slow steps)
+
+    def optimisation(self, **changes) -> Optimisation:
+        """This group's values alone, with changes (a warm start's own steps and rate): what a loop takes."""
+        return Optimisation(**{**{k: getattr(self, k) for k in field_names(Optimisation)}, **changes})
+
+
+@dataclass
+class HeadKeys:
+    """What only a feature head's training reads (draft_kind: eagle)."""
+
+    head_feature_weight: float = 1.0  # weight of the feature regression beside the divergence
+    head_unroll: int = 2  # positions of a drafted block trained per sequence (1: the teacher's features only)
+    head_text_prompts: int | None = None  # training prompts the teacher writes for; None: max_steps x batch_size
+
+
+@dataclass
+class Recipe(HeadKeys, Optimisation):
+    """How one draft is trained: the student, the objective, the rollouts, and the optimisation and head keys."""
 
     draft_kind: str = "model"  # 'model': a small LM (`student`); 'eagle': a feature head over the teacher (eagle.py)
     student: str | None = None  # a loadable model; None = derived from the teacher (draft_from_teacher)
@@ -56,23 +88,8 @@ class Recipe:
     skd_gamma: int = 4
     loss_temperature: float | None = None  # divides both models' logits in the loss; None: `temperature` (TRL)
     train_max_new_tokens: int | None = None  # rollout length while training; None: `max_new_tokens`
-    learning_rate: float = 1e-4
-    batch_size: int = 8  # global batch: sequences per optimiser step over all processes (same experiment on 1 or 8 GPUs)
-    micro_batch_size: int | None = None  # most sequences per forward per process; the rest is gradient accumulation
-    max_steps: int = 100
-    warmup_steps: int = 0
-    lr_scheduler: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     chunk_size: int = 256  # loss chunk (positions): 19% of the naive peak memory at 1.00x time (README, loss_bench)
-    seed: int = 0  # training (rollouts, data order) and the evaluation's sampling
-    logging_steps: int = 5
-    save_steps: int = 25
-    save_minutes: float = 5.0  # also checkpoint after this much wall time since the last checkpoint (slow steps)
-    head_feature_weight: float = 1.0  # eagle: weight of the feature regression beside the divergence
-    head_unroll: int = 2  # eagle: positions of a drafted block trained per sequence (1: the teacher's features only)
-    head_text_prompts: int | None = None  # eagle: training prompts the teacher writes for; None: max_steps x batch_size
 
 
 def field_names(cls) -> list[str]:
@@ -81,7 +98,9 @@ def field_names(cls) -> list[str]:
 
 def finish(cfg) -> None:
     """Shared by every config class: numbers from YAML made numbers, derived keys resolved, every key checked."""
-    _coerce_numbers(cfg)
+    for key, value in coerce_numbers(type(cfg), {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+                                     ).items():
+        setattr(cfg, key, value)
     cfg._derived = frozenset(k for k in _DERIVED if getattr(cfg, k) is None)  # re-derived by replace()
     spec = task_spec(cfg.task)
     if cfg.temperature is None:
@@ -100,11 +119,13 @@ def replace(cfg, **changes):
     return dataclasses.replace(cfg, **{**{k: None for k in cfg._derived}, **changes})
 
 
-def _coerce_numbers(cfg) -> None:
-    """YAML 1.1 reads `5e-5` (no dot) as a string; accept it as a number, refuse anything else clearly."""
-    for f in dataclasses.fields(cfg):
+def coerce_numbers(cls, data: dict, where: str = "") -> dict:
+    """data with the numbers YAML 1.1 reads as strings (`5e-5`, no dot) made numbers, by the types of cls's fields;
+    anything else where a number belongs is refused, naming the key (where: a prefix for the message)."""
+    out = dict(data)
+    for f in dataclasses.fields(cls):
         kind = {"float": float, "float | None": float, "int": int, "int | None": int}.get(f.type)
-        value = getattr(cfg, f.name)
+        value = out.get(f.name)
         if kind is None or value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             continue
         try:
@@ -112,8 +133,9 @@ def _coerce_numbers(cfg) -> None:
         except (TypeError, ValueError):
             number = None
         if isinstance(value, bool) or number is None or (kind is int and not number.is_integer()):
-            raise DistillSpecError(f"{f.name}={value!r} must be {'an integer' if kind is int else 'a number'}.")
-        setattr(cfg, f.name, kind(number))
+            raise DistillSpecError(f"{where}{f.name}={value!r} must be {'an integer' if kind is int else 'a number'}.")
+        out[f.name] = kind(number)
+    return out
 
 
 def validate_run(cfg) -> None:
@@ -150,9 +172,8 @@ def validate_run(cfg) -> None:
 
 
 def check_keys(cls, data: dict, where: str = "") -> None:
-    """Refuse keys cls does not have, naming them and the valid ones (and the renamed `sampling`)."""
+    """Refuse keys cls does not have, naming them and the valid ones."""
     known = set(field_names(cls))
-    require("sampling" not in data, f"{where}`sampling` is now `rollout` (on_policy or skd); rename the key.")
     require("gradient_accumulation_steps" not in data, "gradient_accumulation_steps is derived: batch_size is the "
             "global batch per optimiser step, and micro_batch_size caps the sequences per forward on each process "
             "(e.g. batch_size: 32, micro_batch_size: 8 is 4 accumulation steps on one GPU, 1 on four).")
@@ -209,4 +230,4 @@ def to_yaml(cfg, path=None) -> str:
     return text
 
 
-__all__ = ["Config", "DRAFT_KINDS", "ROLLOUTS", "Recipe", "Setup"]
+__all__ = ["Config", "DRAFT_KINDS", "HeadKeys", "Optimisation", "ROLLOUTS", "Recipe", "Setup", "coerce_numbers"]

@@ -22,7 +22,6 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,17 +31,18 @@ from .quiet import quiet_bitsandbytes_import, quiet_trainer_noise
 with quiet_bitsandbytes_import():  # transformers' Trainer and TRL import peft, which imports bitsandbytes
     from transformers import TrainerCallback, TrainerState
     from transformers.trainer_utils import get_last_checkpoint
+    from transformers.utils import CONFIG_NAME
     from trl import DistillationConfig, DistillationTrainer
 
 from .acceptance import TopKAcceptance
 from .config import Config
 from .data import check_prompt_rows
-from .eagle import saved_marker
 from .errors import TrainingInterrupted, require
 from .evaluate import completion_mask
 from .losses import chunked_distill_loss
-from .models import check_compatible, swap_in
-from .pair import load_pair
+from .atomic import swap_in
+from .models import check_compatible
+from .pair import load_target, standalone_draft
 from .runtime import batch_layout, check_engine, full_params, full_weight, rank, resolve_precision, world_size
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
@@ -323,7 +323,7 @@ def _finished(trainer: DistillSpecTrainer, cfg: Config, tokenizer, output_dir: P
     """A run whose last checkpoint is its final step: its saved student as it is, or, when the run stopped between
     that checkpoint and saving the student, the student saved from the checkpoint's weights."""
     student_dir = output_dir / "student"
-    if not saved_marker(student_dir).is_file():
+    if not (student_dir / CONFIG_NAME).is_file():
         require(not trainer.is_fsdp_enabled,
                 f"{output_dir} finished training ({Path(last).name}) but its student was not saved, and an FSDP "
                 f"checkpoint is only loaded inside training: remove {last} to train the last steps again from the "
@@ -351,7 +351,10 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
             "distillspec.train_head (or the study's 02), which trains it on the teacher's text.")
     check_engine(lora=bool(cfg.lora))
     batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())  # refuse a batch that does not split, early
-    teacher, student, tokenizer = pair if pair is not None else load_pair(cfg, training=True)
+    if pair is None:
+        teacher, tokenizer = load_target(cfg)
+        pair = teacher, standalone_draft(cfg, teacher, tokenizer, training=True), tokenizer
+    teacher, student, tokenizer = pair
     check_compatible(tokenizer, tokenizer, teacher, student)
     check_plain_logits(teacher, student)
     dataset = dataset if dataset is not None else cfg.train_prompts(tokenizer)

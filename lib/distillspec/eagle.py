@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoModel
 
 from .errors import DistillSpecError, require
+from .forward import final_hidden
 
 HEAD_FILE, WEIGHTS_FILE = "eagle_head.json", "eagle_head.safetensors"
 FORMAT = "distillspec-eagle-head"
@@ -85,6 +86,8 @@ def _mismatch(saved: dict, target) -> str | None:
 
 class EagleHead(nn.Module):
     """fc([embed(token); feature]) -> one decoder layer -> the target's final norm and LM head (see the module doc)."""
+
+    reads_target_features = True  # the decoder hands it the target's features (a standalone model reads none)
 
     def __init__(self, target, *, init_from_layer: int | None = None, signature: dict | None = None):
         """A new head for `target`; signature: the target's, when already checked (load_head)."""
@@ -166,17 +169,12 @@ class EagleHead(nn.Module):
         return self
 
 
-def is_head(model) -> bool:
-    return isinstance(model, EagleHead)
-
-
 def target_features(target, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False,
                     logits_to_keep: int = 0):
     """The target's forward split at its LM head: (logits [B, k', V] of the last `logits_to_keep` positions, or all
     when 0, or None when -1; post-norm top hidden states [B, k, H], the features a head consumes)."""
-    out = _decoder(target)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=past_key_values, use_cache=use_cache)
-    hidden = out.last_hidden_state
+    _decoder(target)  # refuses a target without a decoder stack
+    hidden = final_hidden(target, input_ids, attention_mask, position_ids, past_key_values, use_cache)
     if logits_to_keep < 0:
         return None, hidden
     kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
@@ -187,7 +185,7 @@ def save_head(head: EagleHead, directory: str | os.PathLike, *, extra: dict | No
     """Write the head's weights and description into `directory`, atomically (a temp dir swapped in)."""
     from safetensors.torch import save_file
 
-    from .models import write_dir_atomic
+    from .atomic import write_dir
 
     def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp / WEIGHTS_FILE))
@@ -195,17 +193,7 @@ def save_head(head: EagleHead, directory: str | os.PathLike, *, extra: dict | No
                 "target": head.signature, **(extra or {})}
         (tmp / HEAD_FILE).write_text(json.dumps(meta, indent=1))
 
-    return write_dir_atomic(directory, write)
-
-
-def is_head_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / HEAD_FILE).is_file()
-
-
-def saved_marker(student: str | os.PathLike) -> Path:
-    """The file a saved student directory is known by: a head's description, else a model's config.json."""
-    head = Path(student) / HEAD_FILE
-    return head if head.is_file() else Path(student) / "config.json"
+    return write_dir(directory, write)
 
 
 def read_head_meta(path: str | os.PathLike) -> dict:
@@ -229,5 +217,5 @@ def load_head(path: str | os.PathLike, target) -> EagleHead:
     return head.to(device=target.device, dtype=target.get_input_embeddings().weight.dtype).eval()
 
 
-__all__ = ["EagleHead", "HeadOutput", "is_head", "is_head_dir", "load_head", "read_head_meta", "save_head",
-           "saved_marker", "target_checksum", "target_features"]
+__all__ = ["EagleHead", "HeadOutput", "load_head", "read_head_meta", "save_head", "target_checksum",
+           "target_features"]

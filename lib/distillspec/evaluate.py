@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .forward import final_hidden
 from .losses import chunked_distill_loss
 from .errors import require
 from .sampling import SamplingConfig
@@ -28,9 +29,7 @@ class AcceptanceReport:
 
 def backbone_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states [B, T-1, H] aligned so position t predicts token t+1 (no vocab projection)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = base.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state[:, :-1]
+    return final_hidden(model, input_ids, attention_mask)[:, :-1]
 
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

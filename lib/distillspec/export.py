@@ -14,6 +14,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import write_text
+from .drafts import kind_at
 from .errors import DistillSpecError, require
 from .trainlog import TRAIN_LOG
 from .training_settings import CHECKPOINT
@@ -135,11 +136,9 @@ def export_draft(draft: str | os.PathLike, out: str | os.PathLike, *, engine: st
 the draft, always. Files get the permissions of the user's umask."""
     require(engine in ENGINES, f"--to {engine}: choose one of {', '.join(ENGINES)}.")
     draft, out = Path(draft), Path(out).resolve()
-    require(not (draft / "eagle_head.json").is_file(),
-            f"{draft} is a feature head (EAGLE-style). It is not exported: vLLM's EAGLE proposer (speculative_config "
-            "method 'eagle') runs a head without a bias in its input projection, without the first layer's input "
-            "norm and without a norm before the LM head, and this head has all three, so its weights would load "
-            "but draft other tokens. Use it with distillspec's decoder (docs/decoder.md, 'Feature heads').")
+    kind = kind_at(draft)
+    require(kind is None or kind.export_refusal is None,
+            f"{draft}: {getattr(kind, 'export_refusal', '')}")
     require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
                                                "draft directory such as runs/<name>/drafts/<run>/student.")
     require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from .config import Config
 from .eagle import EagleHead, save_head
 from .errors import require
+from .forward import position_ids
 from .losses import chunked_distill_loss
-from .offline_loop import LoopSettings, train_offline
-from .sampling import SamplingConfig
-from .teacher_text import teacher_features, teacher_text, text_batch
+from .offline_loop import train_offline
+from .teacher_text import text_with_features
 from .trainlog import TRAIN_LOG, DistillResult
 from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
@@ -43,7 +43,7 @@ def head_loss(head: EagleHead, batch: dict, cfg: Config, head_rows: torch.Tensor
     feature of the pass before at t (the teacher's for d = 1) and is scored against the teacher at t+d."""
     ids, mask, comp = batch["ids"], batch["mask"], batch["completion"]
     teacher = batch["features"].to(head.dtype)  # [B, T, H]
-    positions = (mask.cumsum(1) - 1).clamp_min(0)  # the decoder's numbering: real tokens only
+    positions = position_ids(mask)  # the decoder's numbering: real tokens only
     features = teacher[:, :-1]
     totals = {"loss": 0.0, "divergence": 0.0, "feature_loss": 0.0}
     first = None
@@ -93,15 +93,10 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     if not resume:
         clear_training_output(out)
     claim(out, cfg.to_dict(), RETRAIN_FIX)
-    text_path = Path(text_path) if text_path is not None else out / TEACHER_TEXT
-    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     n_text = cfg.head_text_prompts or cfg.max_steps * cfg.batch_size
-    rows = teacher_text(target, tokenizer, prompts[:n_text], sampling=sampling,
-                        max_new_tokens=cfg.train_max_new_tokens, batch_size=16, seed=cfg.data_seed, path=text_path)
-    rows = [r for r in rows if r["completion"]]
-    require(rows, "The teacher wrote nothing for the training prompts: no text to train the head on.")
-    pad = tokenizer.pad_token_id or 0
-    features = teacher_features(target, rows, pad=pad)
+    text = text_with_features(target, tokenizer, prompts[:n_text], temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.train_max_new_tokens, seed=cfg.data_seed,
+                              path=text_path if text_path is not None else out / TEACHER_TEXT)
 
     torch.manual_seed(cfg.seed)
     head = EagleHead(target).float()
@@ -109,10 +104,9 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     head_rows = weight if draft_vocab_ids is None else weight[torch.tensor(draft_vocab_ids, device=weight.device)]
 
     def step_loss(pick: list[int]) -> dict:
-        batch = text_batch([rows[i] for i in pick], [features[i] for i in pick], pad)
-        return head_loss(head, {k: v.to(head.device) for k, v in batch.items()}, cfg, head_rows)
+        return head_loss(head, {k: v.to(head.device) for k, v in text.batch(pick).items()}, cfg, head_rows)
 
-    steps, resumed_from = train_offline(head, len(rows), step_loss, LoopSettings.of(cfg), out, resume=resume,
+    steps, resumed_from = train_offline(head, len(text.rows), step_loss, cfg.optimisation(), out, resume=resume,
                                         desc="head training")
     save_head(head, out / "student", extra={"teacher": cfg.teacher, "steps": steps, "draft_kind": "eagle"})
     return DistillResult(out / "student", out, out / TRAIN_LOG, resumed_from)

@@ -8,15 +8,13 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .atomic import share_as_umask
+from .atomic import write_dir
 from .errors import DistillSpecError, require
 
 # alias -> (python package that ships the file, file name inside it)
@@ -60,40 +58,15 @@ def _strip_quantization(config):
     return type(config).from_dict(data)
 
 
-def swap_in(tmp: Path, target: Path) -> Path:
-    """Replace target by the finished directory tmp (beside it) in one rename; the old copy is removed after."""
-    old = target.parent / f".{target.name}.old"
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def write_dir_atomic(target: str | os.PathLike, write) -> Path:
-    """write(tmp) fills a temp dir beside target, which is then swapped in: readers never see a half-written one."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(tmp)
-        share_as_umask(tmp)  # mkdtemp made it owner-only
-        swap_in(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def save_pretrained_atomic(model, tokenizer, target: str | os.PathLike) -> Path:
-    """save_pretrained (model, and tokenizer when given) into target, atomically (write_dir_atomic)."""
+    """save_pretrained (model, and tokenizer when given) into target, atomically (atomic.write_dir)."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-    return write_dir_atomic(target, write)
+    return write_dir(target, write)
 
 
 def gguf_to_hf_dir(gguf_file: Path) -> Path:
@@ -375,5 +348,4 @@ __all__ = [
     "logits_width",
     "model_context_length",
     "save_pretrained_atomic",
-    "swap_in",
 ]

@@ -12,47 +12,24 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
+from .config import Optimisation
 from .trainlog import TRAIN_LOG, append_log_line
 from .training_settings import CHECKPOINT
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """The optimisation of one offline run (a subset of a Recipe's keys)."""
-
-    max_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int = 0
-    lr_scheduler: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 5
-    save_steps: int = 25
-    save_minutes: float = 5.0
-    seed: int = 0
-
-    @classmethod
-    def of(cls, cfg, **changes) -> LoopSettings:
-        """The settings a Config (or anything with these keys) names, with changes."""
-        keys = {k: getattr(cfg, k) for k in cls.__dataclass_fields__ if hasattr(cfg, k)}
-        return cls(**{**keys, **changes})
-
-
 def _save(path: Path, model, optimizer, scheduler, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "rng": torch.get_rng_state()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def example_order(n: int, settings: LoopSettings) -> list[int]:
+def example_order(n: int, settings: Optimisation) -> list[int]:
     """Which examples each step takes: passes over the n examples, each in its own seeded order."""
     order = torch.Generator().manual_seed(settings.seed)
     passes = math.ceil(settings.max_steps * settings.batch_size / n) + 1
@@ -60,7 +37,7 @@ def example_order(n: int, settings: LoopSettings) -> list[int]:
 
 
 def train_offline(model: torch.nn.Module, n_examples: int, step_loss: Callable[[list[int]], dict],
-                  settings: LoopSettings, out_dir: str | os.PathLike, *, resume: bool = True, desc: str = "training",
+                  settings: Optimisation, out_dir: str | os.PathLike, *, resume: bool = True, desc: str = "training",
                   evaluate: Callable[[], dict] | None = None, eval_every: int | None = None) -> tuple[int, str | None]:
     """Train `model` for settings.max_steps steps; step_loss(indices) returns {'loss': a differentiable scalar, and
     floats to log} for a batch of example indices. Returns (steps done, the checkpoint resumed from or None). The
@@ -128,4 +105,4 @@ def train_offline(model: torch.nn.Module, n_examples: int, step_loss: Callable[[
     return step, resumed_from
 
 
-__all__ = ["CHECKPOINT", "LoopSettings", "example_order", "train_offline"]
+__all__ = ["CHECKPOINT", "Optimisation", "example_order", "train_offline"]

@@ -1,6 +1,6 @@
-"""The (target, draft) pair of a study, decided in one place for every caller: the trainer, 03, the command line
-and the benchmarks. The baseline draft is `student` when the config names one, else a draft derived from the
-teacher's first layers; a trained draft is loaded from its directory.
+"""The target of a study and its standalone drafts, loaded the same way for every caller: the target frozen in the
+compute dtype of `precision`; the baseline draft `student` when the config names one, else derived from the
+teacher's first layers. A draft of any kind, and the (target, draft) pair: drafts.load_draft, drafts.load_pair.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 from .config import Config
-from .eagle import is_head_dir, load_head
 from .errors import require
 from .models import check_compatible, draft_from_teacher, load_model
 from .runtime import check_8bit_teacher, check_engine, compute_dtype, warn_if_emulated_bf16
@@ -25,14 +24,12 @@ def load_target(cfg: Config):
     return teacher.eval().requires_grad_(False), tokenizer
 
 
-def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
-    """A draft for `teacher`: a saved draft or feature head directory, or None for the study's baseline draft
-    (`student`, or derived from the teacher). training=True keeps
-    its weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
-    source = draft if draft is not None else cfg.student
-    if source is not None and is_head_dir(source):  # a feature head drafts from this teacher's hidden states
-        head = load_head(source, teacher)
-        return head.float() if training else head
+def standalone_draft(cfg: Config, teacher, tokenizer, source: str | os.PathLike | None = None, *,
+                     training: bool = False):
+    """A standalone model as draft for `teacher`: loaded from source (a folder, hub id or alias), or the study's
+    baseline when source is None (`student`, else derived from the teacher's first layers). training=True keeps its
+    weights in fp32 (the optimiser's master weights; bf16 compute comes from autocast)."""
+    source = source if source is not None else cfg.student
     if source is None:
         model, draft_tok = draft_from_teacher(teacher, cfg.student_keep_layers, cfg.student_layer_strategy), tokenizer
     else:
@@ -41,10 +38,4 @@ def load_draft(cfg: Config, teacher, tokenizer, draft: str | os.PathLike | None 
     return model.float() if training else model
 
 
-def load_pair(cfg: Config, draft: str | os.PathLike | None = None, *, training: bool = False):
-    """(teacher, draft, tokenizer) on this process's device (see load_target and load_draft)."""
-    teacher, tokenizer = load_target(cfg)
-    return teacher, load_draft(cfg, teacher, tokenizer, draft, training=training), tokenizer
-
-
-__all__ = ["load_draft", "load_pair", "load_target"]
+__all__ = ["load_target", "standalone_draft"]

@@ -27,7 +27,8 @@ from transformers import DynamicCache
 
 from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
-from .eagle import is_head, target_features
+from .eagle import target_features
+from .forward import position_ids
 from .errors import DistillSpecError, require
 from .metrics import SpecDecMetrics, compute_metrics
 from .models import check_compatible, model_context_length
@@ -64,10 +65,10 @@ class RaggedKV:
             self.mask = valid.new_zeros(ids.shape[0], 0)
             self.n_real = valid.new_zeros(ids.shape[0])
         mask = torch.cat([self.mask, valid], dim=1)
-        positions = (self.n_real[:, None] + valid.cumsum(1) - 1).clamp_min(0)
+        positions = position_ids(valid, self.n_real)
         start = _now(ids.device) if self.timed else 0.0
         keep = 1 if prefill else 0  # the prefill's logits are never used: skip most of the vocab projection
-        if is_head(self.model):
+        if features is not None:  # a feature head: each token beside its feature
             out = self.model(ids, features, attention_mask=mask, position_ids=positions,
                              past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
             logits, self.hidden = out.logits, out.hidden
@@ -448,7 +449,8 @@ def speculative_generate(
             "block with a token from the target, as after a fully accepted block.")
     require(isinstance(rule, ACCEPTANCE_RULES), f"acceptance={acceptance!r}: pass None (lossless) or a rule from "
             "distillspec.acceptance, e.g. RejectionSampling('lin', 0.5) or TopKAcceptance(25).")
-    if is_head(draft):
+    reads_features = getattr(draft, "reads_target_features", False)
+    if reads_features:
         require(draft.target is target, "This feature head is attached to another model than the target passed: "
                 "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
                 "distillspec.eagle.load_head(path, target).")
@@ -459,7 +461,7 @@ def speculative_generate(
     records = SpecDecRecords(enabled=record)
     started = _now(device)
 
-    head = is_head(draft)
+    head = reads_features
     tgt, drf = RaggedKV(target, width, timed, features=head), RaggedKV(draft, width, timed, features=head)
     rows = _Rows.start(prompts, pad_token_id, device)
     _prefill(tgt, drf, rows, prompts, pad_token_id, device, head)  # each prompt's last token comes with step 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -21,7 +20,7 @@ from transformers import DynamicCache
 
 from .errors import require
 from .evaluate import sample_completions
-from .eagle import is_head
+from .forward import position_ids
 from .metrics import expected_tokens_per_step
 from .runtime import BUSY_SHARE, OtherLoad
 from .sampling import SamplingConfig
@@ -66,13 +65,13 @@ def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int]
                 f"left_pad={left_pad}: give one count per row ({batch_size}), each in [0, {context}).")
         real = (torch.arange(context, device=device)[None] >= torch.tensor(left_pad, device=device)[:, None]).long()
     cache = DynamicCache(config=model.config)
-    if is_head(model):  # a feature head reads a feature beside each token: any vector of the right width times it
+    if getattr(model, "reads_target_features", False):  # a feature head reads a feature beside each token: any vector of the right width times it
         features = torch.randn(batch_size, context + max(new_tokens), model.config.hidden_size, device=device,
                                dtype=model.dtype)
         net = lambda input_ids, **kw: model(input_ids, features[:, -input_ids.shape[1]:], **kw)  # noqa: E731
     else:
         net = model.model if body_only else model
-    net(input_ids=ids[:, :context], attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp_min(0),
+    net(input_ids=ids[:, :context], attention_mask=real, position_ids=position_ids(real),
         past_key_values=cache, use_cache=True, **({} if body_only else {"logits_to_keep": 1}))
 
     def step_of(k: int):
@@ -211,6 +210,29 @@ def target_tokens_per_s(target, tokenizer, prompts: list[list[int]], *, batch_si
     return tokens / seconds
 
 
+SPEED_COLUMNS = ("sd_tokens", "sd_s", "target_tokens", "target_s")  # timing rows, in speed_ratio's order
+
+
+def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
+    """The speedup: SD tokens/s over target-only tokens/s."""
+    return (sd_tokens / sd_s) / (target_tokens / target_s)
+
+
+def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float, trial_prompts: list[list[int]], *,
+                       sampling: SamplingConfig, batch_size: int, max_new_tokens: int, seed: int = 0
+                       ) -> tuple[int, float | None]:
+    """The cost model's best draft length for acceptance alpha, kept only when SD with it beats the target alone
+    timed on trial_prompts at this batch size, else 0 (decode with the target alone). Returns (gamma, the trial's
+    speedup; None when the cost model already chose 0)."""
+    gamma = costs.best_gamma(alpha)
+    if gamma == 0:
+        return 0, None
+    trial = time_decoding(target, draft, tokenizer, trial_prompts, gamma=gamma, sampling=sampling,
+                          batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    speedup = float(speed_ratio(*(trial[k].sum() for k in SPEED_COLUMNS)))
+    return (gamma if speedup > 1.0 else 0), speedup
+
+
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
                   batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
@@ -254,15 +276,18 @@ while the batch was timed; `busy`: above BUSY_SHARE, so the row's times are not 
                      "target_tokens": sum(map(len, target_out)), **sd,
                      "identical": sd_out == target_out if sampling.greedy else None,
                      "other_load": load.share, "busy": load.share is not None and load.share > BUSY_SHARE})
-    frame = pd.DataFrame(rows)
-    if frame["busy"].any():
-        warnings.warn(f"{int(frame['busy'].sum())} of {len(frame)} timed batches{f' ({progress})' if progress else ''} "
-                      f"ran while other processes used more than {BUSY_SHARE:.0%} of the CPU (up to "
-                      f"{frame['other_load'].max():.0%}): their speedups are not this decoder's. Time on a quiet "
-                      "machine (pause other jobs) and run `python -m distillspec retime`.", RuntimeWarning,
-                      stacklevel=2)
-    return frame
+    return pd.DataFrame(rows)
 
 
-__all__ = ["MAX_GAMMA", "StepCosts", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",
+def busy_note(frame: pd.DataFrame, what: str) -> str | None:
+    """A line naming the timing rows of `what` timed on a busy machine (None: all quiet)."""
+    busy = frame[frame["busy"]]
+    if busy.empty:
+        return None
+    return (f"{what}: {len(busy)} of {len(frame)} timed batches ran while other processes used more than "
+            f"{BUSY_SHARE:.0%} of the CPU (up to {busy['other_load'].max():.0%}); their speedups are not the "
+            "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
+
+
+__all__ = ["MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "never_slower_gamma", "speed_ratio", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",
            "target_decode", "target_tokens_per_s", "time_decoding"]

@@ -8,12 +8,14 @@ the same prompts give the same text whatever else was asked before."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .eagle import target_features
+from .forward import final_hidden, position_ids
+from .errors import require
 from .evaluate import sample_completions
 from .sampling import SamplingConfig
 from .specdec import left_pad
@@ -38,6 +40,32 @@ def teacher_text(target, tokenizer, prompts: list[list[int]], *, sampling: Sampl
     return done[: len(prompts)]
 
 
+@dataclass
+class TeacherText:
+    """What a loop trains on: the teacher's non-empty answers {prompt, completion}, their features [T, H] each, and
+    the pad id their batches use."""
+
+    rows: list[dict]
+    features: list[torch.Tensor]
+    pad: int
+
+    def batch(self, pick: list[int]) -> dict:
+        """text_batch of these rows."""
+        return text_batch([self.rows[i] for i in pick], [self.features[i] for i in pick], self.pad)
+
+
+def text_with_features(target, tokenizer, prompts: list[list[int]], *, temperature: float, top_p: float,
+                       max_new_tokens: int, seed: int, path: Path) -> TeacherText:
+    """The teacher's text for `prompts` (teacher_text, kept at path, 16 prompts a batch), its empty answers left out,
+    with the teacher's features over it; refused when the teacher wrote nothing."""
+    rows = teacher_text(target, tokenizer, prompts, sampling=SamplingConfig(temperature=temperature, top_p=top_p),
+                        max_new_tokens=max_new_tokens, batch_size=16, seed=seed, path=Path(path))
+    rows = [r for r in rows if r["completion"]]
+    require(rows, "The teacher wrote nothing for the training prompts: there is no text to train on.")
+    pad = tokenizer.pad_token_id or 0
+    return TeacherText(rows, teacher_features(target, rows, pad=pad), pad)
+
+
 def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, T] and mask [B, T] (1 = real token), left-padded as the decoder pads its prompts."""
     ids, valid = left_pad(rows, pad, "cpu")
@@ -51,9 +79,8 @@ def teacher_features(target, rows: list[dict], *, batch_size: int = 8, pad: int 
     for start in tqdm(range(0, len(rows), batch_size), desc="teacher features", leave=False):
         seqs = [r["prompt"] + r["completion"] for r in rows[start : start + batch_size]]
         ids, mask = padded(seqs, pad)
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        _, hidden = target_features(target, ids.to(target.device), mask.to(target.device),
-                                    positions.to(target.device), logits_to_keep=-1)
+        mask = mask.to(target.device)
+        hidden = final_hidden(target, ids.to(target.device), mask, position_ids(mask))
         out += [h[-len(s):].cpu() for h, s in zip(hidden, seqs)]
     return out
 
@@ -70,4 +97,4 @@ def text_batch(rows: list[dict], features: list[torch.Tensor], pad: int = 0) -> 
     return {"ids": ids, "mask": mask, "completion": comp, "features": f}
 
 
-__all__ = ["padded", "teacher_features", "teacher_text", "text_batch"]
+__all__ = ["TeacherText", "padded", "teacher_features", "teacher_text", "text_batch", "text_with_features"]

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .errors import DistillSpecError, require
+from .config import Config, coerce_numbers
+from .errors import require
+from .forward import final_hidden, position_ids
 from .losses import check_divergence, chunked_distill_loss
 from .models import reduce_draft_vocab, save_pretrained_atomic
-from .offline_loop import LoopSettings, train_offline
+from .offline_loop import train_offline
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
-from .teacher_text import teacher_features, teacher_text, text_batch
+from .teacher_text import text_with_features
 from .trainlog import TRAIN_LOG, DistillResult
 from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
@@ -66,12 +67,7 @@ class WarmStart:
                                         "(e.g. {steps: 600}), or null for no warm start.")
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         require(not unknown, f"warm_start: unknown keys {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}.")
-        if isinstance(data.get("learning_rate"), str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                data = {**data, "learning_rate": float(data["learning_rate"])}
-            except ValueError:
-                raise DistillSpecError(f"warm_start: learning_rate={data['learning_rate']!r} must be a number.") from None
-        return cls(**data)
+        return cls(**coerce_numbers(cls, data, "warm_start: "))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,8 +78,7 @@ def warm_loss(student, batch: dict, teacher_head: torch.Tensor, divergence: str,
     """The divergence at every completion position of a text batch (text_batch), with the logged statistics: the
     student's top hidden states through its head against the teacher's features through the teacher's head."""
     ids, mask, comp = batch["ids"], batch["mask"], batch["completion"]
-    positions = (mask.cumsum(1) - 1).clamp_min(0)
-    hidden = student.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # [B, T, H]
+    hidden = final_hidden(student, ids, mask, position_ids(mask))  # [B, T, H]
     scored = comp[:, 1:] * mask[:, :-1]  # position t predicts token t+1: scored where t+1 is a completion token
     stats = chunked_distill_loss(hidden[:, :-1], batch["features"][:, :-1], student.get_output_embeddings().weight,
                                  teacher_head, scored, divergence=divergence, temperature=temperature,
@@ -119,7 +114,7 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
     the first warm.text_prompts of `prompts` (rendered ids), text_samples answers each; resumable. The draft is
     saved to <output_dir>/student, a loadable model with the teacher's tokenizer, its log (loss, expected
     acceptance, the curve) beside it."""
-    from .pair import load_draft
+    from .pair import standalone_draft
 
     require(cfg.draft_kind == "model", "A warm start trains a standalone draft; this config's draft_kind is "
                                        f"'{cfg.draft_kind}'.")
@@ -132,20 +127,16 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
     claim(out, warm_settings(cfg, warm), RETRAIN_FIX)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
     asked = prompts[: warm.text_prompts] * warm.text_samples  # each pass over the prompts samples with other seeds
-    rows = teacher_text(target, tokenizer, asked, sampling=sampling,
-                        max_new_tokens=warm.text_tokens, batch_size=16, seed=cfg.data_seed,
-                        path=Path(text_path) if text_path is not None else out / "teacher_text.jsonl")
-    rows = [r for r in rows if r["completion"]]
-    require(rows, "The teacher wrote nothing for the training prompts: no text to warm the draft on.")
-    pad = tokenizer.pad_token_id or 0
-    features = teacher_features(target, rows, pad=pad)
+    text = text_with_features(target, tokenizer, asked, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=warm.text_tokens, seed=cfg.data_seed,
+                              path=text_path if text_path is not None else out / "teacher_text.jsonl")
     teacher_head = target.get_output_embeddings().weight.detach()
     if student is None:
         torch.manual_seed(cfg.seed)
-        student = load_draft(cfg, target, tokenizer, training=True)
+        student = standalone_draft(cfg, target, tokenizer, training=True)
 
     def step_loss(pick: list[int]) -> dict:
-        batch = text_batch([rows[i] for i in pick], [features[i] for i in pick], pad)
+        batch = text.batch(pick)
         return warm_loss(student, {k: v.to(student.device) for k, v in batch.items()}, teacher_head,
                          warm.divergence, cfg.loss_temperature or 1.0, cfg.chunk_size)
 
@@ -154,10 +145,9 @@ def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike
                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                  draft_vocab_ids=draft_vocab_ids, seed=cfg.seed)
 
-    settings = LoopSettings.of(cfg, max_steps=warm.steps, batch_size=warm.batch_size,
-                               learning_rate=warm.learning_rate, warmup_steps=warm.warmup_steps,
-                               lr_scheduler=warm.lr_scheduler)
-    steps, resumed_from = train_offline(student, len(rows), step_loss, settings, out, resume=resume,
+    settings = cfg.optimisation(max_steps=warm.steps, batch_size=warm.batch_size, learning_rate=warm.learning_rate,
+                                warmup_steps=warm.warmup_steps, lr_scheduler=warm.lr_scheduler)
+    steps, resumed_from = train_offline(student, len(text.rows), step_loss, settings, out, resume=resume,
                                         desc="warm start", evaluate=curve_point, eval_every=warm.eval_every)
     save_pretrained_atomic(student, tokenizer, out / "student")
     return DistillResult(out / "student", out, out / TRAIN_LOG, resumed_from)

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from .preset import StudyConfig
-from ..eagle import saved_marker
+from ..drafts import saved_draft
 from ..errors import DistillSpecError, require
 from .manifest import folder_damage, run_damage
 from .rundir import BASELINE, RunPaths, fingerprint, published_records
@@ -42,8 +42,8 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     for name in names:
         row_file = source / paths.speed_row(name).name
         here = paths.manifest(name).is_file() and not run_damage(paths, name)  # finished and intact in this run
-        trained = paths.student(name).is_dir() or name == BASELINE and saved_marker(
-            paths.warm_retrain / "student").is_file()  # a warm draft trained again, its imported records deleted
+        trained = paths.student(name).is_dir() or name == BASELINE and saved_draft(
+            paths.warm_retrain / "student") is not None  # a warm draft trained again, its imported records deleted
         if not row_file.is_file() or here or trained:
             continue
         damaged = folder_damage(source, paths, name)

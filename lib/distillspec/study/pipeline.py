@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .preset import StudyConfig
 from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, TrainingInterrupted, require
+from ..drafts import kind_named
 from ..threads import thread_env
 from .handoff import import_records, publish_records
 from .manifest import run_damage
@@ -88,14 +89,15 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
                   dict(base), [paths.root / "data"], then=import_finished if results_from is not None else None)]
     if cfg.warm_start is not None:  # the baseline trained first: every run starts from it
-        steps.append(Step("02_distill.ipynb", f"02_distill_{BASELINE}.ipynb", [paths.student(BASELINE) / "config.json"],
+        steps.append(Step("02_distill.ipynb", f"02_distill_{BASELINE}.ipynb",
+                          [paths.student(BASELINE) / kind_named("model").marker],
                           {**base, "run_name": BASELINE}, [paths.draft_dir(BASELINE)],
                           done_instead=[paths.manifest(n) for n in drafts]))  # nothing left to train or evaluate
     for name in run_names(cfg):
         if name not in drafts:
             continue
         params = {**base, "run_name": name}  # 02 applies the run's overrides from the config (train_draft)
-        marker = "eagle_head.json" if cfg.run_config(name).draft_kind == "eagle" else "config.json"  # 02 saves it
+        marker = kind_named(cfg.run_config(name).draft_kind).marker  # the file 02 saves last
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / marker],
                           params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts

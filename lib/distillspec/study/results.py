@@ -1,5 +1,5 @@
 """results.md in words: the header, the sentences around each table, the ranking the CIs support, the seeds that
-collapsed and where each speedup was timed. The tables are formatted by report.py and seeds.py and the statistics
+collapsed and where each speedup was timed. The tables are formatted by markdown.py and seeds.py and the statistics
 computed there and in stats.py; seeded_lead calls them for a study with seeds and writes what it states to CSV
 (seed_summary.csv, differences.csv, entropy_regions.csv) beside results.md."""
 
@@ -11,7 +11,7 @@ from ..atomic import write_text
 from ..losses import AdaptiveBeta
 from ..trainlog import COLLAPSE_ENTROPY, COLLAPSE_PATIENCE, collapse_span
 from .preset import StudyConfig
-from .report import format_expected_acceptance, format_speed_table, format_table, timing_machines
+from .markdown import format_expected_acceptance, format_speed_table, format_table, timing_machines
 from .rundir import BASELINE, RunPaths
 from .seeds import (format_differences, format_headline, format_region_differences, format_wall_times,
                     pairwise_differences, region_differences, region_gains, speed_over_seeds)

@@ -183,6 +183,13 @@ def draft_names(cfg: StudyConfig) -> list[str]:
     return [BASELINE, *run_names(cfg)]
 
 
+def known_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
+    """names, refused unless each is one of the study's drafts."""
+    unknown = sorted(set(names) - set(draft_names(cfg)))
+    require(not unknown, f"Unknown drafts {unknown}; this study's drafts are {draft_names(cfg)}.")
+    return list(names)
+
+
 def draft_groups(cfg: StudyConfig) -> dict[str, list[str]]:
     """Every draft grouped by its recipe, in table order: the baseline alone, then each training run's seeds (a
     study without `seeds` has one draft per group, named as the group)."""

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import require
-from .stats import (SPEED_COLUMNS, STEP_METRICS, crossed_bootstrap, format_interval, metric_arrays, ratio, seed_mean,
-                    speed_ratio, unit_matrix)
+from .stats import (STEP_METRICS, crossed_bootstrap, format_interval, metric_arrays, ratio, seed_mean, unit_matrix)
+from ..speed import SPEED_COLUMNS, speed_ratio
 
 
 def pairwise_differences(steps: dict[str, pd.DataFrame], groups: dict[str, list[str]], metric: str = "alpha_tok",
@@ -53,7 +53,7 @@ def speed_over_seeds(timing: dict[str, pd.DataFrame], groups: dict[str, list[str
                      n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per group and speed setting (metric 'speedup'): the measured speedup's mean over seeds with a crossed-bootstrap
     95% CI (timed batches shared, seeds drawn), each seed's value and gamma, and the cost model's prediction (mean
-    over seeds; predicted: report.speed_summary's rows, one per draft and setting)."""
+    over seeds; predicted: tables.speed_summary's rows, one per draft and setting)."""
     rows = []
     cols = SPEED_COLUMNS
     for group, drafts in groups.items():
@@ -125,7 +125,7 @@ def format_wall_times(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame
 
 
 def bins_over_seeds(bins: pd.DataFrame, groups: dict[str, list[str]]) -> pd.DataFrame:
-    """Per-draft entropy bins (report.acceptance_by_entropy, shared edges) pooled per group: tokens, acceptance
+    """Per-draft entropy bins (tables.acceptance_by_entropy, shared edges) pooled per group: tokens, acceptance
     over all seeds, and the seed spread (lowest and highest seed's rate) where every seed has the bin."""
     rows = []
     for group, drafts in groups.items():
@@ -213,5 +213,5 @@ def format_region_differences(diffs: pd.DataFrame, rows: str = "other") -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bins_over_seeds", "collapse_text", "format_differences", "format_headline", "format_region_differences",
-           "format_wall_times", "pairwise_differences", "ranking_text", "region_differences", "speed_over_seeds"]
+__all__ = ["bins_over_seeds", "format_differences", "format_headline", "format_region_differences",
+           "format_wall_times", "pairwise_differences", "region_differences", "speed_over_seeds"]

@@ -73,14 +73,6 @@ def ratio(num, den):
     return num / den
 
 
-SPEED_COLUMNS = ("sd_tokens", "sd_s", "target_tokens", "target_s")  # 03's timing rows, in speed_ratio's order
-
-
-def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
-    """SD tokens/s over target-only tokens/s."""
-    return (sd_tokens / sd_s) / (target_tokens / target_s)
-
-
 def unit_matrix(frames: Sequence[pd.DataFrame], columns: Sequence[str], unit: str, what: str
                 ) -> dict[str, np.ndarray]:
     """Per-unit sums of `columns` for each seed's frame, as [S, U] arrays on a shared unit axis (a prompt's row, or
@@ -137,6 +129,6 @@ def format_interval(value: float, lo: float, hi: float, *, scale: float = 1, dig
     return f"{scale * value:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}]"
 
 
-__all__ = ["SPEED_COLUMNS", "STEP_METRICS", "bootstrap", "crossed_bootstrap", "format_interval", "group_metric",
-           "metric_arrays", "prompt_sums", "ratio", "ratio_bootstrap", "seed_mean", "speed_ratio", "unit_matrix",
+__all__ = ["STEP_METRICS", "bootstrap", "crossed_bootstrap", "format_interval", "group_metric",
+           "metric_arrays", "prompt_sums", "ratio", "ratio_bootstrap", "seed_mean", "unit_matrix",
            "wilson_interval"]

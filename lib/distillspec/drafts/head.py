@@ -1,0 +1,45 @@
+"""An EAGLE-style feature head as draft (eagle.py): one layer over the target's top hidden state, trained on the
+teacher's text (head_training.py), saved as its own small file set beside which the target's checksum is kept."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..eagle import HEAD_FILE, EagleHead, load_head
+from ..pair import load_target
+
+
+class FeatureHead:
+    name = "eagle"
+    marker = HEAD_FILE
+    standalone = False
+    reads_target_features = True
+    export_refusal = ("a feature head (EAGLE-style) is not exported: vLLM's EAGLE proposer (speculative_config method 'eagle') runs a head "
+                      "without a bias in its input projection, without the first layer's input norm and without a "
+                      "norm before the LM head, and this head has all three, so its weights would load but draft "
+                      "other tokens. Use it with distillspec's decoder (docs/decoder.md, 'Feature heads').")
+
+    def is_instance(self, draft) -> bool:
+        return isinstance(draft, EagleHead)
+
+    def load(self, path: str | os.PathLike, cfg, target, tokenizer, *, training: bool = False):
+        head = load_head(path, target)
+        return head.float() if training else head
+
+    def cut_vocab(self, draft, ids: list[int], eos_token_id):
+        return draft.reduce_vocab(ids)
+
+    def train(self, cfg, out_dir: Path, inputs):
+        from ..data import render_prompts
+        from ..head_training import train_head
+
+        target, tok = load_target(cfg)
+        return train_head(cfg, out_dir, target=target, tokenizer=tok, prompts=render_prompts(tok, inputs.prompts),
+                          draft_vocab_ids=inputs.draft_vocab(target, tok),
+                          text_path=inputs.text_path(cfg.train_max_new_tokens))
+
+
+HEAD = FeatureHead()
+
+__all__ = ["HEAD", "FeatureHead"]

@@ -1,0 +1,263 @@
+"""The study's evaluation stage: batched SD of every draft against the target on the held-out prompts (per-token
+and per-step records, a speed row per draft), each timed against the target alone where the preset has `speed`;
+and reading those outputs back."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..atomic import read_parquet, write_json, write_parquet
+from ..data import render_prompts
+from ..drafts import kind_of, saved_draft
+from ..errors import require
+from ..evaluate import expected_acceptance
+from ..models import count_parameters
+from ..drafts import load_draft
+from ..pair import load_target
+from ..runtime import machine
+from ..specdec import speculative_generate
+from ..speed import busy_note, decoding_shape, measure_step_costs, never_slower_gamma, target_tokens_per_s, time_decoding
+from .manifest import run_damage, seal
+from .preset import StudyConfig
+from .tables import speed_summary
+from .rundir import BASELINE, RunPaths, draft_names, fingerprint, finished_drafts, known_drafts, load_prompt_file
+from .vocabulary import draft_vocab
+
+
+def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
+    """This draft's records are complete, intact (its manifest) and newer than its student (a retrained draft is
+    evaluated again). A damaged draft is named, and evaluated again when its model is here."""
+    if not paths.manifest(name).is_file():
+        return False
+    damaged = run_damage(paths, name)
+    if damaged:
+        print(f"draft '{name}': its records are damaged ({'; '.join(damaged)}); evaluating it again")
+        require(student is None or saved_draft(student) is not None,
+                f"Draft '{name}' has damaged records ({'; '.join(damaged)}) and no trained student in {paths.root} "
+                "to evaluate again: import it again (--results-from its published records) or train it here.")
+        return False
+    saved = None if student is None else saved_draft(student)
+    if saved is None:  # baseline, or results imported (handoff)
+        return True
+    if name == BASELINE and paths.warm_retrain.is_dir():  # imported records; the warm draft trained again for them
+        return True
+    return paths.manifest(name).stat().st_mtime >= saved.stat().st_mtime
+
+
+def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
+    """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
+    target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
+    speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
+    evaluation resumes at the next draft."""
+    paths = RunPaths(Path(run_dir))
+    names = draft_names(cfg) if names is None else known_drafts(cfg, names)
+    drafts = {n: _draft_source(cfg, paths, n) for n in names}
+    todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
+    for name in todo:
+        path = drafts[name]
+        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
+    decoding = cfg.for_decoding()  # eval_precision, e.g. bf16 on a CPU with bf16 instructions
+    target, tok = load_target(decoding)
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    vocab = draft_vocab(cfg, run_dir, target, tok) if todo else None
+    target_tps = _target_speed(cfg, paths, target, tok, prompts) if todo else None
+    for name in tqdm(todo, desc="drafts"):
+        started = time.perf_counter()
+        draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
+        # on the draft's own samples (transformers generate), with the head it was trained with; a feature head
+        # cannot write alone (it needs the target's hidden states), so it has no own samples
+        own = None if not kind_of(draft).standalone else expected_acceptance(
+            target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.eval_batch_size, progress=False)
+        params = count_parameters(draft)  # as trained (a cut head adds untied rows, it does not make a new draft)
+        if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
+            draft = cut_vocab(draft, vocab["ids"], tok.eos_token_id)
+        tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
+        write_parquet(tokens, paths.tokens(name))
+        write_parquet(steps, paths.steps(name))
+        row = {"draft": name, "draft_params": params, "sd_tokens_per_s": tokens_per_s,
+               "target_tokens_per_s": target_tps, "speedup": tokens_per_s / target_tps,
+               "own_sample_expected_accept": own.expected_accept if own else float("nan"),
+               "own_sample_draft_entropy": own.draft_entropy if own else float("nan"),
+               "sd_expected_accept_t1": float(tokens["expected_accept_t1"].mean())}
+        if cfg.speed:
+            timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
+            write_parquet(timing, paths.timing(name))
+        row["eval_s"] = time.perf_counter() - started  # this draft's 03 on this machine (wall seconds)
+        row["machine"] = machine()
+        row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
+        write_json(row, paths.speed_row(name))
+        seal(paths, name)  # the manifest, written last: marks this draft as done
+        paths.results.unlink(missing_ok=True)  # 04 ran without this draft's new records
+    speed = speed_table(cfg, run_dir)
+    write_parquet(speed, paths.speed_table)
+    return speed
+
+
+def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
+    """03's timing again, on this machine, for drafts already evaluated (their acceptance records stay): the step
+    costs, the chosen gamma, and SD against the target alone. For records timed elsewhere or by an older rule; it
+    needs the trained students in the run directory. 04's table is removed, so the next `run` rebuilds it."""
+    require(cfg.speed, f"The preset '{cfg.name}' has no `speed` settings: there is nothing to time.")
+    paths = RunPaths(Path(run_dir))
+    names = known_drafts(cfg, names)
+    require(names, "No drafts named to time again.")
+    pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
+    require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
+            "(python -m distillspec run --drafts ...), which times them too.")
+    absent = [n for n in names if n not in drafts_here(cfg, run_dir, names)]
+    require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
+            "only?): timing needs the model. Train them here, or retime where they were trained.")
+    target, tok = load_target(cfg.for_decoding())
+    prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
+    for name in tqdm(names, desc="drafts"):
+        draft = decoding_draft(cfg, run_dir, target, tok, name)
+        timing, timed = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
+        write_parquet(timing, paths.timing(name))
+        write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed, "timed_on": machine()},
+                   paths.speed_row(name))
+        seal(paths, name)
+    paths.results.unlink(missing_ok=True)  # 04 ran on the old timings
+    return decoding_speed(cfg, run_dir, names)
+
+
+def _target_speed(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> float:
+    """Target-only tokens/s on the held-out prompts, measured once per machine and reused by the run's later drafts;
+    measured again when the run directory has moved to another machine."""
+    here = machine()
+    if paths.target_speed.is_file():
+        saved = json.loads(paths.target_speed.read_text())
+        if saved["machine"] == here:
+            return saved["tokens_per_s"]
+        print(f"target-only speed in {paths.target_speed} was measured on {saved['machine']}; measuring it again "
+              f"here ({here})")
+    tps = target_tokens_per_s(target, tok, prompts, batch_size=cfg.eval_batch_size,
+                              max_new_tokens=cfg.max_new_tokens, sampling=cfg.sampling(), seed=cfg.seed)
+    write_json({"tokens_per_s": tps, "n_prompts": len(prompts), "batch_size": cfg.eval_batch_size, "machine": here},
+               paths.target_speed)
+    return tps
+
+
+def _draft_source(cfg: StudyConfig, paths: RunPaths, name: str) -> Path | None:
+    """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)
+    unless the study warm-starts it."""
+    return None if name == BASELINE and cfg.warm_start is None else paths.student(name)
+
+
+def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list[str]:
+    """The named drafts whose model this run holds, in the order given: a draft imported from another machine
+    (--results-from) has its records only."""
+    paths = RunPaths(Path(run_dir))
+    return [n for n in names if (source := _draft_source(cfg, paths, n)) is None or saved_draft(source) is not None]
+
+
+def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
+    """Draft `name` of the run as 03 decodes with it (target from load_target(cfg.for_decoding())): its head cut to
+    the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
+    draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(cfg, RunPaths(Path(run_dir)), name))
+    vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
+    return draft if vocab is None else cut_vocab(draft, vocab["ids"], tok.eos_token_id)
+
+
+def cut_vocab(draft, ids: list[int], eos_token_id):
+    """The draft scoring only these token ids (its kind's cut: a standalone draft's LM head cut, a feature head
+    reading only these rows of the target's LM head)."""
+    return kind_of(draft).cut_vocab(draft, ids, eos_token_id)
+
+
+def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, prompts, name: str
+                         ) -> tuple[pd.DataFrame, list[dict]]:
+    """Each `speed` setting: the step costs on this machine, the draft length (fixed, or 'auto': the cost model's
+    best for the acceptance of a short pilot on training prompts, then the never-slower check: SD with that gamma
+    timed against the target on max(batch, speed_pilot_prompts) training prompts, gamma 0 (the target alone) unless
+    it was faster), then SD and target-only timed on the first `speed_prompts` held-out prompts. Returns the timing
+    rows and, per setting, how its gamma was chosen."""
+    timed = prompts[: cfg.speed_prompts]
+    train = render_prompts(tok, load_prompt_file(paths.train_prompts))
+    pilot = train[: cfg.speed_pilot_prompts]
+    frames, chosen, pilot_alphas = [], [], {}
+    for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
+        batch = setting.get("batch_size", 1)
+        label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
+        context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
+        costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
+                                   left_pad=left_pad)
+        pilot_alpha = pilot_speedup = None
+        gamma = cfg.speed_gamma
+        if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
+            if sampling not in pilot_alphas:
+                pilot_alphas[sampling] = speculative_generate(
+                    target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
+                    max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id, record=False,
+                    seed=cfg.seed).metrics.alpha_pos
+            pilot_alpha = pilot_alphas[sampling]
+            gamma, pilot_speedup = never_slower_gamma(target, draft, tok, costs, pilot_alpha,
+                                                      train[: max(batch, cfg.speed_pilot_prompts)], sampling=sampling,
+                                                      batch_size=batch, max_new_tokens=cfg.max_new_tokens,
+                                                      seed=cfg.seed)
+        frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
+        frame.insert(0, "setting", label)
+        frames.append(frame)
+        note = busy_note(frame, f"{name}, {label}")
+        if note:
+            print(note)
+        chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "pilot_speedup": pilot_speedup,
+                       "costs": costs.as_dict()})
+    return pd.concat(frames, ignore_index=True), chosen
+
+
+def _decode(cfg: StudyConfig, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Batched SD over all prompts, eval_batch_size at a time: (per-token records, per-step records, tokens/s),
+    rows numbered over the whole prompt set."""
+    batch, tokens, steps, wall, new_tokens = cfg.eval_batch_size, [], [], 0.0, 0
+    for start in tqdm(range(0, len(prompts), batch), desc=f"SD {name}"):
+        res = speculative_generate(target, draft, prompts[start : start + batch], gamma=cfg.gamma,
+                                   max_new_tokens=cfg.max_new_tokens, sampling=cfg.sampling(),
+                                   eos_token_id=tok.eos_token_id, seed=cfg.seed + start, target_tokenizer=tok,
+                                   draft_tokenizer=tok)
+        for frames, df in ((tokens, res.tokens_df()), (steps, res.steps_df())):
+            df["row"] += start
+            frames.append(df)
+        wall += res.metrics.wall_s
+        new_tokens += res.metrics.new_tokens
+    return pd.concat(tokens, ignore_index=True), pd.concat(steps, ignore_index=True), new_tokens / wall
+
+
+def read_speed_rows(cfg: StudyConfig, run_dir: str | Path) -> dict[str, dict]:
+    """Each finished draft's speed row as written (absent keys stay absent), in table order."""
+    paths = RunPaths(Path(run_dir))
+    return {n: json.loads(paths.speed_row(n).read_text()) for n in finished_drafts(cfg, run_dir)}
+
+
+def speed_table(cfg: StudyConfig, run_dir: str | Path, rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per finished draft (its speed row: tokens/s, speedup, own-sample acceptance), in table order;
+    rows: the speed rows when already read (read_speed_rows)."""
+    rows = read_speed_rows(cfg, run_dir) if rows is None else rows
+    return pd.DataFrame(list(rows.values())).drop(columns="fingerprint", errors="ignore")
+
+
+def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame]:
+    """03's timing rows (SD against the target alone) of those of these drafts that were timed."""
+    paths = RunPaths(Path(run_dir))
+    return {n: read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
+
+
+def decoding_speed(cfg: StudyConfig, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,
+                   rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """03's timed runs of these drafts against the target alone, summarised (tables.speed_summary); timing, rows:
+    the drafts' timing rows and speed rows when already read (load_timing, read_speed_rows)."""
+    paths = RunPaths(Path(run_dir))
+    timing = load_timing(run_dir, names) if timing is None else timing
+    rows = rows or {n: json.loads(paths.speed_row(n).read_text()) for n in timing}
+    timed = {n: rows[n].get("timed", []) for n in timing}
+    return speed_summary(timing, timed) if timing else pd.DataFrame()
+
+
+__all__ = ["cut_vocab", "decoding_draft", "decoding_speed", "drafts_here", "evaluate_drafts", "load_timing",
+           "read_speed_rows", "retime_drafts", "speed_table"]

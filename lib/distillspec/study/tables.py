@@ -1,0 +1,110 @@
+"""The study's tables as DataFrames: Table 1 (SD metrics with bootstrap CIs per draft), the timed speed per draft
+and setting with the cost model's prediction, and acceptance per teacher-entropy bin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import require
+from ..metrics import expected_tokens_per_step
+from ..speed import SPEED_COLUMNS, StepCosts, speed_ratio
+from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_interval
+
+
+def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
+    """Per draft and speed setting: SD tokens/s over target-only tokens/s on the same prompts (95% bootstrap CI
+    over batches, i.e. prompts at batch 1), the cost model's prediction at the run's own acceptance, and how gamma
+    was chosen. timing: 03's timing rows per draft; timed: its `timed` entries (gamma, pilot alpha, step costs)."""
+    rows = []
+    for draft, frame in timing.items():
+        chosen = {t["setting"]: t for t in timed.get(draft, [])}
+        for setting, f in frame.groupby("setting", sort=False):
+            cols = {k: f[k].to_numpy(float) for k in SPEED_COLUMNS}
+            measured, lo, hi = bootstrap(lambda i: speed_ratio(*(cols[k][i].sum(-1) for k in SPEED_COLUMNS)), len(f),
+                                         seed=seed)
+            alpha = f["accepted"].sum() / f["verified"].sum() if f["verified"].sum() else float("nan")
+            info = chosen.get(setting, {})
+            costs = StepCosts.from_dict(info["costs"]) if "costs" in info else None
+            gamma = int(f["gamma"].iloc[0])
+            rows.append({
+                "draft": draft, "setting": setting, "gamma": gamma, "pilot_alpha": info.get("pilot_alpha"),
+                "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum() if f["target_calls"].sum() else float("nan"),
+                "c": costs.c if costs else float("nan"),
+                "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
+                "predicted_speedup": costs.speedup(alpha, gamma) if costs else float("nan"),
+                "speedup": measured, "speedup_lo": lo, "speedup_hi": hi,
+                "target_tokens_per_s": cols["target_tokens"].sum() / cols["target_s"].sum(),
+                "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
+                "identical": f["identical"].mean() if f["identical"].notna().all() else float("nan"),
+                "n_prompts": int(f["prompts"].sum()),
+                "busy_batches": int(f["busy"].sum()) if "busy" in f else 0,  # timed beside other work (speed.py)
+            })
+    return pd.DataFrame(rows)
+
+
+def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
+                  speed: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The reference study's Table 1 per draft: alpha_tok and alpha_pos (95% bootstrap CIs over prompts),
+    tau, the Leviathan prediction, n prompts and tokens, and measured speed when given."""
+    metrics = {m: group_metric(steps, {d: [d] for d in steps}, m, n_boot=n_boot, seed=seed).set_index("group")
+               for m in STEP_METRICS}  # each draft its own group: the prompt bootstrap
+    rows = []
+    for draft, st in steps.items():
+        row = {"draft": draft}
+        for m, table in metrics.items():
+            row.update({m: table.at[draft, "mean"], f"{m}_lo": table.at[draft, "lo"], f"{m}_hi": table.at[draft, "hi"]})
+        sums = prompt_sums(st)
+        row.update({
+            "predicted_tau": expected_tokens_per_step(row["alpha_pos"], gamma),
+            "mean_expected_accept": float(tokens[draft]["expected_accept"].mean()) if draft in tokens else np.nan,
+            "n_prompts": int(metrics["tau"].at[draft, "n_prompts"]), "n_tokens": int(sums["emitted"].sum()),
+            "n_verified": int(sums["verified"].sum()),
+        })
+        if speed and draft in speed:
+            row.update(speed[draft])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def entropy_bin_edges(entropy: np.ndarray, n_bins: int, floor: float = 1e-3) -> np.ndarray:
+    """Log-spaced bin edges covering [max(min entropy, floor), max entropy]; entropies below floor go in bin 0."""
+    entropy = np.asarray(entropy, float)
+    require(len(entropy) > 0, "No records to bin.")
+    require(n_bins >= 1, f"n_bins={n_bins} must be >= 1.")
+    lo = max(float(entropy.min()), floor)
+    hi = max(float(entropy.max()), lo * 1.0001)
+    return np.geomspace(lo, hi, n_bins + 1)
+
+
+def assign_bins(entropy: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index per value; values below the first edge join bin 0, the top edge is inclusive."""
+    return np.clip(np.searchsorted(edges, np.asarray(entropy, float), side="right") - 1, 0, len(edges) - 2)
+
+
+def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min_count: int = 200,
+                          entropy_col: str = "target_entropy", edges: np.ndarray | None = None) -> pd.DataFrame:
+    """Per draft and teacher-entropy bin: verified positions, acceptance rate (alpha_pos) with a Wilson 95% CI.
+    Bins with fewer than min_count positions are dropped (the reference study used 2,000)."""
+    require(len(tokens) > 0, "No token records given.")
+    if edges is None:
+        edges = entropy_bin_edges(np.concatenate([t[entropy_col].to_numpy() for t in tokens.values()]), n_bins)
+    frames = []
+    for draft, t in tokens.items():
+        b = assign_bins(t[entropy_col].to_numpy(), edges)
+        g = pd.DataFrame({"bin": b, "accepted": t["accepted"].to_numpy(),
+                          "expected": t["expected_accept"].to_numpy()}).groupby("bin")
+        agg = g.agg(n=("accepted", "size"), k=("accepted", "sum"), expected_accept=("expected", "mean"))
+        agg = agg.reset_index()
+        agg["draft"] = draft
+        frames.append(agg)
+    out = pd.concat(frames, ignore_index=True)
+    out["accept_rate"] = out["k"] / out["n"]
+    out["ci_lo"], out["ci_hi"] = wilson_interval(out["k"], out["n"])
+    out["lo"], out["hi"] = edges[out["bin"]], edges[out["bin"] + 1]
+    out["center"] = np.sqrt(out["lo"] * out["hi"])
+    out = out[out["n"] >= min_count].reset_index(drop=True)
+    return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
+
+
+__all__ = ["acceptance_by_entropy", "assign_bins", "entropy_bin_edges", "speed_summary", "summary_table"]
