@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -168,8 +170,6 @@ class _Stop:
         self.signal: int | None = None
 
     def __call__(self, signum, frame):
-        import signal
-
         running = [km for km in _KERNELS if km.has_kernel and km.provisioner.pid]
         if not running or self.signal is not None and signum == signal.SIGINT:
             raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name}; run the same command again to "
@@ -180,9 +180,6 @@ class _Stop:
 
     @contextmanager
     def catching(self):
-        import signal
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -210,8 +207,6 @@ def _execute(step: Step, run_dir: Path, kernel: str, stop: _Stop) -> None:
                             kernel_manager_class=_kernel_manager_class(log, step.threads))
     except PapermillExecutionError as err:
         if stop.signal is not None:
-            import signal
-
             raise TrainingInterrupted(
                 f"{step.executed} stopped by {signal.Signals(stop.signal).name} ({err.ename}: {err.evalue}); run "
                 "the same command again to resume (finished steps and checkpoints are kept).") from err
@@ -229,8 +224,6 @@ def _execute(step: Step, run_dir: Path, kernel: str, stop: _Stop) -> None:
         if out.is_file():
             sign_notebook(out)
     if stop.signal is not None:
-        import signal
-
         raise TrainingInterrupted(f"stopped by {signal.Signals(stop.signal).name} after {step.executed}; run the "
                                   "same command again to resume.")
     missing = [str(p) for p in step.outputs if not p.exists()]
