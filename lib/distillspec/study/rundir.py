@@ -284,18 +284,13 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
 
 # Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
 # rather than mixed (the published records were carried over to each version once, when it changed).
-FINGERPRINT_VERSION = 2
-# Keys added after version 2: counted only when set away from this default, so published records keep their prints.
-_LATER_DEFAULTS = {"draft_kind": "model", "head_feature_weight": 1.0, "head_unroll": 2, "head_text_prompts": None,
-                   "warm_start": None}
-_UNSET = object()
+FINGERPRINT_VERSION = 3
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
     paths = RunPaths(Path(run_dir))
-    settings = {k: v for k, v in cfg.to_dict().items()
-                if k not in WHERE_NOT_WHAT and _LATER_DEFAULTS.get(k, _UNSET) != v}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in WHERE_NOT_WHAT}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
