@@ -26,7 +26,9 @@ ids = tok.apply_chat_template([{"role": "user", "content": "What is 12 times 7? 
 model.generate(**ids, max_new_tokens=4, do_sample=False)  # warm-up
 times = []
 for _ in range(3):
-    t = time.perf_counter(); model.generate(**ids, max_new_tokens=32, do_sample=False); times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    model.generate(**ids, max_new_tokens=32, do_sample=False)
+    times.append(time.perf_counter() - t)
 print(min(times))
 """,
     "train_step": """

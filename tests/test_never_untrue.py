@@ -203,7 +203,7 @@ def test_a_head_refuses_a_target_with_any_layer_changed(tmp_path):
         load_head(tmp_path / "head", changed)
 
 
-# -- one command at a time on a run directory ---------------------------------------------------------------------------
+# -- one command at a time on a run directory -------------------------------------------------------------------
 
 def test_a_second_command_on_a_busy_run_directory_is_refused(tmp_path, capsys):
     run = tmp_path / "run"

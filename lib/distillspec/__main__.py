@@ -25,7 +25,7 @@ def _cmd_eval(args) -> None:
         cfg = cfg.replace(task=task)
     sampling, max_new_tokens = eval_sampling(cfg, args)  # bad flags refused before any model loads
     target, draft, tok = load_pair(cfg, args.draft)
-    source = args.data if args.data is not None else cfg.data_source  # a preset's own data, as 01 reads it
+    source = args.data if args.data is not None else cfg.data_source  # a preset's own data, as the data stage reads it
     prompts = load_prompts(task, args.split, args.n, source=source, seed=args.seed, tokenizer=tok)
     ids = render_prompts(tok, prompts)
     started = time.perf_counter()
@@ -57,7 +57,7 @@ def eval_sampling(cfg, args):
 
 
 def _cmd_train(args) -> None:
-    """One training run (02) of a study, on every process of `accelerate launch` (DDP, FSDP2) or alone."""
+    """One training run of a study, on every process of `accelerate launch` (DDP, FSDP2) or alone."""
     import torch
     from accelerate import PartialState
 
@@ -69,7 +69,7 @@ def _cmd_train(args) -> None:
     run_dir = Path(args.run_dir).resolve() if args.run_dir else default_run_dir(cfg)
     state = PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer then uses
     with run_dir_lock(run_dir, f"train --draft {args.draft}", hold=state.is_main_process):
-        with state.main_process_first():  # 01's prompt sets, written once; the other processes then find them
+        with state.main_process_first():  # the prompt sets, written once; the other processes then find them
             bind_config(cfg, run_dir)
             if not RunPaths(run_dir).train_prompts.is_file():
                 prepare_data(cfg, run_dir)
@@ -111,7 +111,8 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_retime(args) -> None:
-    """03's timing again on this machine for drafts already evaluated; publishes their records when asked."""
+    """The evaluation stage's timing again on this machine for drafts already evaluated; publishes their records
+    when asked."""
     from .study.pipeline import publish
     from .study.preset import StudyConfig
     from .study.rundir import bind_config, default_run_dir, expand_drafts, run_dir_lock

@@ -4,7 +4,7 @@ Data: the teacher's own samples on the training prompts (`train_max_new_tokens` 
 once and kept in the run's output directory (`teacher_text.jsonl`, appended batch by batch, so an interrupted run
 keeps what it sampled), and the teacher's top hidden states over them (computed once per run, in memory).
 
-Loss per completion position: the divergence of 02 (FKL, RKL, JSD, TVD) between the teacher's next-token
+Loss per completion position: the divergence of on-policy training (FKL, RKL, JSD, TVD) between the teacher's next-token
 distribution and the head's, plus `head_feature_weight` x smooth-L1 between the head's feature and the teacher's
 (EAGLE's regression). The head is trained on blocks as it drafts them (`head_unroll` > 1, EAGLE-3's training-time
 test): after the first pass on the teacher's features, each further pass consumes the head's own features of the
@@ -78,9 +78,10 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
                draft_vocab_ids: list[int] | None = None, resume: bool = True,
                text_path: str | os.PathLike | None = None) -> DistillResult:
     """Train a feature head for `target` on its text for the first `head_text_prompts` of `prompts` (rendered token
-    ids); resumable with the same settings (kept in <output_dir>/config.yaml; resume=False starts again). The head is saved to <output_dir>/student (eagle.save_head) with
-    the train log beside it. text_path: where the teacher's text is kept (default <output_dir>/teacher_text.jsonl; a
-    study shares one file between its heads): it is sampled with `data_seed`, like the prompt sets."""
+    ids); resumable with the same settings (kept in <output_dir>/config.yaml; resume=False starts again). The head
+    is saved to <output_dir>/student (eagle.save_head) with the train log beside it. text_path: where the teacher's
+    text is kept (default <output_dir>/teacher_text.jsonl; a study shares one file between its heads): it is sampled
+    with `data_seed`, like the prompt sets."""
     require(cfg.draft_kind == "eagle", f"train_head trains feature heads; this config's draft_kind is "
             f"'{cfg.draft_kind}' (use distill for a standalone draft).")
     require(len(prompts) > 0, "No training prompts for the feature head: the dataset is empty.")

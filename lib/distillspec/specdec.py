@@ -14,6 +14,8 @@ Design (one cache per model, stock transformers DynamicCache):
   or SKD's top-k rule. Greedy decoding is rejection sampling over one-hot distributions.
 - Each step reads as gpt-fast's loop does: propose (draft, gamma tokens) -> verify (target, one pass) -> accept
   (the rule, then the correction or bonus token) -> advance (emit, trim both caches, drop finished rows).
+- The draft's side of each step (its prefill, proposals and hand-over after a verification) is its drafter's:
+  ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features.
 """
 
 from __future__ import annotations
@@ -338,76 +340,113 @@ def _emit(rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int, bo
     return emitted, finished
 
 
-def _advance(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, finished, *,
+def _advance(tgt: RaggedKV, drafter, rows: _Rows, proposal: _Proposal, verdict: _Verdict, finished, *,
              gamma: int, bonus: bool, pad: int, compact_fraction: float) -> None:
-    """Bring both caches in line with the accepted prefix, set what each model consumes next, drop finished rows
-    and compact the caches when that pays."""
+    """Bring the target's cache and the drafter's state in line with the accepted prefix, set what the target
+    consumes next, drop finished rows and compact the caches when that pays."""
     n_acc, full = verdict.n_acc, verdict.n_acc == gamma
     held = full & (not bonus)  # a full block without a bonus ends on d_gamma, which the target has not consumed
     tgt.drop_tail(gamma + 1, 1 + n_acc - held.long())  # keeps the consumed token + the accepted drafts
     rows.last_target = torch.where(held, proposal.tokens[:, -1], verdict.next_token)
-    if rows.pending_features is not None:
-        _hand_over_features(tgt, drf, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad)
-    else:
-        drf.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
-        if bonus:  # after a full block the draft has two tokens to consume: d_gamma and the bonus
-            rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
-            rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
-        else:
-            rows.pending, rows.pending_valid = _only(rows.last_target, pad)
+    drafter.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad)
     keep = torch.tensor([not f for f in finished], device=n_acc.device)
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)
         rows.keep(idx)
         if rows.index.numel() > 0:
             tgt.select_rows(idx)
-            drf.select_rows(idx)
+            drafter.kv.select_rows(idx)
     if rows.index.numel() > 0:
         tgt.compact(compact_fraction)
-        drf.compact(compact_fraction)
+        drafter.kv.compact(compact_fraction)
 
 
-def _hand_over_features(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *,
-                        gamma: int, bonus: bool, pad: int) -> None:
-    """A feature head's next input: the blocks it drafted on its own features leave its cache, and it will consume
-    the accepted drafts and the next token, each beside the target's feature one position earlier (from the
-    verification just run), right-aligned per row."""
-    drf.drop_tail(gamma - 1, torch.zeros_like(verdict.n_acc))  # d_1..d_{gamma-1}: fed with the head's own features
-    n_acc = verdict.n_acc
-    count = n_acc + 1 - ((n_acc == gamma) & (not bonus)).long()  # [B] pairs (a full block without a bonus: gamma)
-    slots = torch.arange(gamma + 1, device=n_acc.device)[None, :]  # [1, gamma+1]
-    tokens = torch.cat([proposal.tokens, proposal.tokens.new_full((len(n_acc), 1), pad)], 1)  # [B, gamma+1]
-    tokens = torch.where(slots == n_acc[:, None], verdict.next_token[:, None], tokens)  # d_1..d_k, then next
-    width = int(count.max())
-    source = torch.arange(width, device=n_acc.device)[None, :] - (width - count[:, None])  # [B, w] right-aligned
-    valid = source >= 0
-    source = source.clamp_min(0)
-    rows.pending, rows.pending_valid = tokens.gather(1, source), valid
-    hidden = tgt.hidden  # [B, gamma+1, H]: the target's feature after each input of the verification
-    rows.pending_features = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+class ModelDrafter:
+    """A standalone draft's side of the decoder: its own KV cache over the same text as the target's. It consumes
+    the one or two tokens accepted since its last block (right-aligned pending slots), then drafts autoregressively."""
+
+    reads_target_features = False
+
+    def __init__(self, draft, width: int, timed: bool):
+        self.kv = RaggedKV(draft, width, timed)
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids: torch.Tensor, prefix_valid: torch.Tensor, prompts,
+                pad: int) -> None:
+        """Take all but each prompt's last token (the target has just taken them too)."""
+        if prefix_ids.shape[1] > 0:
+            self.kv.forward(prefix_ids, prefix_valid, prefill=True)
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None) -> _Proposal:
+        return _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
+
+    def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
+                bonus: bool, pad: int) -> None:
+        """Drop the rejected drafts from the cache and set the pending tokens: the next one alone, or after a full
+        block d_gamma and the bonus token."""
+        n_acc, full = verdict.n_acc, verdict.n_acc == gamma
+        self.kv.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
+        if bonus:  # after a full block the draft has two tokens to consume: d_gamma and the bonus
+            rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
+            rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
+        else:
+            rows.pending, rows.pending_valid = _only(rows.last_target, pad)
 
 
-def _prefill(tgt: RaggedKV, drf: RaggedKV, rows: _Rows, prompts, pad: int, device, head: bool) -> None:
-    """Both caches take all but each prompt's last token. A feature head takes each prompt token t+1 beside the
-    target's feature f_t instead, and keeps the last pair (the prompt's last token, the feature before it) pending:
-    its first draft comes from that pair. A one-token prompt has no feature yet: zeros stand in (a weaker first
-    guess, never a wrong output)."""
-    prefix_ids, prefix_valid = left_pad([list(p[:-1]) for p in prompts], pad, device)
-    if prefix_ids.shape[1] > 0:
-        tgt.forward(prefix_ids, prefix_valid, prefill=True)
-        if not head:
-            drf.forward(prefix_ids, prefix_valid, prefill=True)
-    if not head:
-        return
-    if prefix_ids.shape[1] == 0:
-        features = torch.zeros(len(prompts), 1, tgt.model.config.hidden_size, device=device, dtype=drf.model.dtype)
-    else:
-        pairs, _ = left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
-        if prefix_ids.shape[1] > 1:
-            drf.forward(pairs[:, :-1], prefix_valid[:, :-1], prefill=True, features=tgt.hidden[:, :-1])
-        features = tgt.hidden[:, -1:] * prefix_valid[:, -1:, None]  # [B, 1, H]; zeros for a one-token prompt
-    rows.pending, rows.pending_valid = rows.last_target[:, None], torch.ones_like(rows.last_target[:, None], dtype=torch.bool)
-    rows.pending_features = features
+class HeadDrafter:
+    """A feature head's side of the decoder (eagle.py): its cache holds pairs (token t+1, the target's feature f_t);
+    after each verification it takes the accepted tokens beside the target's features from that pass."""
+
+    reads_target_features = True
+
+    def __init__(self, draft, width: int, timed: bool):
+        self.kv = RaggedKV(draft, width, timed, features=True)
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids: torch.Tensor, prefix_valid: torch.Tensor, prompts,
+                pad: int) -> None:
+        """Each prompt token t+1 beside the target's feature f_t; the last pair (the prompt's last token, the
+        feature before it) stays pending: the first draft comes from it. A one-token prompt has no feature yet:
+        zeros stand in (a weaker first guess, never a wrong output)."""
+        device = prefix_ids.device
+        if prefix_ids.shape[1] == 0:
+            features = torch.zeros(len(prompts), 1, tgt.model.config.hidden_size, device=device,
+                                   dtype=self.kv.model.dtype)
+        else:
+            pairs, _ = left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
+            if prefix_ids.shape[1] > 1:
+                self.kv.forward(pairs[:, :-1], prefix_valid[:, :-1], prefill=True, features=tgt.hidden[:, :-1])
+            features = tgt.hidden[:, -1:] * prefix_valid[:, -1:, None]  # [B, 1, H]; zeros for a one-token prompt
+        rows.pending = rows.last_target[:, None]
+        rows.pending_valid = torch.ones_like(rows.last_target[:, None], dtype=torch.bool)
+        rows.pending_features = features
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None) -> _Proposal:
+        return _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
+
+    def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
+                bonus: bool, pad: int) -> None:
+        """The blocks it drafted on its own features leave its cache, and it will consume the accepted drafts and
+        the next token, each beside the target's feature one position earlier (from the verification just run),
+        right-aligned per row."""
+        self.kv.drop_tail(gamma - 1, torch.zeros_like(verdict.n_acc))  # d_1..d_{gamma-1}: on its own features
+        n_acc = verdict.n_acc
+        count = n_acc + 1 - ((n_acc == gamma) & (not bonus)).long()  # [B] pairs (full block, no bonus: gamma)
+        slots = torch.arange(gamma + 1, device=n_acc.device)[None, :]  # [1, gamma+1]
+        tokens = torch.cat([proposal.tokens, proposal.tokens.new_full((len(n_acc), 1), pad)], 1)  # [B, gamma+1]
+        tokens = torch.where(slots == n_acc[:, None], verdict.next_token[:, None], tokens)  # d_1..d_k, then next
+        width = int(count.max())
+        source = torch.arange(width, device=n_acc.device)[None, :] - (width - count[:, None])  # [B, w] right-aligned
+        valid = source >= 0
+        source = source.clamp_min(0)
+        rows.pending, rows.pending_valid = tokens.gather(1, source), valid
+        hidden = tgt.hidden  # [B, gamma+1, H]: the target's feature after each input of the verification
+        rows.pending_features = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+def drafter_for(draft, width: int, timed: bool):
+    """The draft's side of the decoder: a feature head's (it reads the target's features) or a standalone model's."""
+    return (HeadDrafter if getattr(draft, "reads_target_features", False) else ModelDrafter)(draft, width, timed)
 
 
 @torch.inference_mode()
@@ -449,8 +488,7 @@ def speculative_generate(
             "block with a token from the target, as after a fully accepted block.")
     require(isinstance(rule, ACCEPTANCE_RULES), f"acceptance={acceptance!r}: pass None (lossless) or a rule from "
             "distillspec.acceptance, e.g. RejectionSampling('lin', 0.5) or TopKAcceptance(25).")
-    reads_features = getattr(draft, "reads_target_features", False)
-    if reads_features:
+    if getattr(draft, "reads_target_features", False):
         require(draft.target is target, "This feature head is attached to another model than the target passed: "
                 "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
                 "distillspec.eagle.load_head(path, target).")
@@ -461,13 +499,16 @@ def speculative_generate(
     records = SpecDecRecords(enabled=record)
     started = _now(device)
 
-    head = reads_features
-    tgt, drf = RaggedKV(target, width, timed, features=head), RaggedKV(draft, width, timed, features=head)
+    drafter = drafter_for(draft, width, timed)  # the draft's side of the loop: its cache, proposals, hand-over
+    tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features)
     rows = _Rows.start(prompts, pad_token_id, device)
-    _prefill(tgt, drf, rows, prompts, pad_token_id, device, head)  # each prompt's last token comes with step 0
+    prefix_ids, prefix_valid = left_pad([list(p[:-1]) for p in prompts], pad_token_id, device)
+    if prefix_ids.shape[1] > 0:  # all but each prompt's last token, which comes with step 0
+        tgt.forward(prefix_ids, prefix_valid, prefill=True)
+    drafter.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad_token_id)
     step = 0
     while rows.index.numel() > 0:
-        proposal = _propose(drf, rows, gamma, sampling, generator, width, draft_confidence)
+        proposal = drafter.propose(rows, gamma, sampling, generator, width, draft_confidence)
         block = proposal.tokens.shape[1]  # gamma, or fewer where every row's draft stopped early
         p_logits = _verify(tgt, rows, proposal)
         verdict = _accept(rule, sampling, proposal, p_logits, generator)
@@ -480,13 +521,13 @@ def speculative_generate(
         emitted, finished = _emit(rows, proposal, verdict, gamma=block, bonus=bonus, eos=eos,
                                   max_new_tokens=max_new_tokens)
         records.add_steps(rows=rows.index, step=step, gamma=proposal.limit, n_acc=verdict.n_acc, emitted=emitted)
-        _advance(tgt, drf, rows, proposal, verdict, finished, gamma=block, bonus=bonus, pad=pad_token_id,
+        _advance(tgt, drafter, rows, proposal, verdict, finished, gamma=block, bonus=bonus, pad=pad_token_id,
                  compact_fraction=compact_fraction)
         step += 1
 
     metrics = compute_metrics(records=records, sequences=rows.outputs, gamma=gamma, wall_s=_now(device) - started,
-                              target_kv=tgt, draft_kv=drf, steps=step)
+                              target_kv=tgt, draft_kv=drafter.kv, steps=step)
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 
-__all__ = ["RaggedKV", "SpecDecResult", "speculative_generate"]
+__all__ = ["HeadDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for", "speculative_generate"]

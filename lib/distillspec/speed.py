@@ -65,7 +65,8 @@ def forward_steps(model, *, batch_size: int, context: int, new_tokens: list[int]
                 f"left_pad={left_pad}: give one count per row ({batch_size}), each in [0, {context}).")
         real = (torch.arange(context, device=device)[None] >= torch.tensor(left_pad, device=device)[:, None]).long()
     cache = DynamicCache(config=model.config)
-    if getattr(model, "reads_target_features", False):  # a feature head reads a feature beside each token: any vector of the right width times it
+    if getattr(model, "reads_target_features", False):  # a feature head reads a feature beside each token: any
+        # vector of the right width times it
         features = torch.randn(batch_size, context + max(new_tokens), model.config.hidden_size, device=device,
                                dtype=model.dtype)
         net = lambda input_ids, **kw: model(input_ids, features[:, -input_ids.shape[1]:], **kw)  # noqa: E731
@@ -237,11 +238,12 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
                   batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
     batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
-    batch: seconds and new tokens of each, SD's steps and acceptance counts, and (greedy) whether SD's text was
-    identical to the target's, and how busy the machine was (`other_load`: other processes' share of the CPU
-while the batch was timed; `busy`: above BUSY_SHARE, so the row's times are not the decoder's alone). gamma 0 (the never-slower policy chose not to draft): the decoder is that same
-    target-only call, so it runs once and SD's seconds are its seconds, a speedup of exactly 1 rather than the
-    machine's noise between two runs of one call. progress: show a bar with this label."""
+    batch: seconds and new tokens of each, SD's steps and acceptance counts, (greedy) whether SD's text was identical
+    to the target's, and how busy the machine was (`other_load`: other processes' share of the CPU while the batch
+    was timed; `busy`: above BUSY_SHARE, so the row's times are not the decoder's alone). gamma 0 (the never-slower
+    policy chose not to draft): the decoder is that same target-only call, so it runs once and SD's seconds are its
+    seconds, a speedup of exactly 1 rather than the machine's noise between two runs of one call. progress: show a
+    bar with this label."""
     from tqdm.auto import tqdm
 
     require(len(prompts) > 0, "No prompts to time decoding on.")
@@ -289,5 +291,6 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
             "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
 
 
-__all__ = ["MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "never_slower_gamma", "speed_ratio", "decoding_shape", "forward_seconds", "forward_steps", "measure_step_costs",
-           "target_decode", "target_tokens_per_s", "time_decoding"]
+__all__ = ["MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "decoding_shape", "forward_seconds", "forward_steps",
+           "measure_step_costs", "never_slower_gamma", "speed_ratio", "target_decode", "target_tokens_per_s",
+           "time_decoding"]

@@ -94,5 +94,5 @@ def clear_training_output(folder: str | os.PathLike) -> None:
             path.unlink(missing_ok=True)
 
 
-__all__ = ["CHECKPOINT", "RETRAIN_FIX", "SETTINGS_FILE", "WHERE_NOT_WHAT", "check_settings", "claim", "clear_training_output", "differences",
-           "read_settings"]
+__all__ = ["CHECKPOINT", "RETRAIN_FIX", "SETTINGS_FILE", "WHERE_NOT_WHAT", "check_settings", "claim",
+           "clear_training_output", "differences", "read_settings"]

@@ -51,7 +51,8 @@ def read_log(path: str | os.PathLike):
 def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_ENTROPY,
                   patience: int = COLLAPSE_PATIENCE) -> tuple[int, int] | None:
     """(first, last) step of the first `patience` logged steps in a row whose own-rollout entropy is below
-    `threshold` nats, or None: the sign of a collapsed draft (a warning during training, named by 04 afterwards)."""
+    `threshold` nats, or None: the sign of a collapsed draft (a warning during training, named by the analysis
+    afterwards)."""
     low: list[int] = []
     for step, entropy in log:
         low = low + [int(step)] if entropy < threshold else []  # NaN resets too

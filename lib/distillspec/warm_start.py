@@ -45,7 +45,7 @@ class WarmStart:
     text_tokens: int = 128  # new tokens per answer
     text_samples: int = 1  # answers per prompt (a task with few training prompts, CNN/DM's 284, samples several)
     eval_every: int = 100  # steps between points of the curve (0: only before and after)
-    eval_prompts: int = 16  # held-out prompts each point decodes (the first N of 03's)
+    eval_prompts: int = 16  # held-out prompts each point decodes (the first N of the evaluation's)
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "text_prompts", "text_tokens", "text_samples", "eval_prompts"):
@@ -93,7 +93,7 @@ def served_acceptance(target, student, prompts: list[list[int]], *, gamma: int, 
                       max_new_tokens: int, eos_token_id, draft_vocab_ids: list[int] | None = None, seed: int = 0,
                       batch_size: int = 16) -> dict:
     """alpha_pos and alpha_tok of `student` drafting for `target` on `prompts` (a copy of it, its head cut to the
-    draft vocabulary where there is one, as 03 decodes)."""
+    draft vocabulary where there is one, as the evaluation decodes)."""
     draft = copy.deepcopy(student).eval()
     if draft_vocab_ids is not None:
         draft = reduce_draft_vocab(draft, draft_vocab_ids, eos_token_id)

@@ -21,7 +21,8 @@ from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import busy_note, decoding_shape, measure_step_costs, never_slower_gamma, target_tokens_per_s, time_decoding
+from ..speed import (busy_note, decoding_shape, measure_step_costs, never_slower_gamma, target_tokens_per_s,
+                     time_decoding)
 from .manifest import run_damage, seal
 from .preset import StudyConfig
 from .tables import speed_summary

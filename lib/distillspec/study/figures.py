@@ -141,4 +141,5 @@ def plot_speed(speed: pd.DataFrame, title: str, path=None):
     return fig
 
 
-__all__ = ["CANONICAL_DRAFTS", "draft_colors", "plot_acceptance_vs_entropy", "plot_expected_acceptance", "plot_speed", "plot_training_curves", "plot_warm_curve"]
+__all__ = ["CANONICAL_DRAFTS", "draft_colors", "plot_acceptance_vs_entropy", "plot_expected_acceptance", "plot_speed",
+           "plot_training_curves", "plot_warm_curve"]
