@@ -84,6 +84,18 @@ def tiny_run(tmp_path_factory, shared_data):
     return config, run_dir, root
 
 
+def signal_after_logged_steps(proc, log: Path, steps: int, timeout: float, signum) -> None:
+    """Send signum to the training process proc once its log has `steps` lines (failing with its stderr if it ends
+    or runs out of time first)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (log.is_file() and len(log.read_text().splitlines()) >= steps):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signum)
+
+
 SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a whole pipeline, a browser, the real model
 # Under pytest-xdist (make test: -n 2 --dist loadgroup) the tests that share one of these fixtures run on one
 # worker, so the fixture is made once: the first named here that a test uses is its group.

@@ -9,13 +9,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, signal_after_logged_steps
 from distillspec import DistillSpecError
 from distillspec.__main__ import main
 from distillspec.study.handoff import import_records
@@ -182,11 +181,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(t
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     proc = _train(config, stopped, watch=True)
     log = stopped / "drafts" / "fkl" / "train_log.jsonl"
-    deadline = time.monotonic() + 240
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    signal_after_logged_steps(proc, log, 3, 240, signal.SIGTERM)
     err = proc.communicate(timeout=240)[1]
     assert proc.returncode == 130, err[-2000:]
     assert "stopped by SIGTERM after step" in err and "run the same command again to resume" in err

@@ -10,13 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, signal_after_logged_steps
 from distillspec import DistillSpecError
 from distillspec.__main__ import eval_sampling, main
 from distillspec.study.preset import StudyConfig
@@ -127,7 +126,7 @@ def test_training_signal_refuses_a_log_that_no_longer_matches_its_manifest(tiny_
     _, _, root = tiny_run
     published = tmp_path / "published"
     shutil.copytree(root / "pub", published)
-    assert main(["training-signal", "--published", str(published), "--out", str(tmp_path / "ts")]) in (0, 2)
+    assert main(["training-signal", "--published", str(published), "--out", str(tmp_path / "ts")]) == 0
     capsys.readouterr()
     log = next(published.glob("*/records/fkl_train_log.jsonl"))
     lines = log.read_text().splitlines()
@@ -265,11 +264,7 @@ def test_sigterm_to_run_checkpoints_the_training_and_exits_130(tmp_path, shared_
                              str(run)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = run / "drafts" / "fkl" / "train_log.jsonl"
-    deadline = time.monotonic() + 400
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    signal_after_logged_steps(proc, log, 3, 400, signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
     errors = [x for x in err.splitlines() if x.startswith("error: ")]

@@ -225,7 +225,7 @@ def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False)
     preset with other settings is refused, naming the keys (what the directory holds would not be what the preset
     says), unless replace (run --force), which empties the directory first."""
     paths = RunPaths(Path(run_dir))
-    saved = read_settings(paths.root) if paths.config.is_file() else None
+    saved = read_settings(paths.root)
     diff = differences(saved, cfg.to_dict()) if saved is not None else []
     if diff and replace:
         for child in paths.root.iterdir():
