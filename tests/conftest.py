@@ -102,6 +102,7 @@ SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a who
 SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests that need a whole pipeline run, the browser or the real teacher are `slow` (make test-fast skips them);
     others say so with @pytest.mark.slow. Tests sharing an expensive fixture share an xdist group."""

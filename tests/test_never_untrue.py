@@ -103,6 +103,28 @@ def _eval_args(**given):
     return argparse.Namespace(**{**base, **given})
 
 
+def test_a_moved_run_directory_keeps_matching_its_drafts_settings(tmp_path):
+    """A warm study's drafts start from the run's own baseline: that path is kept relative to the draft, so a run
+    directory moved as a whole resumes, while a draft started from another baseline is still refused."""
+    from distillspec.training_settings import check_settings, claim
+
+    old, new = tmp_path / "old", tmp_path / "new"
+
+    def settings(root: Path, student: str) -> dict:
+        return {"learning_rate": 1e-4, "student": str(root / "drafts" / student / "student")}
+
+    claim(old / "drafts" / "fkl", settings(old, "baseline"), "fix")
+    assert yaml.safe_load((old / "drafts" / "fkl" / "config.yaml").read_text())["student"] == "../baseline/student"
+    (old / "drafts" / "fkl" / "student").mkdir()  # training output: a mismatch is refused, not started afresh
+    old.rename(new)
+    check_settings(new / "drafts" / "fkl", settings(new, "baseline"), "fix")
+    with pytest.raises(DistillSpecError, match="student: '../baseline/student' -> '../other/student'"):
+        check_settings(new / "drafts" / "fkl", settings(new, "other"), "fix")
+    outside = {"learning_rate": 1e-4, "student": str(tmp_path.parent / "elsewhere")}
+    with pytest.raises(DistillSpecError, match="student"):
+        check_settings(new / "drafts" / "fkl", outside, "fix")
+
+
 def test_eval_reads_zero_as_zero_and_the_preset_as_the_default():
     cfg = StudyConfig.from_yaml("configs/tiny.yaml", temperature=0.9, top_p=0.8, max_new_tokens=17)
     sampling, n = eval_sampling(cfg, _eval_args())

@@ -89,7 +89,7 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    """The whole study (notebooks 01-04 via papermill) for one preset; resumes unless --force."""
+    """The whole study (its four stages as notebooks, via papermill) for one preset; resumes unless --force."""
     from .study.pipeline import run_pipeline
     from .study.preset import StudyConfig
     from .study.rundir import RunPaths
@@ -101,7 +101,7 @@ def _cmd_run(args) -> None:
     paths = RunPaths(run_dir)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     if not paths.results.is_file():
-        print("results table: not yet (04 waits for the drafts not evaluated; see above)")
+        print("results table: not yet (the analysis waits for the drafts not evaluated; see above)")
         return
     print(f"results table: {paths.results}")
     print(f"figures:       {paths.figures}")
@@ -127,7 +127,7 @@ def _cmd_retime(args) -> None:
         if args.publish:
             publish(cfg, run_dir, Path(args.publish))
         print(f"published to {Path(args.publish).resolve() / cfg.name}")
-    print("the next `python -m distillspec run` rebuilds 04's table with these timings.")
+    print("the next `python -m distillspec run` rebuilds the analysis table with these timings.")
 
 
 def _cmd_training_signal(args) -> None:

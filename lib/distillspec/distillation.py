@@ -348,7 +348,7 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
             f"study preset (got {type(cfg).__name__}).")
     cfg.validate()
     require(cfg.draft_kind == "model", "This config trains a feature head (draft_kind: eagle): use "
-            "distillspec.train_head (or the study's 02), which trains it on the teacher's text.")
+            "distillspec.train_head (or the study's training stage), which trains it on the teacher's text.")
     check_engine(lora=bool(cfg.lora))
     batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())  # refuse a batch that does not split, early
     if pair is None:

@@ -39,11 +39,13 @@ def choose_draft_vocab(counts: Counter, tokenizer, size: int) -> list[int]:
 def check_draft_vocab(ids: list[int], tokenizer, prompts: list[list[int]]) -> None:
     """Refuse kept ids that the draft cannot work with: ids outside the tokenizer, or a vocabulary without EOS or
     without a special token the prompts' chat template uses (the draft must be able to close the turn)."""
-    require(len(ids) > 0, "The reduced draft vocabulary is empty: run 01_data again to choose its ids.")
+    require(len(ids) > 0, "The reduced draft vocabulary is empty: run the prepare stage (01_data) again to choose "
+                           "its ids.")
     outside = [i for i in ids if not 0 <= int(i) < len(tokenizer)]
     if outside:
         raise DistillSpecError(f"The reduced draft vocabulary has ids outside the tokenizer's {len(tokenizer)} tokens "
-                               f"(e.g. {outside[0]}): it was chosen for another tokenizer; run 01_data again.")
+                               f"(e.g. {outside[0]}): it was chosen for another tokenizer; run the prepare stage "
+                               "(01_data) again.")
     kept, special = set(ids), set(tokenizer.all_special_ids)
     used = {i for prompt in prompts for i in prompt if i in special}
     missing = sorted(({int(tokenizer.eos_token_id)} | used) - kept)

@@ -19,7 +19,8 @@ def load_target(cfg: Config):
     if cfg.teacher_8bit:  # both refusals before any weights load
         check_8bit_teacher()
         require(cfg.student is not None, "An 8-bit teacher cannot seed a derived draft; set `student` to a model.")
-    warn_if_emulated_bf16(cfg.precision, "The precision the models run in (`precision`; `eval_precision` in 03)")
+    warn_if_emulated_bf16(cfg.precision, "The precision the models run in (`precision`; `eval_precision` in the "
+                          "evaluation)")
     teacher, tokenizer = load_model(cfg.teacher, dtype=compute_dtype(cfg.precision), load_in_8bit=cfg.teacher_8bit)
     return teacher.eval().requires_grad_(False), tokenizer
 

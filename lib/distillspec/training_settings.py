@@ -38,6 +38,18 @@ def differences(saved: dict, wanted: dict, ignore: tuple[str, ...] = WHERE_NOT_W
             if saved.get(k, _ABSENT) != wanted.get(k, _ABSENT)]
 
 
+def portable(settings: dict, folder: str | os.PathLike) -> dict:
+    """settings with each absolute path that lies beside folder (in its parent, as a study's drafts share drafts/)
+    written relative to folder: a run directory moved or copied as a whole still matches its drafts' settings."""
+    parent = Path(folder).resolve().parent
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(parent):
+            value = os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+        out[key] = value
+    return out
+
+
 def read_settings(folder: str | os.PathLike) -> dict | None:
     """The settings recorded in folder/config.yaml, or None when there are none."""
     path = Path(folder) / SETTINGS_FILE
@@ -61,7 +73,7 @@ def has_training_output(folder: str | os.PathLike) -> bool:
 def check_settings(folder: str | os.PathLike, settings: dict, fix: str) -> None:
     """Refuse `settings` when folder already holds a training run made with others (or with none recorded);
     fix: what the user can do instead (train again from scratch, or another folder)."""
-    saved = read_settings(folder)
+    saved, settings = read_settings(folder), portable(settings, folder)
     if saved is None:
         if has_training_output(folder):
             raise DistillSpecError(f"{folder} holds training output but no {SETTINGS_FILE} saying how it was "
@@ -81,7 +93,7 @@ def claim(folder: str | os.PathLike, settings: dict, fix: str, *, write: bool = 
     if write and not path.is_file():
         from .atomic import write_text
 
-        write_text(yaml.safe_dump(settings, sort_keys=False), path)
+        write_text(yaml.safe_dump(portable(settings, folder), sort_keys=False), path)
 
 
 def clear_training_output(folder: str | os.PathLike) -> None:
@@ -95,4 +107,4 @@ def clear_training_output(folder: str | os.PathLike) -> None:
 
 
 __all__ = ["CHECKPOINT", "RETRAIN_FIX", "SETTINGS_FILE", "WHERE_NOT_WHAT", "check_settings", "claim",
-           "clear_training_output", "differences", "read_settings"]
+           "clear_training_output", "differences", "portable", "read_settings"]

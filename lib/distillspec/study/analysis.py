@@ -24,7 +24,7 @@ def load_records(run_dir: str | Path, names: list[str]) -> tuple[dict, dict]:
     paths = RunPaths(Path(run_dir))
     tokens, steps = {}, {}
     for n in names:
-        require(paths.tokens(n).is_file(), f"No records for draft '{n}' in {paths.root}: run 03 first.")
+        require(paths.tokens(n).is_file(), f"No records for draft '{n}' in {paths.root}: evaluate them first.")
         tokens[n], steps[n] = read_parquet(paths.tokens(n)), read_parquet(paths.steps(n))
     return tokens, steps
 
@@ -33,7 +33,7 @@ def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: d
              logs: dict[str, pd.DataFrame], warm_log: pd.DataFrame | None, seed: int, csv: bool):
     """results.md over the drafts with speed rows (rows), the recipes' seeds in groups and the runs' training logs,
     returned with Table 1, the per-token records and the speed summary it was made from; csv: also write
-    summary.csv, speed_summary.csv and the seeded lead's CSVs into the run, as 04 does."""
+    summary.csv, speed_summary.csv and the seeded lead's CSVs into the run, as the analysis stage does."""
     names = list(rows)
     speed = speed_table(cfg, paths.root, rows)
     tokens, steps = load_records(paths.root, names)
@@ -57,9 +57,9 @@ def _warm_log(cfg: StudyConfig, paths: RunPaths) -> pd.DataFrame | None:
 
 
 def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str:
-    """Where a study run in parts stands before every draft is in: results.md as 04 would write it over the drafts
-    evaluated so far (each recipe's mean over the seeds it has), under a line naming the drafts still to come.
-    Written to interim.md (published beside the records until 04's results.md replaces it)."""
+    """Where a study run in parts stands before every draft is in: results.md as the analysis would write it over the
+    drafts evaluated so far (each recipe's mean over the seeds it has), under a line naming the drafts still to come.
+    Written to interim.md (published beside the records until the analysis's results.md replaces it)."""
     paths = RunPaths(Path(run_dir))
     rows = read_speed_rows(cfg, run_dir)
     require(bool(rows), f"No evaluated drafts in {paths.root}: run the study (or a part of it, with --drafts) first.")
@@ -81,7 +81,7 @@ def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str
 
 @dataclass
 class Analysis:
-    """04's results: Table 1, acceptance per teacher-entropy bin, the per-token records, and the figures."""
+    """The analysis results: Table 1, acceptance per teacher-entropy bin, the per-token records, and the figures."""
 
     table: pd.DataFrame
     results_md: str  # results.md: the table with its settings, as published
@@ -92,14 +92,14 @@ class Analysis:
 
 
 def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
-    """04: Table 1 (with bootstrap CIs) as summary.csv and results.md, the per-bin acceptance table, and both
-    figures (acceptance vs teacher entropy, training curves) under figures/. With `seeds`, results.md leads with
+    """Analysis stage: Table 1 (with bootstrap CIs) as summary.csv and results.md, the per-bin acceptance table, and
+    both figures (acceptance vs teacher entropy, training curves) under figures/. With `seeds`, results.md leads with
     each recipe's mean over seeds (seeds.py) and states which differences its CIs separate."""
     import matplotlib.pyplot as plt
 
     paths = RunPaths(Path(run_dir))
     rows = read_speed_rows(cfg, run_dir)
-    require(bool(rows), f"No evaluated drafts in {paths.root}: run 03 first.")
+    require(bool(rows), f"No evaluated drafts in {paths.root}: evaluate them first.")
     names = list(rows)
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
     logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
@@ -125,7 +125,7 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
         figures["warm"] = plot_warm_curve(warm_log, f"{cfg.task}: warm start of the baseline draft (gamma={cfg.gamma}, "
                                                     f"T={cfg.temperature})", path=figs["warm"])
     for fig in figures.values():
-        plt.close(fig)  # shown where the caller displays it (notebook 04), not again by the inline backend
+        plt.close(fig)  # shown where the caller displays it (the analysis notebook), not again by the inline backend
     return Analysis(table, results_md, bins, tokens, figures, speed_rows)
 
 

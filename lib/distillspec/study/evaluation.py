@@ -51,17 +51,18 @@ def _evaluated(paths: RunPaths, name: str, student: Path | None) -> bool:
 
 
 def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | None = None) -> pd.DataFrame:
-    """03: batched SD of each draft (default: the undistilled baseline and every distilled draft) against the
-    target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then
-    speed.parquet with one row per finished draft. A finished draft is not evaluated again, so an interrupted
-    evaluation resumes at the next draft."""
+    """Evaluation stage: batched SD of each draft (default: the undistilled baseline and every distilled draft) against
+    the target on the held-out prompts; writes per-token/per-step records and a speed row per draft, then speed.parquet
+    with one row per finished draft. A finished draft is not evaluated again, so an interrupted evaluation resumes at
+    the next draft."""
     paths = RunPaths(Path(run_dir))
     names = draft_names(cfg) if names is None else known_drafts(cfg, names)
     drafts = {n: _draft_source(cfg, paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
     for name in todo:
         path = drafts[name]
-        require(path is None or path.is_dir(), f"Draft '{name}' has no trained student at {path}: run 02 first.")
+        require(path is None or path.is_dir(),
+                f"Draft '{name}' has no trained student at {path}: train it first (`python -m distillspec train`).")
     decoding = cfg.for_decoding()  # eval_precision, e.g. bf16 on a CPU with bf16 instructions
     target, tok = load_target(decoding)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
@@ -89,27 +90,27 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
         if cfg.speed:
             timing, row["timed"] = _time_against_target(cfg, paths, target, draft, tok, prompts, name)
             write_parquet(timing, paths.timing(name))
-        row["eval_s"] = time.perf_counter() - started  # this draft's 03 on this machine (wall seconds)
+        row["eval_s"] = time.perf_counter() - started  # this draft's evaluation on this machine (wall seconds)
         row["machine"] = machine()
         row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
         write_json(row, paths.speed_row(name))
         seal(paths, name)  # the manifest, written last: marks this draft as done
-        paths.results.unlink(missing_ok=True)  # 04 ran without this draft's new records
+        paths.results.unlink(missing_ok=True)  # the analysis ran without this draft's new records
     speed = speed_table(cfg, run_dir)
     write_parquet(speed, paths.speed_table)
     return speed
 
 
 def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
-    """03's timing again, on this machine, for drafts already evaluated (their acceptance records stay): the step
-    costs, the chosen gamma, and SD against the target alone. For records timed elsewhere or by an older rule; it
-    needs the trained students in the run directory. 04's table is removed, so the next `run` rebuilds it."""
+    """The evaluation's timing again, on this machine, for drafts already evaluated (their acceptance records stay): the
+    step costs, the chosen gamma, and SD against the target alone. For records timed elsewhere or by an older rule; it
+    needs the trained students in the run directory. The analysis table is removed, so the next `run` rebuilds it."""
     require(cfg.speed, f"The preset '{cfg.name}' has no `speed` settings: there is nothing to time.")
     paths = RunPaths(Path(run_dir))
     names = known_drafts(cfg, names)
     require(names, "No drafts named to time again.")
     pending = [n for n in names if not paths.manifest(n).is_file() or run_damage(paths, n)]
-    require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: run 03 first "
+    require(not pending, f"Drafts {pending} are not evaluated yet in {paths.root}: evaluate them first "
             "(python -m distillspec run --drafts ...), which times them too.")
     absent = [n for n in names if n not in drafts_here(cfg, run_dir, names)]
     require(not absent, f"Drafts {absent} have no trained student in {paths.root / 'drafts'} (imported records "
@@ -123,7 +124,7 @@ def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd
         write_json({**json.loads(paths.speed_row(name).read_text()), "timed": timed, "timed_on": machine()},
                    paths.speed_row(name))
         seal(paths, name)
-    paths.results.unlink(missing_ok=True)  # 04 ran on the old timings
+    paths.results.unlink(missing_ok=True)  # the analysis ran on the old timings
     return decoding_speed(cfg, run_dir, names)
 
 
@@ -158,8 +159,8 @@ def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list
 
 
 def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
-    """Draft `name` of the run as 03 decodes with it (target from load_target(cfg.for_decoding())): its head cut to
-    the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
+    """Draft `name` of the run as the evaluation decodes with it (target from load_target(cfg.for_decoding())): its head
+    cut to the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
     draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(cfg, RunPaths(Path(run_dir)), name))
     vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
     return draft if vocab is None else cut_vocab(draft, vocab["ids"], tok.eos_token_id)
@@ -244,15 +245,15 @@ def speed_table(cfg: StudyConfig, run_dir: str | Path, rows: dict[str, dict] | N
 
 
 def load_timing(run_dir: str | Path, names: list[str]) -> dict[str, pd.DataFrame]:
-    """03's timing rows (SD against the target alone) of those of these drafts that were timed."""
+    """The evaluation's timing rows (SD against the target alone) of those of these drafts that were timed."""
     paths = RunPaths(Path(run_dir))
     return {n: read_parquet(paths.timing(n)) for n in names if paths.timing(n).is_file()}
 
 
 def decoding_speed(cfg: StudyConfig, run_dir: str | Path, names: list[str], timing: dict[str, pd.DataFrame] | None = None,
                    rows: dict[str, dict] | None = None) -> pd.DataFrame:
-    """03's timed runs of these drafts against the target alone, summarised (tables.speed_summary); timing, rows:
-    the drafts' timing rows and speed rows when already read (load_timing, read_speed_rows)."""
+    """The evaluation's timed runs of these drafts against the target alone, summarised (tables.speed_summary); timing,
+    rows: the drafts' timing rows and speed rows when already read (load_timing, read_speed_rows)."""
     paths = RunPaths(Path(run_dir))
     timing = load_timing(run_dir, names) if timing is None else timing
     rows = rows or {n: json.loads(paths.speed_row(n).read_text()) for n in timing}

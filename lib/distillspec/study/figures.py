@@ -103,7 +103,8 @@ def plot_warm_curve(log: pd.DataFrame, title: str, path=None):
 
 
 def plot_expected_acceptance(speed: pd.DataFrame, title: str, path=None):
-    """03's bars: teacher-scored expected acceptance (T=1) of each draft on SD output vs on its own samples."""
+    """The evaluation's bars: teacher-scored expected acceptance (T=1) of each draft on SD output vs on its own samples.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.5), layout="constrained")
@@ -120,8 +121,8 @@ def plot_expected_acceptance(speed: pd.DataFrame, title: str, path=None):
 
 
 def plot_speed(speed: pd.DataFrame, title: str, path=None):
-    """03's speed chart: measured speedup over target-only decoding (95% CI) and the cost model's prediction, per
-    draft and setting; the line at 1.0x is the target alone."""
+    """The evaluation's speed chart: measured speedup over target-only decoding (95% CI) and the cost model's
+    prediction, per draft and setting; the line at 1.0x is the target alone."""
     import matplotlib.pyplot as plt
 
     labels = [f"{r.draft}\n{r.setting}\ngamma {r.gamma}" for r in speed.itertuples()]

@@ -23,7 +23,7 @@ def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> 
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in names:
-        if paths.manifest(name).is_file():  # written last by 03: the draft is finished (publish checks it is intact)
+        if paths.manifest(name).is_file():  # written last by the evaluation: the draft is finished (publish checks it)
             copied += [Path(shutil.copy2(src, dest / fname)) for fname, src in published_records(paths, name).items()
                        if src.is_file()]
     return copied

@@ -1,6 +1,6 @@
-"""A finished draft's manifest: the size and sha256 of each of its records, written atomically after them, so a
-draft counts as finished only when the manifest is there and every file still matches it. Checked before 03 skips a
-draft, before publishing and when importing; a damaged draft is evaluated again or refused with the file named."""
+"""A finished draft's manifest: the size and sha256 of each of its records, written atomically after them, so a draft
+counts as finished only when the manifest is there and every file still matches it. Checked before the evaluation skips
+a draft, before publishing and when importing; a damaged draft is evaluated again or refused with the file named."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def record_files(paths: RunPaths, name: str) -> dict[str, Path]:
 
 
 def seal(paths: RunPaths, name: str) -> Path:
-    """Write the manifest of a draft whose records 03 has just written: the last write, which marks it finished."""
+    """Write the manifest of a draft whose records the evaluation has just written: the last write, which marks it
+    finished."""
     return write_manifest(record_files(paths, name), paths.manifest(name))
 
 

@@ -33,9 +33,10 @@ def format_speed_table(speed: pd.DataFrame) -> str:
 
 
 def timing_machines(rows: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
-    """Timed drafts grouped by where their speed was timed: (machine, target-only tok/s of their 03 run). The
+    """Timed drafts grouped by where their speed was timed: (machine, target-only tok/s of their evaluation run). The
     machine is the one the timing recorded (`timed_on` after a retime, else `machine`); rows that name none ("not
-    recorded") are told apart by the target-only tok/s their 03 run measured, which the drafts of one run share."""
+    recorded") are told apart by the target-only tok/s their evaluation run measured, which the drafts of one run share.
+    """
     groups: dict[tuple[str, str], list[str]] = {}
     for draft, row in rows.items():
         if not row.get("timed"):
@@ -47,7 +48,7 @@ def timing_machines(rows: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
 
 
 def format_table(table: pd.DataFrame, eval_speed: bool = True) -> str:
-    """Markdown: estimates in percent with their 95% CIs, as the README shows them. eval_speed: add 03's SD
+    """Markdown: estimates in percent with their 95% CIs, as the README shows them. eval_speed: add the evaluation's SD
     throughput over the target's at the evaluation settings (fixed gamma, per-token records); a preset with a
     `speed` table leaves it out, since that table times each draft at its best gamma against the target alone."""
     def line(cells: list) -> str:

@@ -52,9 +52,9 @@ class Step:
     outputs: list[Path]  # all present -> the step is done
     parameters: dict = field(default_factory=dict)
     clean: list[Path] = field(default_factory=list)  # removed before a forced rerun
-    done_instead: list[Path] = field(default_factory=list)  # all present -> also done (02: the draft's results)
-    waiting_for: Callable[[], list[str]] | None = None  # drafts that must be finished first (04: all of them)
-    damaged: Callable[[], list[str]] | None = None  # outputs present but not intact (03: against the manifests)
+    done_instead: list[Path] = field(default_factory=list)  # all present -> also done (training: the draft's results)
+    waiting_for: Callable[[], list[str]] | None = None  # drafts that must be finished first (analysis: all of them)
+    damaged: Callable[[], list[str]] | None = None  # outputs present but not intact (evaluation: against the manifests)
     then: Callable[[], str] | None = None  # after the step, run or skipped; returns a line for the log
     threads: str = "work"  # the kernel's OpenMP setting (threads.py): "timing" for the stage that times decoding
 

@@ -12,7 +12,7 @@ from .rundir import RunPaths, save_prompts
 
 
 def prepare_data(cfg: StudyConfig, run_dir: str | Path) -> dict:
-    """01: the training and held-out evaluation prompt sets (disjoint splits) and their statistics."""
+    """Prepare stage: the training and held-out evaluation prompt sets (disjoint splits) and their statistics."""
     paths = RunPaths(Path(run_dir))
     tok = load_tokenizer(cfg.teacher)
     train, held_out = cfg.train_prompts(tok), cfg.eval_prompts(tok)

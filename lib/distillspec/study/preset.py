@@ -33,21 +33,21 @@ class StudyConfig(Recipe, Setup):
     # the baseline draft trained off-policy on the teacher's text before every run (warm_start.WarmStart's keys,
     # e.g. {steps: 600}); null: every run starts from the untrained baseline
     warm_start: dict | None = None
-    # evaluation (speculative decoding, 03)
+    # evaluation stage (speculative decoding)
     eval_split: str = "test"
     n_eval: int = 64
     gamma: int = 5
     eval_batch_size: int = 16
-    eval_precision: str | None = None  # precision of 03's decoding (SD, target-only, timings); None: `precision`
+    eval_precision: str | None = None  # the evaluation's decoding (SD, target-only, timings); None: `precision`
     draft_vocab: int | None = None  # cut every draft's head to the N ids the teacher writes most (None: full head)
     draft_vocab_prompts: int = 64  # training prompts whose teacher completions choose those ids
-    # decoding speed against target-only generate (03), one entry per setting, e.g. {greedy: true, batch_size: 1}
+    # evaluation: decoding speed against target-only generate, per setting, e.g. {greedy: true, batch_size: 1}
     speed: list[dict] = field(default_factory=list)
     speed_prompts: int = 24  # the first N held-out prompts are timed
     speed_gamma: int | str = "auto"  # draft length of the timed runs; auto: the cost model's best for the pilot alpha
     speed_max_gamma: int = 8  # longest draft block the cost model (and auto) considers
     speed_pilot_prompts: int = 4  # training prompts whose SD acceptance feeds gamma 'auto'
-    # analysis (04)
+    # analysis stage
     min_bin_count: int = 200
     n_bins: int = 12
     run_dir: str = "runs"
@@ -117,14 +117,14 @@ class StudyConfig(Recipe, Setup):
     # --- evaluation --------------------------------------------------------------------------------------------
 
     def eval_prompts(self, tokenizer):
-        """The held-out prompts 03 decodes."""
+        """The held-out prompts the evaluation decodes."""
         return self.run_config().prompt_set(self.eval_split, self.n_eval, tokenizer)
 
     def train_prompts(self, tokenizer):
         return self.run_config().train_prompts(tokenizer)
 
     def for_decoding(self) -> StudyConfig:
-        """This study as 03 loads its models: `eval_precision` in place of `precision` when it is set."""
+        """This study as the evaluation loads its models: `eval_precision` in place of `precision` when it is set."""
         return self if self.eval_precision is None else self.replace(precision=self.eval_precision)
 
     def sampling(self) -> SamplingConfig:

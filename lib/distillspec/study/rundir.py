@@ -1,9 +1,9 @@
-"""A study's run directory: every file name in one place, the drafts' names, and the fingerprint that keeps results
-of different setups apart.
+"""A study's run directory: every file name in one place, the drafts' names, and the fingerprint that keeps results of
+different setups apart.
 
-runs/<preset>/ holds data/ (01's prompt sets), drafts/<run>/ (02: trainer output, student/, train_log.jsonl),
-records/ (03: per-token and per-step Parquet, one speed row per draft), summary.csv, results.md, entropy_bins.csv
-and figures/ (04; interim.md before every draft is in), and the executed notebooks.
+runs/<preset>/ holds data/ (the prepare stage's prompt sets), drafts/<run>/ (training: trainer output, student/,
+train_log.jsonl), records/ (evaluation: per-token and per-step Parquet, one speed row per draft), summary.csv,
+results.md, entropy_bins.csv and figures/ (analysis; interim.md before every draft is in), and the executed notebooks.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class RunPaths:
 
     @property
     def draft_vocab(self) -> Path:
-        """The reduced draft vocabulary (config draft_vocab; 03 chooses it on first use): the kept ids and how."""
+        """The reduced draft vocabulary (config draft_vocab; the evaluation chooses it on first use): the kept ids and
+        how."""
         return self.root / "data" / "draft_vocab.json"
 
     def teacher_text(self, max_new_tokens: int) -> Path:
@@ -96,7 +97,7 @@ class RunPaths:
         return self.records / f"{name}_speed.json"
 
     def timing(self, name: str) -> Path:
-        """03's timed decoding of this draft against the target alone (config speed), one row per batch."""
+        """The evaluation's timed decoding of this draft against the target alone (config speed), one row per batch."""
         return self.records / f"{name}_timing.parquet"
 
     def manifest(self, name: str) -> Path:
@@ -153,8 +154,8 @@ class RunPaths:
         return self.root / "figures"
 
     def figure(self, kind: str, task: str) -> Path:
-        """04's figures: kind 'entropy' (acceptance vs teacher entropy), 'training' (training curves) or 'warm' (the
-        warm start's curve)."""
+        """The analysis figures: kind 'entropy' (acceptance vs teacher entropy), 'training' (training curves) or 'warm'
+        (the warm start's curve)."""
         stem = {"entropy": "acceptance_vs_entropy", "training": "training_curves", "warm": "warm_start"}[kind]
         return self.figures / f"{stem}_{task}.png"
 
@@ -166,8 +167,9 @@ def figure_paths(cfg: StudyConfig, run_dir: str | Path) -> dict[str, Path]:
 
 
 def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
-    """A finished draft's files in the run directory, by their names in a published records folder (what 04 needs,
-    and what another machine imports); the manifest comes last, as 03 writes it last: it marks the draft finished."""
+    """A finished draft's files in the run directory, by their names in a published records folder (what the analysis
+    needs, and what another machine imports); the manifest comes last, as the evaluation writes it last: it marks the
+    draft finished."""
     records = [paths.tokens(name), paths.steps(name), paths.timing(name), paths.speed_row(name), paths.manifest(name)]
     return {f"{name}_{TRAIN_LOG}": paths.train_log(name),  # none for the baseline
             **{path.name: path for path in records}}  # timing: only with speed settings
@@ -209,8 +211,8 @@ def expand_drafts(cfg: StudyConfig, names: list[str]) -> list[str]:
 
 
 def finished_drafts(cfg: StudyConfig, run_dir: str | Path) -> list[str]:
-    """The study's drafts whose evaluation is complete (03 writes the manifest last), in table order; whether their
-    files are intact is manifest.run_damage's question."""
+    """The study's drafts whose evaluation is complete (the evaluation writes the manifest last), in table order;
+    whether their files are intact is manifest.run_damage's question."""
     paths = RunPaths(Path(run_dir))
     return [n for n in draft_names(cfg) if paths.manifest(n).is_file()]
 
@@ -278,7 +280,7 @@ def save_prompts(ds: datasets.Dataset, path: Path) -> None:
 
 
 def load_prompt_file(path: Path) -> datasets.Dataset:
-    require(path.is_file(), f"{path} is missing: run 01_data (or the pipeline) first.")
+    require(path.is_file(), f"{path} is missing: run the prepare stage (01_data, or the pipeline) first.")
     return datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
 
 
@@ -288,12 +290,13 @@ FINGERPRINT_VERSION = 3
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
-    """sha256 of the experiment's config (paths left out) and both prompt sets of the run (01's output)."""
+    """sha256 of the experiment's config (paths left out) and both prompt sets of the run (the prepare stage's output).
+    """
     paths = RunPaths(Path(run_dir))
     settings = {k: v for k, v in cfg.to_dict().items() if k not in WHERE_NOT_WHAT}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
-        require(prompts.is_file(), f"{prompts} is missing: run 01_data (or the pipeline) first.")
+        require(prompts.is_file(), f"{prompts} is missing: run the prepare stage (01_data, or the pipeline) first.")
         digest.update(prompts.read_bytes())
     return digest.hexdigest()

@@ -60,7 +60,7 @@ def speed_over_seeds(timing: dict[str, pd.DataFrame], groups: dict[str, list[str
         have = [d for d in drafts if d in timing]
         if not have:
             continue
-        require(len(have) == len(drafts), f"recipe '{group}': timings exist for {have} only; time every seed (03).")
+        require(len(have) == len(drafts), f"recipe '{group}': timings exist for {have} only; time every seed.")
         for setting in timing[have[0]]["setting"].unique():
             frames = [timing[d][timing[d]["setting"] == setting] for d in have]
             m = unit_matrix(frames, cols, "batch", f"recipe '{group}', {setting}")
@@ -105,7 +105,7 @@ def format_headline(metrics: pd.DataFrame) -> str:
 
 def format_wall_times(groups: dict[str, list[str]], logs: dict[str, pd.DataFrame], rows: dict[str, dict]) -> str:
     """Markdown: per recipe, each seed's training time (the trainer's train_runtime; after a resume, the resumed
-    part only) and evaluation time (03's eval_s), in minutes; '-' where there was no training, n/a where a record
+    part only) and evaluation time (eval_s), in minutes; '-' where there was no training, n/a where a record
     predates the measurement."""
     def trained(draft):
         log = logs.get(draft)

@@ -81,7 +81,7 @@ def unit_matrix(frames: Sequence[pd.DataFrame], columns: Sequence[str], unit: st
     index = sums[0].index
     require(all(s.index.equals(index) for s in sums),
             f"{what}: the seeds were evaluated on different prompts (or batches); a recipe's seeds must share the "
-            "study's held-out prompts. Re-run 03 for all of them with the same config.")
+            "study's held-out prompts. Evaluate all of them again with the same config.")
     return {c: np.stack([s[c].to_numpy(float) for s in sums]) for c in columns}
 
 

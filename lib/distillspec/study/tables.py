@@ -13,9 +13,10 @@ from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_in
 
 
 def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
-    """Per draft and speed setting: SD tokens/s over target-only tokens/s on the same prompts (95% bootstrap CI
-    over batches, i.e. prompts at batch 1), the cost model's prediction at the run's own acceptance, and how gamma
-    was chosen. timing: 03's timing rows per draft; timed: its `timed` entries (gamma, pilot alpha, step costs)."""
+    """Per draft and speed setting: SD tokens/s over target-only tokens/s on the same prompts (95% bootstrap CI over
+    batches, i.e. prompts at batch 1), the cost model's prediction at the run's own acceptance, and how gamma was
+    chosen. timing: the evaluation's timing rows per draft; timed: its `timed` entries (gamma, pilot alpha, step costs).
+    """
     rows = []
     for draft, frame in timing.items():
         chosen = {t["setting"]: t for t in timed.get(draft, [])}

@@ -25,7 +25,7 @@ def _retrain_fix(cfg: StudyConfig, name: str) -> str:
 
 
 def forget_draft(cfg: StudyConfig, run_dir: str | Path, name: str) -> None:
-    """Remove a draft's training output, settings and records (and 04's table, made with them): the next train
+    """Remove a draft's training output, settings and records (and the analysis table, made with them): the next train
     starts it from scratch and the next run evaluates it again. A warm-started baseline is refused: every other
     draft of the run started from it."""
     paths = RunPaths(Path(run_dir))
@@ -41,9 +41,9 @@ def forget_draft(cfg: StudyConfig, run_dir: str | Path, name: str) -> None:
 
 
 def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, *, retrain: bool = False, **overrides):
-    """02: distil one draft of the study (its overrides from the config, then any given here); resumable with the
-    same settings (a draft trained with others is refused, naming the keys); retrain: train it again from scratch
-    (forget_draft first). With a `warm_start`, the baseline is trained too (warm_start.py) and every other run
+    """Training stage: distil one draft of the study (its overrides from the config, then any given here); resumable
+    with the same settings (a draft trained with others is refused, naming the keys); retrain: train it again from
+    scratch (forget_draft first). With a `warm_start`, the baseline is trained too (warm_start.py) and every other run
     starts from it."""
     paths = RunPaths(Path(run_dir))
     if retrain:
@@ -55,7 +55,7 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, *, retrain: bo
     run_cfg = cfg.run_config(name, **overrides)
     if cfg.warm_start is not None:
         require(saved_draft(paths.student(BASELINE)) is not None,
-                f"Run '{name}' starts from the study's warm-started baseline, which is not trained yet: run 02 with "
+                f"Run '{name}' starts from the study's warm-started baseline, which is not trained yet: train it with "
                 f"run_name='{BASELINE}' first (the pipeline does), or import nothing and run the study again.")
         run_cfg = run_cfg.replace(student=str(paths.student(BASELINE)))
     check_settings(paths.draft_dir(name), run_cfg.to_dict(), _retrain_fix(cfg, name))
@@ -70,9 +70,9 @@ def _vocab_ids(cfg: StudyConfig, run_dir: str | Path, target, tok) -> list[int] 
 
 
 def warm_start(cfg: StudyConfig, run_dir: str | Path, **overrides):
-    """02 for the baseline of a study with `warm_start`: the derived draft trained on the teacher's text, with its
-    curve (alpha_pos on held-out prompts every eval_every steps) in its train log; resumable. When the baseline's
-    records were imported (a study in parts: a model cannot be published), the draft is trained again in
+    """The training stage for the baseline of a study with `warm_start`: the derived draft trained on the teacher's
+    text, with its curve (alpha_pos on held-out prompts every eval_every steps) in its train log; resumable. When the
+    baseline's records were imported (a study in parts: a model cannot be published), the draft is trained again in
     retrained/ for the runs to start from, checked against the records' log, which stays the baseline's."""
     paths = RunPaths(Path(run_dir))
     imported = paths.manifest(BASELINE).is_file()

@@ -1,6 +1,6 @@
 """Does the training curve predict serving? Over every published draft, the last `expected_accept` its training log
 recorded (Σ min(p, q) at T=1 on the positions trained in the last logging window; every file checked against its
-draft's manifest first) against the alpha_pos 03 measured
+draft's manifest first) against the alpha_pos the evaluation measured
 when it decoded held-out prompts, with Spearman's rho and a bootstrap CI over drafts: pooled, and within each study
 (one task, one setting, recipes and seeds side by side), which is the comparison a user makes when choosing a recipe.
 """
@@ -115,7 +115,7 @@ def plot(table: pd.DataFrame, path=None):
         ax.set_xlabel("training log: last expected acceptance Σ min(p, q), T=1")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    axes[0].set_ylabel("served alpha_pos (03, held-out prompts)")
+    axes[0].set_ylabel("served alpha_pos (evaluation, held-out prompts)")
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
