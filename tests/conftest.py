@@ -67,6 +67,16 @@ def tiny_pair():
 
 
 @pytest.fixture(scope="session")
+def small_vocab_pair():
+    """A tiny target and draft over 8 token ids: every sequence of a few tokens can be enumerated (exact tests)."""
+    from distillspec.tiny import tiny_model
+
+    target = tiny_model("llama", vocab_size=8, seed=11, init_std=1.0, hidden_size=16)
+    draft = tiny_model("llama", vocab_size=8, seed=12, init_std=1.0, hidden_size=16, num_layers=1)
+    return target, draft
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, shared_data):
     """The pipeline (`python -m distillspec run`) on a shortened tiny preset, once per test run:
     (config, run directory, scratch root with the published copy in pub/)."""

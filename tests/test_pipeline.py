@@ -339,7 +339,7 @@ def test_retime_measures_evaluated_drafts_again_and_the_next_run_rebuilds_04(tin
     (published / "results.md").write_text("a table made from the old timings\n")
     assert main(["retime", "--config", str(config), "--run-dir", str(copy), "--drafts", f"baseline,{RUNS[0]}",
                  "--publish", str(tmp_path / "figures")]) == 0
-    assert "rebuilds 04's table" in capsys.readouterr().out and not (copy / "results.md").exists()
+    assert "rebuilds the analysis table" in capsys.readouterr().out and not (copy / "results.md").exists()
     assert not (published / "results.md").exists()  # stale beside the new records
     assert json.loads((published / "records" / f"{RUNS[0]}_speed.json").read_text()) == json.loads(
         (records / f"{RUNS[0]}_speed.json").read_text())

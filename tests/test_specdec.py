@@ -126,21 +126,21 @@ def test_draft_equal_to_target_accepts_everything(tiny_pair):
         assert [len(s) for s in res.sequences] == [23, 23]
 
 
-def _first_tokens_sd(target, draft, rule, n, temperature=0.9, top_k=0, top_p=1.0, seed=0):
-    prompts = [[1, 5, 3]] * n
-    res = speculative_generate(target, draft, prompts, gamma=2, max_new_tokens=3, eos_token_id=[], seed=seed,
+def _first_tokens_sd(target, draft, rule, n, temperature=0.9, top_k=0, top_p=1.0, seed=0, prompt=(1, 5, 3), gamma=2):
+    prompts = [list(prompt)] * n
+    res = speculative_generate(target, draft, prompts, gamma=gamma, max_new_tokens=3, eos_token_id=[], seed=seed,
                                sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
                                acceptance=rule, record=False)
     return np.array(res.sequences)
 
 
-def _exact_joint(target, sampling, vocab, length=3):
+def _exact_joint(target, sampling, vocab, length=3, prompt=(1, 5, 3)):
     """Exact target distribution of the first `length` tokens after the prompt (enumerated)."""
     probs = {(): 1.0}
     for _ in range(length):
         nxt = {}
         prefixes = list(probs)
-        ids = torch.tensor([[1, 5, 3, *p] for p in prefixes])
+        ids = torch.tensor([[*prompt, *p] for p in prefixes])
         with torch.no_grad():
             dist = sampling.probs(target(ids).logits[:, -1].float())
         for prefix, row in zip(prefixes, dist.tolist()):
@@ -167,13 +167,6 @@ def _chi2_pvalue(samples, exact):
 
 
 SIGNIFICANCE = 1e-3
-
-
-@pytest.fixture(scope="module")
-def small_vocab_pair():
-    target = tiny_model("llama", vocab_size=8, seed=11, init_std=1.0, hidden_size=16)
-    draft = tiny_model("llama", vocab_size=8, seed=12, init_std=1.0, hidden_size=16, num_layers=1)
-    return target, draft
 
 
 @pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=1.3, top_k=5), dict(temperature=0.7, top_p=0.8)])

@@ -133,7 +133,8 @@ def test_a_warm_study_trains_its_baseline_first_and_every_run_starts_from_it(sha
     import yaml
 
     trained_from = yaml.safe_load((run.output_dir / "config.yaml").read_text())["student"]
-    assert trained_from == str(warm.student_dir)
+    assert trained_from == "../baseline/student"  # kept relative to the draft: a moved run directory still matches
+    assert (run.output_dir / trained_from).resolve() == warm.student_dir.resolve()
     # the warm start is part of what the records' fingerprint covers
     assert fingerprint(cfg, tmp_path) != fingerprint(cfg.replace(warm_start={**cfg.warm_start, "steps": 5}), tmp_path)
 
@@ -236,7 +237,8 @@ def test_a_part_that_imports_the_baseline_trains_the_warm_draft_again_beside_its
     assert stages.drafts_here(cfg, second, ["lk_alpha", "baseline"]) == ["lk_alpha", "baseline"]
     import yaml
 
-    assert yaml.safe_load((run.output_dir / "config.yaml").read_text())["student"] == str(paths.student("baseline"))
+    trained_from = yaml.safe_load((run.output_dir / "config.yaml").read_text())["student"]
+    assert (run.output_dir / trained_from).resolve() == paths.student("baseline").resolve()
 
 
 def test_a_warm_draft_trained_again_is_refused_unless_it_matches_the_records_log(tmp_path):

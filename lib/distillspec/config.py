@@ -15,7 +15,9 @@ from .losses import AdaptiveBeta, check_divergence
 from .runtime import resolve_precision
 
 ROLLOUTS = ("on_policy", "skd")
-DRAFT_KINDS = ("model", "eagle")  # a standalone small LM, or a feature head over the teacher (eagle.py)
+# a standalone small LM, a feature head over the teacher (eagle.py), prompt lookup (lookup.py: nothing trained), or
+# lookup beside a trained draft (given as its folder where the draft is loaded)
+DRAFT_KINDS = ("model", "eagle", "lookup", "hybrid")
 # Keys whose None means "derived from another key": the task's defaults, then the sampling settings.
 _DERIVED = ("temperature", "max_new_tokens", "loss_temperature", "train_max_new_tokens")
 

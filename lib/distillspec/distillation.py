@@ -347,8 +347,9 @@ def distill(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = True, 
     require(isinstance(cfg, Config), f"distill() trains one run: pass a Config, e.g. study.run_config('fkl') for a "
             f"study preset (got {type(cfg).__name__}).")
     cfg.validate()
-    require(cfg.draft_kind == "model", "This config trains a feature head (draft_kind: eagle): use "
-            "distillspec.train_head (or the study's training stage), which trains it on the teacher's text.")
+    require(cfg.draft_kind == "model", f"This config's draft_kind is '{cfg.draft_kind}': distill trains standalone "
+            "drafts. Train a feature head with distillspec.train_head (or the study's training stage); prompt lookup "
+            "and hybrids train nothing of their own.")
     check_engine(lora=bool(cfg.lora))
     batch_layout(cfg.batch_size, cfg.micro_batch_size, world_size())  # refuse a batch that does not split, early
     if pair is None:

@@ -27,7 +27,9 @@ class SpecDecMetrics:
     alpha_pos: accepted / verified positions (accepted + the first rejected one per row-step): the empirical
         per-position acceptance, which the reference study's entropy plots call alpha_seq.
     tau (block efficiency): emitted tokens / target calls, a target call being one row's verification step.
-    full_block_rate: share of row-steps in which all gamma drafts were accepted.
+    full_block_rate: share of the row-steps that proposed drafts in which all of them were accepted.
+    drafted_share: share of row-steps that proposed at least one draft (below 1 for a draft that proposes nothing
+        where it has no match, such as prompt lookup, or the hybrid where it chose plain decoding).
     tokens_per_s: emitted tokens / wall seconds of the whole call (prefill included).
     cost_ratio_c: mean wall time of one draft decode forward / one target verify forward (batched calls).
     predicted_tau: Leviathan et al.'s expected tokens per step at alpha = alpha_pos and this gamma.
@@ -52,6 +54,7 @@ class SpecDecMetrics:
     alpha_pos: float
     tau: float
     full_block_rate: float
+    drafted_share: float
     wall_s: float
     forward_s: float
     tokens_per_s: float
@@ -72,11 +75,23 @@ def verified_positions(accepted, proposed):
     return np.minimum(accepted + 1, proposed)
 
 
+@dataclass(frozen=True)
+class _NoDraftCache:
+    """The draft side's counters for a draft without a model (prompt lookup): no forwards, no cost."""
+
+    timed: bool = True
+    forward_s: tuple = ()
+    prefill_s: float = 0.0
+    forwards: int = 0
+    max_new_per_row: int = 0
+
+
 def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if b else float("nan")
 
 
 def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, steps) -> SpecDecMetrics:
+    draft_kv = _NoDraftCache() if draft_kv is None else draft_kv
     s = records.step_arrays()
     row_steps = int(len(s["step"]))
     proposed = int(s["proposed"].sum())
@@ -104,7 +119,9 @@ def compute_metrics(*, records, sequences, gamma, wall_s, target_kv, draft_kv, s
         alpha_tok=_ratio(accepted, proposed),
         alpha_pos=alpha_pos,
         tau=_ratio(emitted, row_steps),
-        full_block_rate=_ratio(int((s["accepted"] == s["proposed"]).sum()), row_steps),
+        full_block_rate=_ratio(int(((s["accepted"] == s["proposed"]) & (s["proposed"] > 0)).sum()),
+                               int((s["proposed"] > 0).sum())),
+        drafted_share=_ratio(int((s["proposed"] > 0).sum()), row_steps),
         wall_s=wall_s,
         forward_s=forward_s,
         tokens_per_s=_ratio(emitted, wall_s),

@@ -30,6 +30,7 @@ TOKEN_COLUMNS = {
     "expected_accept_t1": "1 - TV(p, q) at temperature 1",
 }
 STEP_COLUMNS = ("row", "step", "proposed", "accepted", "emitted")
+SOURCE_COLUMN = "source"  # a hybrid's steps only: which draft proposed the row's block (lookup.SOURCES)
 
 
 @dataclass
@@ -65,13 +66,15 @@ class SpecDecRecords:
         for name, values in cols.items():
             self._tokens[name].append(values[sel].cpu())
 
-    def add_steps(self, *, rows, step, gamma, n_acc, emitted):
+    def add_steps(self, *, rows, step, gamma, n_acc, emitted, source=None):
         self._steps["row"].append(rows.cpu())
         self._steps["step"].append(torch.full((rows.numel(),), step))
         proposed = gamma.cpu() if torch.is_tensor(gamma) else torch.full((rows.numel(),), gamma)  # [B] per row
         self._steps["proposed"].append(proposed)
         self._steps["accepted"].append(n_acc.cpu())
         self._steps["emitted"].append(torch.tensor(emitted, dtype=torch.long))
+        if source is not None:
+            self._steps.setdefault(SOURCE_COLUMN, []).append(source.cpu())
 
     @staticmethod
     def _arrays(store: dict) -> dict[str, np.ndarray]:

@@ -15,7 +15,9 @@ Design (one cache per model, stock transformers DynamicCache):
 - Each step reads as gpt-fast's loop does: propose (draft, gamma tokens) -> verify (target, one pass) -> accept
   (the rule, then the correction or bonus token) -> advance (emit, trim both caches, drop finished rows).
 - The draft's side of each step (its prefill, proposals and hand-over after a verification) is its drafter's:
-  ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features.
+  ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features,
+  LookupDrafter for prompt lookup (lookup.py: no weights, no cache, a one-hot block per row whose length varies
+  per row and step, none where the row's text has no match).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -31,6 +34,7 @@ from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
 from .eagle import target_features
 from .forward import position_ids
+from .lookup import SOURCES, continuation, one_hot_proposal
 from .errors import DistillSpecError, require
 from .metrics import SpecDecMetrics, compute_metrics
 from .models import check_compatible, model_context_length
@@ -161,7 +165,10 @@ def _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, d
             target_tokenizer is not None and draft_tokenizer is not None,
             "Pass both target_tokenizer and draft_tokenizer (or neither) to check compatibility.",
         )
-        width = check_compatible(target_tokenizer, draft_tokenizer, target, draft)
+        width = check_compatible(target_tokenizer, draft_tokenizer, target,
+                                 draft if isinstance(draft, torch.nn.Module) else None)
+    elif not isinstance(draft, torch.nn.Module):  # a draft without weights copies the target's own token ids
+        width = target.config.vocab_size
     else:
         vt, vd = target.config.vocab_size, draft.config.vocab_size
         require(
@@ -175,6 +182,8 @@ def _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, d
         raise DistillSpecError(f"The draft's reduced vocabulary maps to token ids up to {int(vocab_ids.max())}, beyond "
                                f"the {width} ids the target scores: draft and target do not share this id map.")
     for who, model in (("target", target), ("draft", draft)):
+        if not isinstance(model, torch.nn.Module):
+            continue
         context = model_context_length(model)
         for i, prompt in enumerate(prompts):
             need = len(prompt) + max_new_tokens + gamma + 1
@@ -244,6 +253,7 @@ class _Proposal:
     logits: torch.Tensor  # [B, gamma, N] raw draft logits (N = V, or the draft's reduced vocabulary)
     vocab_ids: torch.Tensor | None  # [N] token id of each draft logit column (a reduced vocabulary), or None
     limit: torch.Tensor  # [B] drafts each row proposes (fewer than the block where the draft stopped early)
+    source: torch.Tensor | None = None  # [B] which draft proposed each row's block (a hybrid's SOURCES), or None
 
     def q_t1(self, width: int) -> torch.Tensor:
         """[B, gamma, V] the draft's distributions at T=1 (for the records)."""
@@ -316,7 +326,7 @@ def _accept(rule, sampling: SamplingConfig, proposal: _Proposal, p_logits: torch
     accept = accept & (torch.arange(gamma, device=p.device)[None, :] < proposal.limit[:, None])  # proposed only
     n_acc = accept.long().cumprod(1).sum(1)  # [B]
     rows = torch.arange(batch, device=p.device)
-    first_rejected = residual[rows, n_acc.clamp(max=gamma - 1)]  # [B, V]
+    first_rejected = residual[rows, n_acc.clamp(max=gamma - 1)] if gamma else p[:, 0]  # [B, V]
     next_dist = torch.where((n_acc == proposal.limit)[:, None], p[rows, n_acc], first_rejected)
     return _Verdict(accept, n_acc, sample(next_dist, generator), p)
 
@@ -347,7 +357,10 @@ def _advance(tgt: RaggedKV, drafter, rows: _Rows, proposal: _Proposal, verdict: 
     n_acc, full = verdict.n_acc, verdict.n_acc == gamma
     held = full & (not bonus)  # a full block without a bonus ends on d_gamma, which the target has not consumed
     tgt.drop_tail(gamma + 1, 1 + n_acc - held.long())  # keeps the consumed token + the accepted drafts
-    rows.last_target = torch.where(held, proposal.tokens[:, -1], verdict.next_token)
+    if bool(held.any()):  # (never with bonus; a block of 0 drafts has no d_gamma)
+        rows.last_target = torch.where(held, proposal.tokens[:, -1], verdict.next_token)
+    else:
+        rows.last_target = verdict.next_token
     drafter.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad)
     keep = torch.tensor([not f for f in finished], device=n_acc.device)
     if not bool(keep.all()):
@@ -355,13 +368,60 @@ def _advance(tgt: RaggedKV, drafter, rows: _Rows, proposal: _Proposal, verdict: 
         rows.keep(idx)
         if rows.index.numel() > 0:
             tgt.select_rows(idx)
-            drafter.kv.select_rows(idx)
+            drafter.select_rows(idx)
     if rows.index.numel() > 0:
         tgt.compact(compact_fraction)
-        drafter.kv.compact(compact_fraction)
+        drafter.compact(compact_fraction)
 
 
-class ModelDrafter:
+def _accepted_text(proposal: _Proposal, verdict: _Verdict, bonus: bool, pad: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text a verification accepted, per row: its accepted drafts, then the correction or bonus token (none after
+    a full block without a bonus): tokens [B, k+1] (pad beyond) and their count [B]."""
+    n_acc, block = verdict.n_acc, proposal.tokens.shape[1]
+    count = n_acc + 1 - ((n_acc == block) & (not bonus)).long()  # [B]
+    slots = torch.arange(block + 1, device=n_acc.device)[None, :]  # [1, k+1]
+    tokens = torch.cat([proposal.tokens, proposal.tokens.new_full((len(n_acc), 1), pad)], 1)  # [B, k+1]
+    return torch.where(slots == n_acc[:, None], verdict.next_token[:, None], tokens), count
+
+
+def _catch_up(rows: _Rows, text: torch.Tensor, count: torch.Tensor, *, start: torch.Tensor, consumed: bool,
+              features: torch.Tensor | None = None) -> None:
+    """A cached draft's pending slots := text[start:count] per row (with the features paired with it), behind the
+    pending slots it has not consumed (consumed=False), right-aligned, no all-hole column."""
+    slots = torch.arange(text.shape[1], device=text.device)[None, :]
+    ids, valid = text, (slots >= start[:, None]) & (slots < count[:, None])  # [B, k+1]
+    feats = None if features is None else features[:, : text.shape[1]]
+    if not consumed:
+        ids, valid = torch.cat([rows.pending, ids], 1), torch.cat([rows.pending_valid, valid], 1)
+        feats = None if feats is None else torch.cat([rows.pending_features, feats], 1)
+    order = torch.argsort(valid.long(), dim=1, stable=True)[:, -int(valid.sum(1).max()):]  # holes first, then real
+    rows.pending, rows.pending_valid = ids.gather(1, order), valid.gather(1, order)
+    if feats is not None:
+        rows.pending_features = feats.gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
+
+
+class _CachedDrafter:
+    """What the drafters with a KV cache (`kv`) share: they propose autoregressively through it, finished rows leave
+    it, and it is compacted with the target's."""
+
+    kv: RaggedKV
+    ragged = False  # proposes the whole block in every row unless draft_confidence stops a row early
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None) -> _Proposal:
+        proposal = _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
+        self.fed = proposal.tokens.shape[1] - 1  # d_1..d_{k-1} went through the cache one at a time; d_k did not
+        return proposal
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        self.kv.select_rows(idx)
+
+    def compact(self, fraction: float) -> None:
+        self.kv.compact(fraction)
+
+
+class ModelDrafter(_CachedDrafter):
     """A standalone draft's side of the decoder: its own KV cache over the same text as the target's. It consumes
     the one or two tokens accepted since its last block (right-aligned pending slots), then drafts autoregressively."""
 
@@ -376,24 +436,21 @@ class ModelDrafter:
         if prefix_ids.shape[1] > 0:
             self.kv.forward(prefix_ids, prefix_valid, prefill=True)
 
-    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
-                confidence: float | None) -> _Proposal:
-        return _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
-
     def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
-                bonus: bool, pad: int) -> None:
-        """Drop the rejected drafts from the cache and set the pending tokens: the next one alone, or after a full
-        block d_gamma and the bonus token."""
-        n_acc, full = verdict.n_acc, verdict.n_acc == gamma
-        self.kv.drop_tail(gamma - 1, n_acc.clamp(max=gamma - 1))  # drafts d_1..d_{gamma-1} were fed one at a time
-        if bonus:  # after a full block the draft has two tokens to consume: d_gamma and the bonus
-            rows.pending = torch.stack([torch.where(full, proposal.tokens[:, -1], pad), verdict.next_token], 1)
-            rows.pending_valid = torch.stack([full, torch.ones_like(full)], 1)
-        else:
-            rows.pending, rows.pending_valid = _only(rows.last_target, pad)
+                bonus: bool, pad: int, drafted: torch.Tensor | None = None, ran: bool = True) -> None:
+        """Drop the rejected drafts from the cache and set the pending tokens: the accepted text it has not consumed
+        (the next token alone, or after a full block d_gamma and the bonus token). In a hybrid, `drafted` marks the
+        rows whose block it proposed (its drafts in the other rows leave the cache) and ran=False a step it sat out
+        (its pending tokens wait, the step's text joins them)."""
+        fed = self.fed if ran else 0
+        keep = verdict.n_acc.clamp(max=fed)  # [B] its accepted drafts already in the cache
+        if drafted is not None:
+            keep = torch.where(drafted, keep, 0)
+        self.kv.drop_tail(fed, keep)
+        _catch_up(rows, *_accepted_text(proposal, verdict, bonus, pad), start=keep, consumed=ran)
 
 
-class HeadDrafter:
+class HeadDrafter(_CachedDrafter):
     """A feature head's side of the decoder (eagle.py): its cache holds pairs (token t+1, the target's feature f_t);
     after each verification it takes the accepted tokens beside the target's features from that pass."""
 
@@ -420,32 +477,111 @@ class HeadDrafter:
         rows.pending_valid = torch.ones_like(rows.last_target[:, None], dtype=torch.bool)
         rows.pending_features = features
 
+    def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
+                bonus: bool, pad: int, drafted: torch.Tensor | None = None, ran: bool = True) -> None:
+        """The blocks it drafted on its own features leave its cache (drafted: every row's), and it will consume the
+        accepted drafts and the next token, each beside the target's feature one position earlier (from the
+        verification just run), right-aligned per row; after a step it sat out (ran=False) behind its pending pairs."""
+        none_kept = torch.zeros_like(verdict.n_acc)
+        self.kv.drop_tail(self.fed if ran else 0, none_kept)
+        # tgt.hidden [B, k+1, H]: the target's feature after each input of the verification, paired with the text
+        _catch_up(rows, *_accepted_text(proposal, verdict, bonus, pad), start=none_kept, consumed=ran,
+                  features=tgt.hidden)
+
+
+class LookupDrafter:
+    """Prompt lookup's side of the decoder (lookup.py): each row's text is its prompt and its output so far; each
+    step proposes, per row, what followed the first earlier occurrence of the text's longest matching suffix."""
+
+    reads_target_features = False
+    ragged = True  # a row without a match proposes nothing: the step needs the bonus token to advance
+    kv = None  # no model, no cache: the metrics count no draft forwards and no draft cost
+
+    def __init__(self, lookup, eos: set[int]):
+        self.lookup, self.eos, self.prompts = lookup, eos, None
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
+        self.prompts, self.pad = [np.asarray(p, dtype=np.int64) for p in prompts], pad
+
+    def matches(self, rows: _Rows, gamma: int) -> list[list[int]]:
+        """Each row's proposal: up to gamma tokens after the first earlier occurrence of its text's longest suffix."""
+        return [continuation(np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)]),
+                             self.lookup.max_ngram, gamma, self.eos) for r in rows.index.tolist()]
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None, found: list[list[int]] | None = None) -> _Proposal:
+        found = self.matches(rows, gamma) if found is None else found
+        tokens, q, logits, limit = one_hot_proposal(found, width, self.pad, rows.index.device)
+        return _Proposal(tokens, q, logits, None, limit)
+
+    def advance(self, tgt, rows, proposal, verdict, *, gamma: int, bonus: bool, pad: int) -> None:
+        """Nothing to bring in line: the next proposals read the rows' outputs."""
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        """Rows are looked up by their prompt index: nothing to drop."""
+
+    def compact(self, fraction: float) -> None:
+        """No cache."""
+
+
+class HybridDrafter:
+    """A hybrid's side of the decoder (lookup.Hybrid): per row and step, prompt lookup's block where the row's text
+    has a match, the trained draft's elsewhere; the draft runs only in steps where some row needs it, and its cache
+    catches up on the text the lookup steps accepted (its drafter's advance with `drafted` / `ran`)."""
+
+    ragged = True
+
+    def __init__(self, hybrid, width: int, timed: bool, eos: set[int]):
+        self.inner = drafter_for(hybrid.draft, width, timed)
+        self.lookup = LookupDrafter(hybrid.lookup, eos)
+        self.kv, self.reads_target_features = self.inner.kv, self.inner.reads_target_features
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
+        self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
+        self.lookup.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
+
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
                 confidence: float | None) -> _Proposal:
-        return _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
+        found = self.lookup.matches(rows, gamma)
+        self.copied = torch.tensor([bool(f) for f in found], device=rows.index.device)  # [B] lookup's rows
+        copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
+        copy.source = torch.full_like(copy.limit, SOURCES["lookup"])
+        self.ran = not bool(self.copied.all())
+        if not self.ran:
+            return copy
+        own = self.inner.propose(rows, gamma, sampling, generator, width, confidence)
+        block = max(own.tokens.shape[1], copy.tokens.shape[1])
+        own_t1, copy_t1 = (_pad_block(x.q_t1(width), block) for x in (own, copy))  # [B, block, V]
+        pick = self.copied[:, None]
+        return _Proposal(
+            tokens=torch.where(pick, _pad_block(copy.tokens, block), _pad_block(own.tokens, block)),
+            q=torch.where(pick[..., None], _pad_block(copy.q, block), _pad_block(own.q, block)),
+            logits=torch.where(pick[..., None], copy_t1, own_t1).log(),  # softmax gives back q at T=1
+            vocab_ids=None, limit=torch.where(self.copied, copy.limit, own.limit),
+            source=torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"]))
 
     def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
                 bonus: bool, pad: int) -> None:
-        """The blocks it drafted on its own features leave its cache, and it will consume the accepted drafts and
-        the next token, each beside the target's feature one position earlier (from the verification just run),
-        right-aligned per row."""
-        self.kv.drop_tail(gamma - 1, torch.zeros_like(verdict.n_acc))  # d_1..d_{gamma-1}: on its own features
-        n_acc = verdict.n_acc
-        count = n_acc + 1 - ((n_acc == gamma) & (not bonus)).long()  # [B] pairs (full block, no bonus: gamma)
-        slots = torch.arange(gamma + 1, device=n_acc.device)[None, :]  # [1, gamma+1]
-        tokens = torch.cat([proposal.tokens, proposal.tokens.new_full((len(n_acc), 1), pad)], 1)  # [B, gamma+1]
-        tokens = torch.where(slots == n_acc[:, None], verdict.next_token[:, None], tokens)  # d_1..d_k, then next
-        width = int(count.max())
-        source = torch.arange(width, device=n_acc.device)[None, :] - (width - count[:, None])  # [B, w] right-aligned
-        valid = source >= 0
-        source = source.clamp_min(0)
-        rows.pending, rows.pending_valid = tokens.gather(1, source), valid
-        hidden = tgt.hidden  # [B, gamma+1, H]: the target's feature after each input of the verification
-        rows.pending_features = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+        self.inner.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad, drafted=~self.copied,
+                           ran=self.ran)
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        self.inner.select_rows(idx)
+
+    def compact(self, fraction: float) -> None:
+        self.inner.compact(fraction)
 
 
-def drafter_for(draft, width: int, timed: bool):
-    """The draft's side of the decoder: a feature head's (it reads the target's features) or a standalone model's."""
+def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x [B, k, ...] with zeros appended along dim 1 up to `block` (tokens beyond a row's limit are never used)."""
+    return x if x.shape[1] == block else torch.cat([x, x.new_zeros(x.shape[0], block - x.shape[1], *x.shape[2:])], 1)
+
+
+def drafter_for(draft, width: int, timed: bool, eos: set[int] = frozenset()):
+    """The draft's side of the decoder: the one a draft without weights brings (`drafter`, e.g. prompt lookup), a
+    feature head's (it reads the target's features) or a standalone model's."""
+    if hasattr(draft, "drafter"):
+        return draft.drafter(width, timed, eos)
     return (HeadDrafter if getattr(draft, "reads_target_features", False) else ModelDrafter)(draft, width, timed)
 
 
@@ -492,14 +628,17 @@ def speculative_generate(
         require(draft.target is target, "This feature head is attached to another model than the target passed: "
                 "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
                 "distillspec.eagle.load_head(path, target).")
-    width = _validate(prompts, gamma, max_new_tokens, target, draft, target_tokenizer, draft_tokenizer)
+    width = _validate(prompts, gamma, max_new_tokens, target, getattr(draft, "draft", draft), target_tokenizer,
+                      draft_tokenizer)  # a hybrid's trained draft, checked as any draft
     eos = _eos_set(eos_token_id, target)
     device = next(target.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     records = SpecDecRecords(enabled=record)
     started = _now(device)
 
-    drafter = drafter_for(draft, width, timed)  # the draft's side of the loop: its cache, proposals, hand-over
+    drafter = drafter_for(draft, width, timed, eos)  # the draft's side of the loop: its cache, proposals, hand-over
+    require(bonus or not drafter.ragged, "This draft proposes nothing in a step where a row's text has no match: "
+            "it needs bonus=True, so that the target's token advances the row.")
     tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features)
     rows = _Rows.start(prompts, pad_token_id, device)
     prefix_ids, prefix_valid = left_pad([list(p[:-1]) for p in prompts], pad_token_id, device)
@@ -520,7 +659,8 @@ def speculative_generate(
                                p_t1=torch.softmax(p_logits[:, :block], -1), q_t1=proposal.q_t1(width))
         emitted, finished = _emit(rows, proposal, verdict, gamma=block, bonus=bonus, eos=eos,
                                   max_new_tokens=max_new_tokens)
-        records.add_steps(rows=rows.index, step=step, gamma=proposal.limit, n_acc=verdict.n_acc, emitted=emitted)
+        records.add_steps(rows=rows.index, step=step, gamma=proposal.limit, n_acc=verdict.n_acc, emitted=emitted,
+                          source=proposal.source)
         _advance(tgt, drafter, rows, proposal, verdict, finished, gamma=block, bonus=bonus, pad=pad_token_id,
                  compact_fraction=compact_fraction)
         step += 1
@@ -530,4 +670,4 @@ def speculative_generate(
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 
-__all__ = ["HeadDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for", "speculative_generate"]
+__all__ = ["HeadDrafter", "HybridDrafter", "LookupDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for", "speculative_generate"]

@@ -174,17 +174,19 @@ def decoding_shape(prompts: list[list[int]], batch_size: int, max_new_tokens: in
 def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10,
                        left_pad: list[int] | None = None) -> StepCosts:
     """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
-    forward: body and, possibly reduced, LM head) on this machine, interleaved (`median_seconds_each`): the
+    forward: body and, possibly reduced, LM head; none for prompt lookup) on this machine, interleaved (`median_seconds_each`): the
     ratios between them, which choose gamma, are what must not drift. left_pad: the ragged batch's padding per row
     (`decoding_shape`), so the forwards take the attention path that decoding takes (`forward_steps`)."""
     require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
     require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
     steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)),
                           left_pad=left_pad)
-    steps["draft"] = forward_steps(draft, batch_size=batch_size, context=context, new_tokens=[1],
-                                   left_pad=left_pad)[1]
+    model = getattr(draft, "draft", draft)  # a hybrid's trained draft; prompt lookup runs no model (cost 0)
+    if isinstance(model, torch.nn.Module):
+        steps["draft"] = forward_steps(model, batch_size=batch_size, context=context, new_tokens=[1],
+                                       left_pad=left_pad)[1]
     target_s = median_seconds_each(steps, reps)
-    draft_s = target_s.pop("draft")
+    draft_s = target_s.pop("draft", 0.0)
     return StepCosts(target_s, draft_s, batch_size, context, None if left_pad is None else list(left_pad))
 
 

@@ -1,5 +1,6 @@
-"""Kinds of draft behind one interface: what a kind is (a standalone model, a feature head over the target) is
-decided here and nowhere else. Each kind (one module: model.py, head.py) says how a saved draft of it is known on
+"""Kinds of draft behind one interface: what a kind is (a standalone model, a feature head over the target, prompt
+lookup, a hybrid of lookup and a trained draft) is decided here and nowhere else. Each kind (one module: model.py,
+head.py, lookup.py, hybrid.py) says how a saved draft of it is known on
 disk, loaded, cut to a reduced vocabulary and trained, and what the decoder and the evaluation stage need to know
 of it (kind.py: DraftKind). Callers ask `kind_named` (a config's draft_kind), `kind_of` (a loaded draft) or
 `kind_at` (a saved folder) and never which kind it is. Adding a kind: one module and its entry in KINDS."""
@@ -12,10 +13,13 @@ from pathlib import Path
 from ..errors import DistillSpecError
 from ..pair import load_target, standalone_draft
 from .head import HEAD
+from .hybrid import HYBRID
 from .kind import DraftKind, TrainingInputs
+from .lookup import LOOKUP
 from .model import MODEL
 
-KINDS: dict[str, DraftKind] = {kind.name: kind for kind in (HEAD, MODEL)}  # kind_of asks them in this order
+# kind_of asks them in this order (the model kind last: it takes any model)
+KINDS: dict[str, DraftKind] = {kind.name: kind for kind in (HEAD, LOOKUP, HYBRID, MODEL)}
 
 
 def kind_named(name: str) -> DraftKind:
@@ -37,7 +41,7 @@ def saved_draft(folder: str | os.PathLike) -> Path | None:
     """The file a saved draft in folder is known by (its kind's marker; its time says when it was saved), or None
     when the folder holds no finished draft."""
     for kind in KINDS.values():
-        if (Path(folder) / kind.marker).is_file():
+        if kind.marker is not None and (Path(folder) / kind.marker).is_file():
             return Path(folder) / kind.marker
     return None
 
@@ -49,8 +53,12 @@ def kind_at(folder: str | os.PathLike) -> DraftKind | None:
 
 
 def load_draft(cfg, teacher, tokenizer, draft: str | os.PathLike | None = None, *, training: bool = False):
-    """A draft for `teacher`, of whatever kind is saved at `draft` (a hub id or alias: a standalone model), or the
-    study's baseline for None (`student`, or derived from the teacher). training=True keeps its weights in fp32."""
+    """A draft for `teacher`, of whatever kind is saved at `draft` (a hub id or alias: a standalone model); for None,
+    a draft of a kind that saves nothing (cfg.draft_kind: prompt lookup), else the study's baseline (`student`, or
+    derived from the teacher). training=True keeps its weights in fp32."""
+    kind = kind_named(cfg.draft_kind)
+    if kind.marker is None:
+        return kind.load(draft, cfg, teacher, tokenizer, training=training)
     if draft is None:
         return standalone_draft(cfg, teacher, tokenizer, training=training)
     return (kind_at(draft) or MODEL).load(draft, cfg, teacher, tokenizer, training=training)

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from ..atomic import read_parquet, write_json, write_parquet
 from ..data import render_prompts
-from ..drafts import kind_of, saved_draft
+from ..drafts import kind_named, kind_of, saved_draft
 from ..errors import require
 from ..evaluate import expected_acceptance
 from ..models import count_parameters
@@ -70,13 +71,13 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     target_tps = _target_speed(cfg, paths, target, tok, prompts) if todo else None
     for name in tqdm(todo, desc="drafts"):
         started = time.perf_counter()
-        draft = load_draft(decoding, target, tok, drafts[name])  # None: the baseline (`student`, or derived)
+        draft = load_draft(_run_config(decoding, name), target, tok, drafts[name])  # None: baseline or lookup
         # on the draft's own samples (transformers generate), with the head it was trained with; a feature head
         # cannot write alone (it needs the target's hidden states), so it has no own samples
         own = None if not kind_of(draft).standalone else expected_acceptance(
             target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.eval_batch_size, progress=False)
-        params = count_parameters(draft)  # as trained (a cut head adds untied rows, it does not make a new draft)
+        params = count_parameters(draft) if isinstance(draft, torch.nn.Module) else 0  # as trained (a cut head adds untied rows, it does not make a new draft)
         if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
             draft = cut_vocab(draft, vocab["ids"], tok.eos_token_id)
         tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
@@ -147,8 +148,15 @@ def _target_speed(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> fl
 
 def _draft_source(cfg: StudyConfig, paths: RunPaths, name: str) -> Path | None:
     """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)
-    unless the study warm-starts it."""
-    return None if name == BASELINE and cfg.warm_start is None else paths.student(name)
+    unless the study warm-starts it, and for a draft of a kind that saves nothing (made from its settings)."""
+    if name == BASELINE:
+        return None if cfg.warm_start is None else paths.student(name)
+    return None if kind_named(cfg.run_config(name).draft_kind).marker is None else paths.student(name)
+
+
+def _run_config(cfg: StudyConfig, name: str):
+    """The Config draft `name` is loaded with (its run's kind and keys; the base recipe for the baseline)."""
+    return cfg.run_config(None if name == BASELINE else name)
 
 
 def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list[str]:
@@ -161,7 +169,8 @@ def drafts_here(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> list
 def decoding_draft(cfg: StudyConfig, run_dir: str | Path, target, tok, name: str, *, full_head: bool = False):
     """Draft `name` of the run as the evaluation decodes with it (target from load_target(cfg.for_decoding())): its head
     cut to the run's draft vocabulary when the config sets one, unless full_head. For benchmarks on a finished run."""
-    draft = load_draft(cfg.for_decoding(), target, tok, _draft_source(cfg, RunPaths(Path(run_dir)), name))
+    draft = load_draft(_run_config(cfg.for_decoding(), name), target, tok, _draft_source(cfg, RunPaths(Path(run_dir)),
+                                                                                         name))
     vocab = None if full_head else draft_vocab(cfg, run_dir, target, tok)
     return draft if vocab is None else cut_vocab(draft, vocab["ids"], tok.eos_token_id)
 

@@ -100,6 +100,8 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
             continue
         params = {**base, "run_name": name}  # 02 applies the run's overrides from the config (train_draft)
         marker = kind_named(cfg.run_config(name).draft_kind).marker  # the file 02 saves last
+        if marker is None:  # a draft of a kind that trains and saves nothing (prompt lookup): evaluated directly
+            continue
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / marker],
                           params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts

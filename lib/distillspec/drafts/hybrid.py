@@ -1,0 +1,45 @@
+"""A hybrid draft (lookup.Hybrid): prompt lookup where a row's text has a match, a trained draft (a standalone model
+or a feature head) elsewhere, chosen per row and step. It is made from a saved draft of another kind; what it
+saves, cuts and exports is that draft's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DistillSpecError
+from ..lookup import Hybrid
+
+
+class HybridDraft:
+    name = "hybrid"
+    marker = None  # nothing of its own is saved: its trained draft is
+    standalone = False  # prompt lookup writes no text of its own
+    reads_target_features = False  # (its draft's, when a feature head: the decoder asks the loaded hybrid)
+    export_refusal = ("a hybrid is prompt lookup plus a trained draft: export the trained draft, and give the serving "
+                      "engine its own n-gram proposer.")
+
+    def is_instance(self, draft) -> bool:
+        return isinstance(draft, Hybrid)
+
+    def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
+        """The hybrid over the draft saved at path (any kind that saves one)."""
+        from . import MODEL, kind_at
+
+        if path is None:
+            raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder.")
+        return Hybrid((kind_at(path) or MODEL).load(path, cfg, target, tokenizer, training=training))
+
+    def cut_vocab(self, draft, ids: list[int], eos_token_id):
+        from . import kind_of
+
+        return Hybrid(kind_of(draft.draft).cut_vocab(draft.draft, ids, eos_token_id), draft.lookup)
+
+    def train(self, cfg, out_dir: Path, inputs):
+        raise DistillSpecError("A hybrid (draft_kind: hybrid) trains nothing of its own: train its draft as a run "
+                               "of its own kind.")
+
+
+HYBRID = HybridDraft()
+
+__all__ = ["HYBRID", "HybridDraft"]

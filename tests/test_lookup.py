@@ -1,0 +1,156 @@
+"""Prompt lookup (lookup.py) in the batched decoder: the proposals transformers' prompt lookup makes, token-identical
+greedy output, the target's distribution when sampling, and rows that propose nothing."""
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+from distillspec import DistillSpecError
+from distillspec.lookup import SOURCES, Hybrid, PromptLookup, continuation
+from distillspec.sampling import SamplingConfig
+from distillspec.specdec import speculative_generate
+from test_eagle import echo  # noqa: F401 (a fixture: a one-layer target and a head that nearly recomputes it)
+from test_specdec import SIGNIFICANCE, _chi2_pvalue, _exact_joint, _first_tokens_sd, _greedy_reference
+
+
+@pytest.mark.parametrize("max_ngram,length", [(1, 3), (2, 10), (3, 5)])
+def test_proposals_are_those_of_transformers_prompt_lookup(max_ngram, length):
+    rng = np.random.default_rng(0)
+    hf = PromptLookupCandidateGenerator(eos_token_id=torch.tensor([7]), num_output_tokens=length,
+                                        max_matching_ngram_size=max_ngram, max_length=10_000)
+    matched = 0
+    for _ in range(300):
+        text = rng.integers(0, 12, size=int(rng.integers(2, 40)))
+        ids, _ = hf.get_candidates(torch.tensor(text)[None])
+        theirs = ids[0, len(text):].tolist()
+        assert continuation(text, max_ngram, length, {7}) == theirs, text
+        matched += bool(theirs)
+    assert 50 < matched < 300  # both kinds of text occur
+
+
+def _repetitive_prompts(n_rows=6, seed=0):
+    """Prompts that repeat a chunk (so lookup finds matches) and one that never repeats a token (no match)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 49000, (int(k),), generator=gen).tolist() * 3 for k in range(2, 2 + n_rows - 1)]
+    return prompts + [list(range(100, 107))]
+
+
+@pytest.mark.parametrize("gamma", [1, 4, 10])
+def test_greedy_lookup_is_token_identical_to_target_generate(tiny_pair, gamma):
+    target, _ = tiny_pair
+    prompts = _repetitive_prompts()
+    eos = _greedy_reference(target, prompts[:1], 40, None)[0][9]
+    refs = _greedy_reference(target, prompts, 40, eos)
+    res = speculative_generate(target, PromptLookup(max_ngram=2), prompts, gamma=gamma, max_new_tokens=40,
+                               eos_token_id=eos)
+    assert res.sequences == refs
+    m = res.metrics
+    assert m.draft_forwards == 0 and m.proposed > 0 and 0 < m.drafted_share < 1  # some steps had no match
+    assert m.max_new_per_forward_target <= gamma + 1 and m.new_tokens == sum(len(r) for r in refs)
+    steps, tokens = res.steps_df(), res.tokens_df()
+    assert (steps["proposed"] <= gamma).all() and len(tokens) == m.verified
+    assert tokens["accepted"].sum() == m.accepted and (tokens["q"] == 1).all() and (tokens["draft_entropy"] < 1e-6).all()
+
+
+@pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=0.7, top_p=0.8)])
+def test_sampled_lookup_keeps_the_target_distribution(small_vocab_pair, warp):
+    """Chi-square of the first 3 tokens after a prompt whose suffix recurs (lookup proposes at every step)."""
+    target, _ = small_vocab_pair
+    prompt = (1, 5, 3, 1, 5)
+    exact = _exact_joint(target, SamplingConfig(**warp), 8, prompt=prompt)
+    samples = _first_tokens_sd(target, PromptLookup(2), None, 20_000, prompt=prompt, gamma=3, **warp)
+    assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
+
+
+def test_lookup_needs_the_bonus_token_and_a_valid_ngram(tiny_pair):
+    target, _ = tiny_pair
+    with pytest.raises(DistillSpecError, match="needs bonus=True"):
+        speculative_generate(target, PromptLookup(), [[5, 6, 5]], gamma=2, max_new_tokens=3, bonus=False)
+    with pytest.raises(DistillSpecError, match="max_ngram=0 must be an int >= 1"):
+        PromptLookup(max_ngram=0)
+
+
+def _by_source(res) -> dict[int, float]:
+    """alpha_pos of each source's steps (accepted / verified positions)."""
+    steps = res.steps_df()
+    verified = np.minimum(steps["accepted"] + 1, steps["proposed"])
+    return {int(s): steps["accepted"][steps["source"] == s].sum() / verified[steps["source"] == s].sum()
+            for s in steps["source"].unique()}
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_greedy_hybrid_is_token_identical_and_its_draft_stays_current(tiny_pair, gamma):
+    """With the target itself as the trained draft every token it proposes is accepted, so a cache that missed the
+    text of a lookup step would show as a rejection; the output is the target's own greedy text."""
+    target, draft = tiny_pair
+    prompts = _repetitive_prompts()
+    eos = _greedy_reference(target, prompts[:1], 40, None)[0][9]
+    refs = _greedy_reference(target, prompts, 40, eos)
+    for second in (target, draft):
+        res = speculative_generate(target, Hybrid(second, PromptLookup(2)), prompts, gamma=gamma,
+                                   max_new_tokens=40, eos_token_id=eos)
+        assert res.sequences == refs
+        alpha = _by_source(res)
+        assert set(alpha) == {SOURCES["draft"], SOURCES["lookup"]}  # both proposed in this run
+        if second is target:
+            assert alpha[SOURCES["draft"]] == 1.0
+        assert res.metrics.drafted_share == 1.0 and res.metrics.draft_forwards > 0
+
+
+def test_a_hybrid_with_a_feature_head_stays_exact_and_keeps_the_heads_acceptance(echo):
+    target, head, prompts, eos, refs = echo
+    prompts = [p * 3 for p in prompts]  # repeated chunks: lookup matches in some steps
+    refs = _greedy_reference(target, prompts, 40, eos)
+    alone = speculative_generate(target, head, prompts, gamma=4, max_new_tokens=40, eos_token_id=eos)
+    res = speculative_generate(target, Hybrid(head, PromptLookup(2)), prompts, gamma=4, max_new_tokens=40,
+                               eos_token_id=eos)
+    assert res.sequences == alone.sequences == refs
+    alpha = _by_source(res)
+    assert set(alpha) == {SOURCES["draft"], SOURCES["lookup"]}
+    assert alpha[SOURCES["draft"]] > alone.metrics.alpha_pos - 0.1  # its features stayed in line with the text
+
+
+def test_sampled_hybrid_keeps_the_target_distribution(small_vocab_pair):
+    target, draft = small_vocab_pair
+    warp = dict(temperature=0.9)
+    prompt = (1, 5, 3, 1, 2)  # no match at the first step (the draft proposes), matches later in some rows
+    exact = _exact_joint(target, SamplingConfig(**warp), 8, prompt=prompt)
+    samples = _first_tokens_sd(target, Hybrid(draft, PromptLookup(1)), None, 20_000, prompt=prompt, gamma=2, **warp)
+    assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
+
+
+def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, tmp_path):
+    """`draft_kind: lookup` in a preset's runs: no training step, the evaluation stage decodes and times it like any
+    draft (no parameters, no draft cost), and `train` says there is nothing to train."""
+    import json
+    import shutil
+
+    import yaml
+
+    from distillspec.atomic import read_parquet
+    from distillspec.study.evaluation import evaluate_drafts
+    from distillspec.study.pipeline import plan
+    from distillspec.study.preset import StudyConfig
+    from distillspec.study.rundir import RunPaths
+    from distillspec.study.train import train_draft
+
+    config, run_dir, _ = tiny_run
+    settings = yaml.safe_load(config.read_text())
+    settings["extra_runs"] = [*settings["extra_runs"], {"name": "lookup", "draft_kind": "lookup"}]
+    (tmp_path / "lookup.yaml").write_text(yaml.safe_dump(settings))
+    cfg = StudyConfig.from_yaml(tmp_path / "lookup.yaml")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    outputs = [step.executed for step in plan(cfg, tmp_path / "lookup.yaml", run)]
+    assert "02_distill_eagle.ipynb" in outputs and "02_distill_lookup.ipynb" not in outputs
+    with pytest.raises(DistillSpecError, match="nothing to train"):
+        train_draft(cfg, run, "lookup")
+    evaluate_drafts(cfg, run, ["lookup"])
+    paths = RunPaths(run)
+    row = json.loads(paths.speed_row("lookup").read_text())
+    assert row["draft_params"] == 0 and np.isnan(row["own_sample_expected_accept"])
+    assert all(t["costs"]["draft_s"] == 0.0 for t in row["timed"])
+    steps, tokens = read_parquet(paths.steps("lookup")), read_parquet(paths.tokens("lookup"))
+    assert (steps["proposed"] <= cfg.gamma).all() and len(tokens) > 0 and (tokens["q"] == 1).all()
+    assert read_parquet(paths.timing("lookup"))["setting"].nunique() == len(cfg.speed)
