@@ -1,13 +1,16 @@
 """This decoder's prompt-lookup draft against transformers' prompt lookup on the same work: the target alone
 (`generate`), transformers (`generate(prompt_lookup_num_tokens=k, max_matching_ngram_size=n)`) and the decoder with
-PromptLookup(n) at gamma k, each prompt decoded by all three in turn (the order rotates), batch 1, greedy.
+PromptLookup(n) at gamma k, and the decoder at the block the measured cost model chooses (from a pilot on 4 training
+prompts: the acceptance per depth and the match lengths on offer, speed.BlockAcceptance), each prompt decoded by all
+of them in turn (the order rotates), batch 1, greedy.
 
     python benchmarks/prompt_lookup.py --task cnndm --block 10 --ngram 3 --dtype float32
     python benchmarks/prompt_lookup.py --task gsm8k --block 3 --ngram 2 --draft DIR   # and the hybrid with DIR
 
 Prints one JSON object: tokens/s of each, speedups over the target alone and the decoder over transformers with 95%
-bootstrap CIs over prompts, the decoder's share of drafted steps and alpha_pos, and whether every method wrote the
-target's own greedy text (token-identical in fp32; bf16 near-ties can differ).
+bootstrap CIs over prompts, the decoder's share of drafted steps and alpha_pos, the cost model's chosen block and its
+predicted speedups against the measured ones, and whether every method wrote the target's own greedy text
+(token-identical in fp32; bf16 near-ties can differ).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from distillspec.evaluate import count_new_tokens  # noqa: E402
 from distillspec.lookup import Hybrid, PromptLookup  # noqa: E402
 from distillspec.models import load_model  # noqa: E402
 from distillspec.specdec import speculative_generate  # noqa: E402
+from distillspec.speed import BlockAcceptance, decoding_shape, measure_step_costs  # noqa: E402
 from distillspec.study.preset import pair_config  # noqa: E402
 from distillspec.study.stats import bootstrap  # noqa: E402
 
@@ -46,9 +50,10 @@ def _generate(target, tok, prompt, max_new, **extra):
 def _decoder(target, draft, tok, prompt, max_new, gamma):
     res = speculative_generate(target, draft, [prompt], gamma=gamma, max_new_tokens=max_new, sampling="greedy",
                                eos_token_id=tok.eos_token_id, record=False)
-    m = res.metrics
+    m, steps = res.metrics, res.records.step_arrays()
     return m.wall_s, res.sequences[0], {"verified": m.verified, "accepted": m.accepted,
-                                         "drafted": m.drafted_share * m.target_calls, "steps": m.target_calls}
+                                         "drafted": m.drafted_share * m.target_calls, "steps": m.target_calls,
+                                         "proposed_per_step": steps["proposed"], "accepted_per_step": steps["accepted"]}
 
 
 def main() -> None:
@@ -68,6 +73,14 @@ def main() -> None:
     prompts = render_prompts(tok, load_prompts(args.task, "test", args.prompts, source=cfg.data_source,
                                                tokenizer=tok, max_article_tokens=cfg.max_article_tokens))
     lookup = PromptLookup(args.ngram)
+    pilot_prompts = render_prompts(tok, load_prompts(args.task, "train", 4, source=cfg.data_source, tokenizer=tok,
+                                                     max_article_tokens=cfg.max_article_tokens))
+    pilot = [_decoder(target, lookup, tok, p, args.max_new_tokens, args.block)[2] for p in pilot_prompts]
+    acceptance = BlockAcceptance.from_steps(np.concatenate([c["proposed_per_step"] for c in pilot]),
+                                            np.concatenate([c["accepted_per_step"] for c in pilot]))
+    context, _ = decoding_shape(prompts, 1, args.max_new_tokens)
+    costs = measure_step_costs(target, lookup, batch_size=1, context=context, max_gamma=args.block)
+    best = costs.best_gamma(acceptance)
     runners = {
         "target": lambda p: _generate(target, tok, p, args.max_new_tokens),
         "transformers": lambda p: _generate(target, tok, p, args.max_new_tokens,
@@ -75,6 +88,8 @@ def main() -> None:
                                             max_matching_ngram_size=args.ngram),
         "decoder": lambda p: _decoder(target, lookup, tok, p, args.max_new_tokens, args.block),
     }
+    if best not in (0, args.block):
+        runners["decoder_cost_model"] = lambda p: _decoder(target, lookup, tok, p, args.max_new_tokens, best)
     if args.draft is not None:
         draft = load_draft(cfg.for_decoding(), target, tok, args.draft).to(target.dtype)
         hybrid = Hybrid(draft, lookup)
@@ -106,8 +121,13 @@ def main() -> None:
               "tokens_per_s": {k: float(t[k].sum() / s[k].sum()) for k in runners},
               "speedup_over_target": {k: ratio(k, "target") for k in runners if k != "target"},
               "decoder_over_transformers": ratio("decoder", "transformers"),
+              "cost_model": {"chosen_block": best, "pilot_accept_per_depth": acceptance.accept,
+                             "pilot_offered": acceptance.offered,
+                             "predicted_speedup": {"decoder": costs.speedup(acceptance, args.block),
+                                                   "decoder_cost_model": costs.speedup(acceptance, best)},
+                             "verify_steps": {k: costs.verify_ratio(k) for k in range(1, args.block + 1)}},
               "same_text_as_target": float(np.mean(same))}
-    for key in ("decoder", "hybrid"):
+    for key in ("decoder", "decoder_cost_model", "hybrid"):
         if key in runners:
             c = {f: sum(x[f] for x in counts[key]) for f in ("verified", "accepted", "drafted", "steps")}
             report[f"{key}_alpha_pos"] = c["accepted"] / max(c["verified"], 1)

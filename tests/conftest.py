@@ -108,8 +108,9 @@ def signal_after_logged_steps(proc, log: Path, steps: int, timeout: float, signu
 
 SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a whole pipeline, a browser, the real model
 # Under pytest-xdist (make test: -n 2 --dist loadgroup) the tests that share one of these fixtures run on one
-# worker, so the fixture is made once: the first named here that a test uses is its group.
-SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher")
+# worker, so the fixture is made once (a module-scoped one too: xdist spreads a module's tests over the workers
+# otherwise, and each makes it): the first named here that a test uses is its group.
+SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher", "trained_head", "warm_run")  # the last two: module-scoped
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups

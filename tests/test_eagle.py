@@ -227,5 +227,5 @@ def test_a_head_that_stops_when_unsure_stays_exact(echo, threshold):
 def test_distill_refuses_a_head_config():
     from distillspec.distillation import distill
 
-    with pytest.raises(DistillSpecError, match="trains a feature head.*use distillspec.train_head"):
+    with pytest.raises(DistillSpecError, match="draft_kind is .eagle.: distill trains standalone drafts.*train_head"):
         distill(Config(draft_kind="eagle", teacher="tiny-qwen3"), "/nonexistent")

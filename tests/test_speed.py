@@ -1,6 +1,7 @@
 """The speed tools: the cost model's arithmetic, timing SD against target-only generate, the speed table, and the
 config's speed and draft-vocabulary settings. No test asserts a duration: timings only have to be well formed."""
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
 from distillspec.metrics import ideal_speedup
 from distillspec.sampling import SamplingConfig
-from distillspec.speed import StepCosts, decoding_shape, forward_steps, measure_step_costs, time_decoding
+from distillspec.speed import BlockAcceptance, StepCosts, decoding_shape, forward_steps, measure_step_costs, time_decoding
 from distillspec.study.tables import speed_summary
 
 
@@ -28,6 +29,28 @@ def test_cost_model_is_leviathans_formula_when_verification_costs_one_step():
         for gamma in (1, 4, 8):
             assert costs.speedup(alpha, gamma) == pytest.approx(ideal_speedup(alpha, gamma, 0.2))
     assert costs.c == pytest.approx(0.2) and costs.max_gamma == 8
+
+
+def test_cut_blocks_are_priced_by_their_acceptance_per_depth_and_the_lengths_on_offer():
+    """BlockAcceptance: full blocks at one acceptance price as one alpha does; a lookup that matches in some steps
+    pays one target step for one token where it has no match, and is cut to what its matches offer."""
+    costs = _cpu_like_costs()
+    gamma = 6
+    rng = np.random.default_rng(0)
+    accepted = np.minimum(rng.geometric(1 - 0.6, 20_000) - 1, gamma)  # i.i.d. acceptance 0.6, blocks of 6
+    full = BlockAcceptance.from_steps(np.full_like(accepted, gamma), accepted)
+    assert full.accept == pytest.approx([0.6] * gamma, abs=0.02)
+    for g in (1, 3, 6):
+        assert costs.speedup(full, g) == pytest.approx(costs.speedup(0.6, g), rel=0.02)
+    no_match = BlockAcceptance.from_steps([0] * 10, [0] * 10)
+    assert costs.speedup(no_match, 4) == pytest.approx(1.0) and no_match.expected_tokens(4) == 1.0
+    # half the steps offer 2 tokens, always accepted; the rest nothing: 2 tokens per step cost at most a 3-token pass
+    lookup = BlockAcceptance.from_steps([2, 0] * 50, [2, 0] * 50)
+    assert lookup.accept == (1.0, 1.0) and lookup.offered == {0: 0.5, 2: 0.5}
+    expected = (0.5 * 3 + 0.5 * 1) * costs.target_s[1] / (0.5 * (2 * costs.draft_s + costs.target_s[3])
+                                                          + 0.5 * costs.target_s[1])
+    assert costs.speedup(lookup, 5) == pytest.approx(expected) == pytest.approx(costs.speedup(lookup, 2))
+    assert BlockAcceptance.from_dict(json.loads(json.dumps(lookup.as_dict()))) == lookup
 
 
 def test_cost_model_picks_the_cheap_verification_and_needs_more_acceptance_for_more_speed():

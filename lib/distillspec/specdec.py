@@ -96,8 +96,16 @@ class RaggedKV:
         return logits[..., : self.width].float()
 
     def drop_tail(self, k: int, keep: torch.Tensor) -> None:
-        """Turn the last k slots into holes beyond each row's first keep[b] of them (rejected drafts)."""
+        """Turn the last k slots into holes beyond each row's first keep[b] of them (rejected drafts); where every
+        row keeps as many (always at batch 1), cut them off the cache instead: no hole is left to attend over."""
         if k == 0:
+            return
+        if bool((keep == keep[0]).all()):
+            cut = k - int(keep[0])
+            if cut:
+                self.cache.crop(-cut)
+                self.n_real -= self.mask[:, -cut:].sum(1)
+                self.mask = self.mask[:, :-cut]
             return
         kept = (torch.arange(k, device=keep.device)[None, :] < keep[:, None]).long()  # [B, k]
         self.n_real -= self.mask[:, -k:].sum(1) - kept.sum(1)
@@ -670,4 +678,5 @@ def speculative_generate(
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 
-__all__ = ["HeadDrafter", "HybridDrafter", "LookupDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for", "speculative_generate"]
+__all__ = ["HeadDrafter", "HybridDrafter", "LookupDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for",
+           "speculative_generate"]

@@ -14,6 +14,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import DynamicCache
@@ -101,6 +102,43 @@ def forward_seconds(model, *, batch_size: int, context: int, new_tokens: int, re
     return median_seconds(steps[new_tokens], reps)
 
 
+@dataclass(frozen=True)
+class BlockAcceptance:
+    """What a pilot decoding measured of a draft whose blocks vary in length: the acceptance at each depth given
+    that the depths before it were accepted, and the share of row-steps that could propose each block length (for
+    prompt lookup, the match's length up to the pilot's block; 0: no match). The cost model's input for such drafts
+    in place of one alpha."""
+
+    accept: tuple[float, ...]  # [depth 1, 2, ...] P(accepted | proposed, every earlier draft accepted)
+    offered: dict[int, float]  # block length on offer -> share of row-steps
+
+    @classmethod
+    def from_steps(cls, proposed, accepted) -> BlockAcceptance:
+        """From per-row-step counts (a pilot's step records: drafts proposed and accepted)."""
+        proposed, accepted = np.asarray(proposed), np.asarray(accepted)
+        require(len(proposed) > 0, "The pilot decoded no steps: it measured nothing.")
+        depth = int(proposed.max(initial=0))
+        reached = [((proposed >= j) & (accepted >= j - 1)).sum() for j in range(1, depth + 1)]
+        accept = tuple(float((accepted >= j).sum() / r) if r else 0.0 for j, r in zip(range(1, depth + 1), reached))
+        lengths, counts = np.unique(proposed, return_counts=True)
+        return cls(accept, {int(m): float(c / len(proposed)) for m, c in zip(lengths, counts)})
+
+    def as_dict(self) -> dict:
+        return {"accept": list(self.accept), "offered": dict(self.offered)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BlockAcceptance:
+        return cls(tuple(data["accept"]), {int(k): v for k, v in data["offered"].items()})
+
+    def expected_tokens(self, n: int) -> float:
+        """Tokens a step that proposes n drafts emits on average: the accepted prefix and one from the target."""
+        tokens, reach = 1.0, 1.0
+        for a in self.accept[:n]:
+            reach *= a
+            tokens += reach
+        return tokens
+
+
 @dataclass
 class StepCosts:
     """Measured seconds of one forward at one batch size and context: the target with k new tokens per row
@@ -122,19 +160,28 @@ class StepCosts:
         return max(self.target_s) - 1
 
     def verify_ratio(self, gamma: int) -> float:
-        """A verification of gamma + 1 tokens in target decoding steps (Leviathan et al. assume 1; gamma 0: one step)."""
+        """A verification of gamma + 1 tokens in target decoding steps (Leviathan et al. assume 1; gamma 0: one step).
+        """
         return self.target_s[gamma + 1] / self.target_s[1]
 
-    def speedup(self, alpha: float, gamma: int) -> float:
-        """Predicted SD tokens/s over target-only tokens/s at per-position acceptance alpha (gamma 0: the target
-        alone, 1.0)."""
+    def speedup(self, alpha: float | BlockAcceptance, gamma: int) -> float:
+        """Predicted SD tokens/s over target-only tokens/s (gamma 0: the target alone, 1.0) at per-position
+        acceptance alpha, or, for a draft whose blocks are cut short (prompt lookup: as long as the match), at the
+        acceptance per depth and the block lengths on offer that a pilot measured (BlockAcceptance)."""
         require(0 <= gamma <= self.max_gamma, f"gamma={gamma}: the cost model measured 1..{self.max_gamma}.")
         if gamma == 0:
             return 1.0
+        if isinstance(alpha, BlockAcceptance):
+            tokens = time = 0.0
+            for offered, share in alpha.offered.items():  # a step that could propose `offered` proposes n
+                n = min(gamma, offered)
+                tokens += share * alpha.expected_tokens(n)
+                time += share * (n * self.draft_s + self.target_s[n + 1])
+            return tokens * self.target_s[1] / time
         cost = gamma * self.draft_s + self.target_s[gamma + 1]
         return expected_tokens_per_step(alpha, gamma) * self.target_s[1] / cost
 
-    def best_gamma(self, alpha: float) -> int:
+    def best_gamma(self, alpha: float | BlockAcceptance) -> int:
         """The draft length with the highest predicted speedup at this acceptance; 0 (decode with the target alone)
         when no draft length is predicted to pay."""
         return max(range(0, self.max_gamma + 1), key=lambda g: self.speedup(alpha, g))
@@ -174,9 +221,10 @@ def decoding_shape(prompts: list[list[int]], batch_size: int, max_new_tokens: in
 def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10,
                        left_pad: list[int] | None = None) -> StepCosts:
     """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
-    forward: body and, possibly reduced, LM head; none for prompt lookup) on this machine, interleaved (`median_seconds_each`): the
-    ratios between them, which choose gamma, are what must not drift. left_pad: the ragged batch's padding per row
-    (`decoding_shape`), so the forwards take the attention path that decoding takes (`forward_steps`)."""
+    forward: body and, possibly reduced, LM head; none for prompt lookup) on this machine, interleaved
+    (`median_seconds_each`): the ratios between them, which choose gamma, are what must not drift. left_pad: the ragged
+    batch's padding per row (`decoding_shape`), so the forwards take the attention path that decoding takes
+    (`forward_steps`)."""
     require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
     require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
     steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)),
@@ -221,12 +269,22 @@ def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
     return (sd_tokens / sd_s) / (target_tokens / target_s)
 
 
-def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float, trial_prompts: list[list[int]], *,
+def pilot_acceptance(result) -> float | BlockAcceptance:
+    """What a pilot SD run (speculative_generate's result) tells the cost model: one alpha (alpha_pos) for a draft
+    that proposed its whole block in every step, the acceptance per depth and the block lengths on offer for one
+    whose blocks were cut short (prompt lookup, a hybrid)."""
+    steps = result.records.step_arrays()
+    if (steps["proposed"] == result.gamma).all():
+        return result.metrics.alpha_pos
+    return BlockAcceptance.from_steps(steps["proposed"], steps["accepted"])
+
+
+def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float | BlockAcceptance, trial_prompts: list[list[int]], *,
                        sampling: SamplingConfig, batch_size: int, max_new_tokens: int, seed: int = 0
                        ) -> tuple[int, float | None]:
-    """The cost model's best draft length for acceptance alpha, kept only when SD with it beats the target alone
-    timed on trial_prompts at this batch size, else 0 (decode with the target alone). Returns (gamma, the trial's
-    speedup; None when the cost model already chose 0)."""
+    """The cost model's best draft length for acceptance alpha (or a BlockAcceptance), kept only when SD with it beats
+    the target alone timed on trial_prompts at this batch size, else 0 (decode with the target alone). Returns (gamma,
+    the trial's speedup; None when the cost model already chose 0)."""
     gamma = costs.best_gamma(alpha)
     if gamma == 0:
         return 0, None
@@ -293,6 +351,7 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
             "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
 
 
-__all__ = ["MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "decoding_shape", "forward_seconds", "forward_steps",
-           "measure_step_costs", "never_slower_gamma", "speed_ratio", "target_decode", "target_tokens_per_s",
-           "time_decoding"]
+__all__ = ["BlockAcceptance", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "decoding_shape",
+           "forward_seconds", "forward_steps", "measure_step_costs", "never_slower_gamma", "pilot_acceptance",
+           "speed_ratio",
+           "target_decode", "target_tokens_per_s", "time_decoding"]

@@ -22,8 +22,8 @@ from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import (busy_note, decoding_shape, measure_step_costs, never_slower_gamma, target_tokens_per_s,
-                     time_decoding)
+from ..speed import (BlockAcceptance, busy_note, decoding_shape, measure_step_costs, never_slower_gamma,
+                     pilot_acceptance, target_tokens_per_s, time_decoding)
 from .manifest import run_damage, seal
 from .preset import StudyConfig
 from .tables import speed_summary
@@ -77,7 +77,8 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
         own = None if not kind_of(draft).standalone else expected_acceptance(
             target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.eval_batch_size, progress=False)
-        params = count_parameters(draft) if isinstance(draft, torch.nn.Module) else 0  # as trained (a cut head adds untied rows, it does not make a new draft)
+        # as trained (a cut head adds untied rows, it does not make a new draft); prompt lookup has none
+        params = count_parameters(draft) if isinstance(draft, torch.nn.Module) else 0
         if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
             draft = cut_vocab(draft, vocab["ids"], tok.eos_token_id)
         tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
@@ -198,16 +199,17 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
         context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
                                    left_pad=left_pad)
-        pilot_alpha = pilot_speedup = None
+        pilot_alpha = pilot_speedup = blocks = None
         gamma = cfg.speed_gamma
         if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
             if sampling not in pilot_alphas:
-                pilot_alphas[sampling] = speculative_generate(
-                    target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
-                    max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id, record=False,
-                    seed=cfg.seed).metrics.alpha_pos
-            pilot_alpha = pilot_alphas[sampling]
-            gamma, pilot_speedup = never_slower_gamma(target, draft, tok, costs, pilot_alpha,
+                res = speculative_generate(target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
+                                           max_new_tokens=cfg.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                           record=False, seed=cfg.seed)
+                pilot_alphas[sampling] = res.metrics.alpha_pos, pilot_acceptance(res)
+            pilot_alpha, acceptance = pilot_alphas[sampling]  # acceptance: alpha, or per depth for cut blocks
+            blocks = acceptance if isinstance(acceptance, BlockAcceptance) else None
+            gamma, pilot_speedup = never_slower_gamma(target, draft, tok, costs, acceptance,
                                                       train[: max(batch, cfg.speed_pilot_prompts)], sampling=sampling,
                                                       batch_size=batch, max_new_tokens=cfg.max_new_tokens,
                                                       seed=cfg.seed)
@@ -219,6 +221,7 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
         if note:
             print(note)
         chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "pilot_speedup": pilot_speedup,
+                       **({} if blocks is None else {"pilot_blocks": blocks.as_dict()}),
                        "costs": costs.as_dict()})
     return pd.concat(frames, ignore_index=True), chosen
 

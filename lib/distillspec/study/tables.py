@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import require
 from ..metrics import expected_tokens_per_step
-from ..speed import SPEED_COLUMNS, StepCosts, speed_ratio
+from ..speed import SPEED_COLUMNS, BlockAcceptance, StepCosts, speed_ratio
 from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_interval
 
 
@@ -33,7 +33,9 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum() if f["target_calls"].sum() else float("nan"),
                 "c": costs.c if costs else float("nan"),
                 "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
-                "predicted_speedup": costs.speedup(alpha, gamma) if costs else float("nan"),
+                # at the run's own alpha; for a draft with cut blocks (lookup) at its pilot's acceptance per depth
+                "predicted_speedup": costs.speedup(BlockAcceptance.from_dict(info["pilot_blocks"]) if "pilot_blocks"
+                                                   in info else alpha, gamma) if costs else float("nan"),
                 "speedup": measured, "speedup_lo": lo, "speedup_hi": hi,
                 "target_tokens_per_s": cols["target_tokens"].sum() / cols["target_s"].sum(),
                 "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
