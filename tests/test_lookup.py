@@ -151,6 +151,7 @@ def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, 
     row = json.loads(paths.speed_row("lookup").read_text())
     assert row["draft_params"] == 0 and np.isnan(row["own_sample_expected_accept"])
     assert all(t["costs"]["draft_s"] == 0.0 for t in row["timed"])
+    assert all("pilot_blocks" in t for t in row["timed"])  # its gamma chosen by acceptance per depth and match lengths
     steps, tokens = read_parquet(paths.steps("lookup")), read_parquet(paths.tokens("lookup"))
     assert (steps["proposed"] <= cfg.gamma).all() and len(tokens) > 0 and (tokens["q"] == 1).all()
     assert read_parquet(paths.timing("lookup"))["setting"].nunique() == len(cfg.speed)
