@@ -7,6 +7,10 @@ of them in turn (the order rotates), batch 1, greedy.
     python benchmarks/prompt_lookup.py --task cnndm --block 10 --ngram 3 --dtype float32
     python benchmarks/prompt_lookup.py --task gsm8k --block 3 --ngram 2 --draft DIR   # and the hybrid with DIR
 
+With --draft, the hybrid's two blocks (lookup's and the trained draft's, 0..--block each) are chosen by the cost model
+from a pilot of the hybrid on the same 4 training prompts (acceptance per depth of each source, the share of steps
+that had a match).
+
 Prints one JSON object: tokens/s of each, speedups over the target alone and the decoder over transformers with 95%
 bootstrap CIs over prompts, the decoder's share of drafted steps and alpha_pos, the cost model's chosen block and its
 predicted speedups against the measured ones, and whether every method wrote the target's own greedy text
@@ -29,10 +33,11 @@ import torch  # noqa: E402
 from distillspec.data import load_prompts, render_prompts  # noqa: E402
 from distillspec.drafts import load_draft  # noqa: E402
 from distillspec.evaluate import count_new_tokens  # noqa: E402
-from distillspec.lookup import Hybrid, PromptLookup  # noqa: E402
+from distillspec.lookup import SOURCES, Hybrid, PromptLookup  # noqa: E402
 from distillspec.models import load_model  # noqa: E402
 from distillspec.specdec import speculative_generate  # noqa: E402
 from distillspec.speed import BlockAcceptance, decoding_shape, measure_step_costs  # noqa: E402
+from distillspec.study.evaluation import decoding_draft  # noqa: E402
 from distillspec.study.preset import pair_config  # noqa: E402
 from distillspec.study.stats import bootstrap  # noqa: E402
 
@@ -53,7 +58,8 @@ def _decoder(target, draft, tok, prompt, max_new, gamma):
     m, steps = res.metrics, res.records.step_arrays()
     return m.wall_s, res.sequences[0], {"verified": m.verified, "accepted": m.accepted,
                                          "drafted": m.drafted_share * m.target_calls, "steps": m.target_calls,
-                                         "proposed_per_step": steps["proposed"], "accepted_per_step": steps["accepted"]}
+                                         "proposed_per_step": steps["proposed"], "accepted_per_step": steps["accepted"],
+                                         "source_per_step": steps.get("source")}
 
 
 def main() -> None:
@@ -64,7 +70,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10, help="prompt_lookup_num_tokens and the decoder's gamma")
     parser.add_argument("--ngram", type=int, default=3, help="max_matching_ngram_size and PromptLookup(max_ngram)")
     parser.add_argument("--draft", default=None, help="a saved draft or head: also time the hybrid with it")
-    parser.add_argument("--draft-gamma", type=int, default=None, help="the hybrid's block (default: --block)")
+    parser.add_argument("--run", default=None, help="or a study's run directory (with --config and --run-draft): "
+                        "its draft as the evaluation decodes it (head cut to the study's vocabulary)")
+    parser.add_argument("--run-draft", default="fkl", help="the draft of --run")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
@@ -90,11 +98,25 @@ def main() -> None:
     }
     if best not in (0, args.block):
         runners["decoder_cost_model"] = lambda p: _decoder(target, lookup, tok, p, args.max_new_tokens, best)
-    if args.draft is not None:
-        draft = load_draft(cfg.for_decoding(), target, tok, args.draft).to(target.dtype)
-        hybrid = Hybrid(draft, lookup)
-        runners["hybrid"] = lambda p: _decoder(target, hybrid, tok, p, args.max_new_tokens,
-                                               args.draft_gamma or args.block)
+    hybrid_model = None
+    if args.draft is not None or args.run is not None:
+        draft = (load_draft(cfg.for_decoding(), target, tok, args.draft) if args.run is None
+                 else decoding_draft(cfg, args.run, target, tok, args.run_draft)).to(target.dtype)
+        pilot = [_decoder(target, Hybrid(draft, lookup), tok, p, args.max_new_tokens, args.block)[2]
+                 for p in pilot_prompts]
+        source = np.concatenate([c["source_per_step"] for c in pilot])
+        proposed, accepted = (np.concatenate([c[k] for c in pilot]) for k in ("proposed_per_step", "accepted_per_step"))
+        copies = source == SOURCES["lookup"]
+        by_source = [BlockAcceptance.from_steps(proposed[s], accepted[s]) for s in (copies, ~copies)]
+        hybrid_costs = measure_step_costs(target, Hybrid(draft, lookup), batch_size=1, context=context,
+                                          max_gamma=args.block)
+        blocks = hybrid_costs.best_hybrid_blocks(*by_source, float(copies.mean()))
+        hybrid = Hybrid(draft, lookup, *blocks)
+        hybrid_model = {"blocks (lookup, draft)": blocks, "pilot_lookup_share": float(copies.mean()),
+                        "pilot_lookup_accept_per_depth": by_source[0].accept,
+                        "pilot_draft_accept_per_depth": by_source[1].accept, "c": hybrid_costs.c,
+                        "predicted_speedup": hybrid_costs.hybrid_speedup(*by_source, float(copies.mean()), *blocks)}
+        runners["hybrid"] = lambda p: _decoder(target, hybrid, tok, p, args.max_new_tokens, max(max(blocks), 1))
     for run in runners.values():  # warm-up
         run(prompts[0][:64])
     seconds, tokens, counts = {k: [] for k in runners}, {k: [] for k in runners}, {k: [] for k in runners}
@@ -132,6 +154,8 @@ def main() -> None:
             c = {f: sum(x[f] for x in counts[key]) for f in ("verified", "accepted", "drafted", "steps")}
             report[f"{key}_alpha_pos"] = c["accepted"] / max(c["verified"], 1)
             report[f"{key}_drafted_share"] = c["drafted"] / max(c["steps"], 1)
+    if hybrid_model is not None:
+        report["hybrid_cost_model"] = hybrid_model
     print(json.dumps(report, indent=1))
 
 

@@ -98,6 +98,25 @@ def test_greedy_hybrid_is_token_identical_and_its_draft_stays_current(tiny_pair,
         assert res.metrics.drafted_share == 1.0 and res.metrics.draft_forwards > 0
 
 
+@pytest.mark.parametrize("blocks", [(2, 0), (0, 3), (1, 4)])
+def test_a_hybrids_blocks_cap_each_side_and_stay_exact(tiny_pair, blocks):
+    """lookup_block / draft_block cap each side's block (0: that side never drafts: rows without a match decode
+    plainly, or the trained draft drafts every row)."""
+    target, draft = tiny_pair
+    prompts = _repetitive_prompts()
+    eos = _greedy_reference(target, prompts[:1], 40, None)[0][9]
+    refs = _greedy_reference(target, prompts, 40, eos)
+    res = speculative_generate(target, Hybrid(draft, PromptLookup(2), *blocks), prompts, gamma=4, max_new_tokens=40,
+                               eos_token_id=eos)
+    assert res.sequences == refs
+    steps = res.steps_df()
+    for source, cap in zip((SOURCES["lookup"], SOURCES["draft"]), blocks):
+        assert (steps.loc[steps["source"] == source, "proposed"] <= cap).all()
+    assert (res.metrics.draft_forwards == 0) == (blocks[1] == 0)
+    with pytest.raises(DistillSpecError, match="draft_block=-1 must be an int >= 0"):
+        Hybrid(draft, PromptLookup(2), draft_block=-1)
+
+
 def test_a_hybrid_with_a_feature_head_stays_exact_and_keeps_the_heads_acceptance(echo):
     target, head, prompts, eos, refs = echo
     prompts = [p * 3 for p in prompts]  # repeated chunks: lookup matches in some steps
@@ -155,3 +174,20 @@ def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, 
     steps, tokens = read_parquet(paths.steps("lookup")), read_parquet(paths.tokens("lookup"))
     assert (steps["proposed"] <= cfg.gamma).all() and len(tokens) > 0 and (tokens["q"] == 1).all()
     assert read_parquet(paths.timing("lookup"))["setting"].nunique() == len(cfg.speed)
+
+
+def test_the_lookup_and_hybrid_kinds_load_cut_and_refuse_export(tiny_pair, tokenizer, tmp_path):
+    from distillspec.config import Config
+    from distillspec.drafts import kind_named, kind_of, load_draft
+
+    target, draft = tiny_pair
+    draft.save_pretrained(tmp_path / "draft")
+    tokenizer.save_pretrained(tmp_path / "draft")
+    hybrid = load_draft(Config(teacher="tiny-qwen3", draft_kind="hybrid"), target, tokenizer,
+                        tmp_path / "draft")
+    assert isinstance(hybrid, Hybrid) and kind_of(hybrid).name == "hybrid" and kind_of(hybrid.draft).name == "model"
+    cut = kind_of(hybrid).cut_vocab(hybrid, list(range(300)), tokenizer.eos_token_id)
+    assert isinstance(cut, Hybrid) and cut.draft.draft_vocab_ids.numel() >= 300 and cut.lookup == hybrid.lookup
+    lookup = load_draft(Config(teacher="tiny-qwen3", draft_kind="lookup"), target, tokenizer)
+    assert isinstance(lookup, PromptLookup) and kind_of(lookup).name == "lookup"
+    assert kind_named("lookup").export_refusal and kind_named("hybrid").export_refusal

@@ -53,6 +53,20 @@ def test_cut_blocks_are_priced_by_their_acceptance_per_depth_and_the_lengths_on_
     assert BlockAcceptance.from_dict(json.loads(json.dumps(lookup.as_dict()))) == lookup
 
 
+def test_a_hybrid_is_priced_as_a_mixture_of_its_lookup_and_draft_steps():
+    costs = _cpu_like_costs()
+    lookup = BlockAcceptance.from_steps([3, 3, 1, 2] * 25, [3, 1, 0, 2] * 25)
+    assert costs.hybrid_speedup(lookup, 0.4, 1.0, 3, 2) == pytest.approx(costs.per_step(lookup, 3, 0.0)[0]
+                                                                         * costs.target_s[1]
+                                                                         / costs.per_step(lookup, 3, 0.0)[1])
+    assert costs.hybrid_speedup(lookup, 0.4, 0.0, 3, 2) == pytest.approx(costs.speedup(0.4, 2))
+    assert costs.hybrid_speedup(lookup, 0.4, 0.0, 3, 0) == pytest.approx(1.0)
+    best = costs.best_hybrid_blocks(lookup, 0.4, 0.5)
+    assert costs.hybrid_speedup(lookup, 0.4, 0.5, *best) >= max(costs.hybrid_speedup(lookup, 0.4, 0.5, a, b)
+                                                                for a in range(9) for b in range(9))
+    assert costs.best_hybrid_blocks(lookup, 0.0, 0.5)[1] == 0  # a draft never accepted only costs time
+
+
 def test_cost_model_picks_the_cheap_verification_and_needs_more_acceptance_for_more_speed():
     costs = _cpu_like_costs()
     assert costs.verify_ratio(4) < costs.verify_ratio(2)

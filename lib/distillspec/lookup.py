@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from .errors import require
+from .sampling import SamplingConfig
+from .specdec import RaggedKV, _Proposal, _Rows, _Verdict, drafter_for
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,6 @@ class PromptLookup:
                 f"lookup max_ngram={self.max_ngram} must be an int >= 1 (the longest n-gram matched).")
 
     def drafter(self, width: int, timed: bool, eos: set[int]):
-        from .specdec import LookupDrafter
-
         return LookupDrafter(self, eos)
 
 
@@ -40,6 +40,14 @@ class Hybrid:
 
     draft: object  # a loaded draft (its kind's load)
     lookup: PromptLookup = PromptLookup()
+    lookup_block: int | None = None  # most tokens copied per step (None: the decoder's gamma; 0: never copy)
+    draft_block: int | None = None  # the trained draft's block (None: gamma; 0: rows without a match decode plainly)
+
+    def __post_init__(self):
+        for key in ("lookup_block", "draft_block"):
+            value = getattr(self, key)
+            require(value is None or (isinstance(value, int) and value >= 0),
+                    f"Hybrid {key}={value} must be an int >= 0 (or None: the decoder's gamma).")
 
     @property
     def reads_target_features(self) -> bool:
@@ -50,8 +58,6 @@ class Hybrid:
         return self.draft.target
 
     def drafter(self, width: int, timed: bool, eos: set[int]):
-        from .specdec import HybridDrafter
-
         return HybridDrafter(self, width, timed, eos)
 
 
@@ -87,4 +93,95 @@ def one_hot_proposal(found: list[list[int]], width: int, pad: int, device):
     return tokens, q, logits, limit
 
 
-__all__ = ["Hybrid", "PromptLookup", "SOURCES", "continuation", "one_hot_proposal"]
+class LookupDrafter:
+    """Prompt lookup's side of the decoder (lookup.py): each row's text is its prompt and its output so far; each
+    step proposes, per row, what followed the first earlier occurrence of the text's longest matching suffix."""
+
+    reads_target_features = False
+    ragged = True  # a row without a match proposes nothing: the step needs the bonus token to advance
+    kv = None  # no model, no cache: the metrics count no draft forwards and no draft cost
+
+    def __init__(self, lookup, eos: set[int]):
+        self.lookup, self.eos, self.prompts = lookup, eos, None
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
+        self.prompts, self.pad = [np.asarray(p, dtype=np.int64) for p in prompts], pad
+
+    def matches(self, rows: _Rows, gamma: int) -> list[list[int]]:
+        """Each row's proposal: up to gamma tokens after the first earlier occurrence of its text's longest suffix."""
+        return [continuation(np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)]),
+                             self.lookup.max_ngram, gamma, self.eos) for r in rows.index.tolist()]
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None, found: list[list[int]] | None = None) -> _Proposal:
+        found = self.matches(rows, gamma) if found is None else found
+        tokens, q, logits, limit = one_hot_proposal(found, width, self.pad, rows.index.device)
+        return _Proposal(tokens, q, logits, None, limit)
+
+    def advance(self, tgt, rows, proposal, verdict, *, gamma: int, bonus: bool, pad: int) -> None:
+        """Nothing to bring in line: the next proposals read the rows' outputs."""
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        """Rows are looked up by their prompt index: nothing to drop."""
+
+    def compact(self, fraction: float) -> None:
+        """No cache."""
+
+
+class HybridDrafter:
+    """A hybrid's side of the decoder (lookup.Hybrid): per row and step, prompt lookup's block where the row's text
+    has a match, the trained draft's elsewhere; the draft runs only in steps where some row needs it, and its cache
+    catches up on the text the lookup steps accepted (its drafter's advance with `drafted` / `ran`)."""
+
+    ragged = True
+
+    def __init__(self, hybrid, width: int, timed: bool, eos: set[int]):
+        self.inner = drafter_for(hybrid.draft, width, timed)
+        self.lookup = LookupDrafter(hybrid.lookup, eos)
+        self.blocks = hybrid.lookup_block, hybrid.draft_block
+        self.kv, self.reads_target_features = self.inner.kv, self.inner.reads_target_features
+
+    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
+        self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
+        self.lookup.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
+
+    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
+                confidence: float | None) -> _Proposal:
+        copy_block, own_block = (min(gamma, b) if b is not None else gamma for b in self.blocks)
+        found = self.lookup.matches(rows, copy_block) if copy_block else [[] for _ in range(len(rows.index))]
+        self.copied = torch.tensor([bool(f) for f in found], device=rows.index.device)  # [B] lookup's rows
+        copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
+        copy.source = torch.full_like(copy.limit, SOURCES["lookup"])
+        self.ran = own_block > 0 and not bool(self.copied.all())
+        if not self.ran:  # rows without a match (if any) propose nothing: a plain decoding step
+            copy.source = torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"])
+            return copy
+        own = self.inner.propose(rows, own_block, sampling, generator, width, confidence)
+        block = max(own.tokens.shape[1], copy.tokens.shape[1])
+        own_t1, copy_t1 = (_pad_block(x.q_t1(width), block) for x in (own, copy))  # [B, block, V]
+        pick = self.copied[:, None]
+        return _Proposal(
+            tokens=torch.where(pick, _pad_block(copy.tokens, block), _pad_block(own.tokens, block)),
+            q=torch.where(pick[..., None], _pad_block(copy.q, block), _pad_block(own.q, block)),
+            logits=torch.where(pick[..., None], copy_t1, own_t1).log(),  # softmax gives back q at T=1
+            vocab_ids=None, limit=torch.where(self.copied, copy.limit, own.limit),
+            source=torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"]))
+
+    def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
+                bonus: bool, pad: int) -> None:
+        self.inner.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad, drafted=~self.copied,
+                           ran=self.ran)
+
+    def select_rows(self, idx: torch.Tensor) -> None:
+        self.inner.select_rows(idx)
+
+    def compact(self, fraction: float) -> None:
+        self.inner.compact(fraction)
+
+
+def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x [B, k, ...] with zeros appended along dim 1 up to `block` (tokens beyond a row's limit are never used)."""
+    return x if x.shape[1] == block else torch.cat([x, x.new_zeros(x.shape[0], block - x.shape[1], *x.shape[2:])], 1)
+
+
+__all__ = ["Hybrid", "HybridDrafter", "LookupDrafter", "PromptLookup", "SOURCES", "continuation", "one_hot_proposal"]

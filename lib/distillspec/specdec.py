@@ -15,9 +15,9 @@ Design (one cache per model, stock transformers DynamicCache):
 - Each step reads as gpt-fast's loop does: propose (draft, gamma tokens) -> verify (target, one pass) -> accept
   (the rule, then the correction or bonus token) -> advance (emit, trim both caches, drop finished rows).
 - The draft's side of each step (its prefill, proposals and hand-over after a verification) is its drafter's:
-  ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features,
-  LookupDrafter for prompt lookup (lookup.py: no weights, no cache, a one-hot block per row whose length varies
-  per row and step, none where the row's text has no match).
+  ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features, and the
+  one a draft without weights brings (lookup.py: prompt lookup, a one-hot block whose length varies per row and
+  step, none where the row's text has no match; the hybrid of lookup and a trained draft).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -34,7 +33,6 @@ from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
 from .eagle import target_features
 from .forward import position_ids
-from .lookup import SOURCES, continuation, one_hot_proposal
 from .errors import DistillSpecError, require
 from .metrics import SpecDecMetrics, compute_metrics
 from .models import check_compatible, model_context_length
@@ -497,94 +495,6 @@ class HeadDrafter(_CachedDrafter):
                   features=tgt.hidden)
 
 
-class LookupDrafter:
-    """Prompt lookup's side of the decoder (lookup.py): each row's text is its prompt and its output so far; each
-    step proposes, per row, what followed the first earlier occurrence of the text's longest matching suffix."""
-
-    reads_target_features = False
-    ragged = True  # a row without a match proposes nothing: the step needs the bonus token to advance
-    kv = None  # no model, no cache: the metrics count no draft forwards and no draft cost
-
-    def __init__(self, lookup, eos: set[int]):
-        self.lookup, self.eos, self.prompts = lookup, eos, None
-
-    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
-        self.prompts, self.pad = [np.asarray(p, dtype=np.int64) for p in prompts], pad
-
-    def matches(self, rows: _Rows, gamma: int) -> list[list[int]]:
-        """Each row's proposal: up to gamma tokens after the first earlier occurrence of its text's longest suffix."""
-        return [continuation(np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)]),
-                             self.lookup.max_ngram, gamma, self.eos) for r in rows.index.tolist()]
-
-    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
-                confidence: float | None, found: list[list[int]] | None = None) -> _Proposal:
-        found = self.matches(rows, gamma) if found is None else found
-        tokens, q, logits, limit = one_hot_proposal(found, width, self.pad, rows.index.device)
-        return _Proposal(tokens, q, logits, None, limit)
-
-    def advance(self, tgt, rows, proposal, verdict, *, gamma: int, bonus: bool, pad: int) -> None:
-        """Nothing to bring in line: the next proposals read the rows' outputs."""
-
-    def select_rows(self, idx: torch.Tensor) -> None:
-        """Rows are looked up by their prompt index: nothing to drop."""
-
-    def compact(self, fraction: float) -> None:
-        """No cache."""
-
-
-class HybridDrafter:
-    """A hybrid's side of the decoder (lookup.Hybrid): per row and step, prompt lookup's block where the row's text
-    has a match, the trained draft's elsewhere; the draft runs only in steps where some row needs it, and its cache
-    catches up on the text the lookup steps accepted (its drafter's advance with `drafted` / `ran`)."""
-
-    ragged = True
-
-    def __init__(self, hybrid, width: int, timed: bool, eos: set[int]):
-        self.inner = drafter_for(hybrid.draft, width, timed)
-        self.lookup = LookupDrafter(hybrid.lookup, eos)
-        self.kv, self.reads_target_features = self.inner.kv, self.inner.reads_target_features
-
-    def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
-        self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
-        self.lookup.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
-
-    def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
-                confidence: float | None) -> _Proposal:
-        found = self.lookup.matches(rows, gamma)
-        self.copied = torch.tensor([bool(f) for f in found], device=rows.index.device)  # [B] lookup's rows
-        copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
-        copy.source = torch.full_like(copy.limit, SOURCES["lookup"])
-        self.ran = not bool(self.copied.all())
-        if not self.ran:
-            return copy
-        own = self.inner.propose(rows, gamma, sampling, generator, width, confidence)
-        block = max(own.tokens.shape[1], copy.tokens.shape[1])
-        own_t1, copy_t1 = (_pad_block(x.q_t1(width), block) for x in (own, copy))  # [B, block, V]
-        pick = self.copied[:, None]
-        return _Proposal(
-            tokens=torch.where(pick, _pad_block(copy.tokens, block), _pad_block(own.tokens, block)),
-            q=torch.where(pick[..., None], _pad_block(copy.q, block), _pad_block(own.q, block)),
-            logits=torch.where(pick[..., None], copy_t1, own_t1).log(),  # softmax gives back q at T=1
-            vocab_ids=None, limit=torch.where(self.copied, copy.limit, own.limit),
-            source=torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"]))
-
-    def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
-                bonus: bool, pad: int) -> None:
-        self.inner.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad, drafted=~self.copied,
-                           ran=self.ran)
-
-    def select_rows(self, idx: torch.Tensor) -> None:
-        self.inner.select_rows(idx)
-
-    def compact(self, fraction: float) -> None:
-        self.inner.compact(fraction)
-
-
-def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:
-    """x [B, k, ...] with zeros appended along dim 1 up to `block` (tokens beyond a row's limit are never used)."""
-    return x if x.shape[1] == block else torch.cat([x, x.new_zeros(x.shape[0], block - x.shape[1], *x.shape[2:])], 1)
-
-
 def drafter_for(draft, width: int, timed: bool, eos: set[int] = frozenset()):
     """The draft's side of the decoder: the one a draft without weights brings (`drafter`, e.g. prompt lookup), a
     feature head's (it reads the target's features) or a standalone model's."""
@@ -678,5 +588,5 @@ def speculative_generate(
     return SpecDecResult(sequences=rows.outputs, records=records, metrics=metrics, gamma=gamma)
 
 
-__all__ = ["HeadDrafter", "HybridDrafter", "LookupDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for",
+__all__ = ["HeadDrafter", "ModelDrafter", "RaggedKV", "SpecDecResult", "drafter_for",
            "speculative_generate"]

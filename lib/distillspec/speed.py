@@ -171,15 +171,42 @@ class StepCosts:
         require(0 <= gamma <= self.max_gamma, f"gamma={gamma}: the cost model measured 1..{self.max_gamma}.")
         if gamma == 0:
             return 1.0
+        tokens, seconds = self.per_step(alpha, gamma)
+        return tokens * self.target_s[1] / seconds
+
+    def per_step(self, alpha: float | BlockAcceptance, gamma: int, draft_s: float | None = None
+                 ) -> tuple[float, float]:
+        """(tokens emitted, seconds) of an average step at this acceptance and block length, each draft forward at
+        draft_s (default: this draft's; 0 for prompt lookup's copies); gamma 0: a target-only step."""
+        draft_s = self.draft_s if draft_s is None else draft_s
+        if gamma == 0:
+            return 1.0, self.target_s[1]
         if isinstance(alpha, BlockAcceptance):
-            tokens = time = 0.0
+            tokens = seconds = 0.0
             for offered, share in alpha.offered.items():  # a step that could propose `offered` proposes n
                 n = min(gamma, offered)
                 tokens += share * alpha.expected_tokens(n)
-                time += share * (n * self.draft_s + self.target_s[n + 1])
-            return tokens * self.target_s[1] / time
-        cost = gamma * self.draft_s + self.target_s[gamma + 1]
-        return expected_tokens_per_step(alpha, gamma) * self.target_s[1] / cost
+                seconds += share * (n * draft_s + self.target_s[n + 1])
+            return tokens, seconds
+        return expected_tokens_per_step(alpha, gamma), gamma * draft_s + self.target_s[gamma + 1]
+
+    def hybrid_speedup(self, lookup: BlockAcceptance, draft: float | BlockAcceptance, lookup_share: float,
+                       lookup_block: int, draft_block: int) -> float:
+        """Predicted speedup of a hybrid whose rows copy (prompt lookup, blocks up to lookup_block, no draft cost) in
+        the share lookup_share of steps where their text matches, and use the trained draft (blocks of draft_block;
+        0: a target-only step) in the others."""
+        require(0 <= min(lookup_block, draft_block) and max(lookup_block, draft_block) <= self.max_gamma,
+                f"blocks ({lookup_block}, {draft_block}): the cost model measured 1..{self.max_gamma}.")
+        copy_tokens, copy_s = self.per_step(lookup, lookup_block, draft_s=0.0)
+        own_tokens, own_s = self.per_step(draft, draft_block)
+        tokens = lookup_share * copy_tokens + (1 - lookup_share) * own_tokens
+        return tokens * self.target_s[1] / (lookup_share * copy_s + (1 - lookup_share) * own_s)
+
+    def best_hybrid_blocks(self, lookup: BlockAcceptance, draft: float | BlockAcceptance,
+                           lookup_share: float) -> tuple[int, int]:
+        """The (lookup block, draft block) with the highest predicted hybrid speedup (0: that side does not draft)."""
+        blocks = [(k_l, k_d) for k_l in range(self.max_gamma + 1) for k_d in range(self.max_gamma + 1)]
+        return max(blocks, key=lambda b: self.hybrid_speedup(lookup, draft, lookup_share, *b))
 
     def best_gamma(self, alpha: float | BlockAcceptance) -> int:
         """The draft length with the highest predicted speedup at this acceptance; 0 (decode with the target alone)

@@ -1,14 +1,17 @@
 """A hybrid draft (lookup.Hybrid): prompt lookup where a row's text has a match, a trained draft (a standalone model
-or a feature head) elsewhere, chosen per row and step. It is made from a saved draft of another kind; what it
-saves, cuts and exports is that draft's."""
+or a feature head) elsewhere, chosen per row and step. It is made from a saved draft of one of those two kinds;
+what it saves, cuts and exports is that draft's."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from ..errors import DistillSpecError
 from ..lookup import Hybrid
+from .head import HEAD
+from .model import MODEL
 
 
 class HybridDraft:
@@ -24,16 +27,14 @@ class HybridDraft:
 
     def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
         """The hybrid over the draft saved at path (any kind that saves one)."""
-        from . import MODEL, kind_at
-
         if path is None:
             raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder.")
-        return Hybrid((kind_at(path) or MODEL).load(path, cfg, target, tokenizer, training=training))
+        inner = HEAD if (Path(path) / HEAD.marker).is_file() else MODEL
+        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training))
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
-        from . import kind_of
-
-        return Hybrid(kind_of(draft.draft).cut_vocab(draft.draft, ids, eos_token_id), draft.lookup)
+        inner = HEAD if HEAD.is_instance(draft.draft) else MODEL
+        return dataclasses.replace(draft, draft=inner.cut_vocab(draft.draft, ids, eos_token_id))
 
     def train(self, cfg, out_dir: Path, inputs):
         raise DistillSpecError("A hybrid (draft_kind: hybrid) trains nothing of its own: train its draft as a run "
