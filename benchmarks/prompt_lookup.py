@@ -81,8 +81,9 @@ def main() -> None:
     prompts = render_prompts(tok, load_prompts(args.task, "test", args.prompts, source=cfg.data_source,
                                                tokenizer=tok, max_article_tokens=cfg.max_article_tokens))
     lookup = PromptLookup(args.ngram)
-    pilot_prompts = render_prompts(tok, load_prompts(args.task, "train", 4, source=cfg.data_source, tokenizer=tok,
-                                                     max_article_tokens=cfg.max_article_tokens))
+    training_split = "validation" if args.task == "cnndm" else "train"  # as the presets train (CNN/DM: no train split)
+    pilot_prompts = render_prompts(tok, load_prompts(args.task, training_split, 4, source=cfg.data_source,
+                                                     tokenizer=tok, max_article_tokens=cfg.max_article_tokens))
     pilot = [_decoder(target, lookup, tok, p, args.max_new_tokens, args.block)[2] for p in pilot_prompts]
     acceptance = BlockAcceptance.from_steps(np.concatenate([c["proposed_per_step"] for c in pilot]),
                                             np.concatenate([c["accepted_per_step"] for c in pilot]))
