@@ -74,6 +74,7 @@ def main() -> None:
                         "its draft as the evaluation decodes it (head cut to the study's vocabulary)")
     parser.add_argument("--run-draft", default="fkl", help="the draft of --run")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--skip", default="", help="methods not to time, e.g. transformers,decoder_cost_model")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     cfg = pair_config(args.config)
@@ -118,6 +119,7 @@ def main() -> None:
                         "pilot_draft_accept_per_depth": by_source[1].accept, "c": hybrid_costs.c,
                         "predicted_speedup": hybrid_costs.hybrid_speedup(*by_source, float(copies.mean()), *blocks)}
         runners["hybrid"] = lambda p: _decoder(target, hybrid, tok, p, args.max_new_tokens, max(max(blocks), 1))
+    runners = {k: v for k, v in runners.items() if k not in args.skip.split(",")}
     for run in runners.values():  # warm-up
         run(prompts[0][:64])
     seconds, tokens, counts = {k: [] for k in runners}, {k: [] for k in runners}, {k: [] for k in runners}
@@ -143,7 +145,7 @@ def main() -> None:
               "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
               "tokens_per_s": {k: float(t[k].sum() / s[k].sum()) for k in runners},
               "speedup_over_target": {k: ratio(k, "target") for k in runners if k != "target"},
-              "decoder_over_transformers": ratio("decoder", "transformers"),
+              "decoder_over_transformers": ratio("decoder", "transformers") if "transformers" in runners else None,
               "cost_model": {"chosen_block": best, "pilot_accept_per_depth": acceptance.accept,
                              "pilot_offered": acceptance.offered,
                              "predicted_speedup": {"decoder": costs.speedup(acceptance, args.block),
