@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
+from conftest import REPO
 from distillspec import DistillSpecError
 from distillspec.lookup import SOURCES, Hybrid, PromptLookup, continuation
 from distillspec.sampling import SamplingConfig
@@ -113,6 +114,14 @@ def test_a_hybrids_blocks_cap_each_side_and_stay_exact(tiny_pair, blocks):
     for source, cap in zip((SOURCES["lookup"], SOURCES["draft"]), blocks):
         assert (steps.loc[steps["source"] == source, "proposed"] <= cap).all()
     assert (res.metrics.draft_forwards == 0) == (blocks[1] == 0)
+    calls = []
+    hook = draft.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        speculative_generate(target, Hybrid(draft, PromptLookup(2), *blocks), prompts, gamma=4, max_new_tokens=40,
+                             eos_token_id=eos)
+    finally:
+        hook.remove()
+    assert (calls == []) == (blocks[1] == 0)  # a draft that never drafts is not even prefilled
     with pytest.raises(DistillSpecError, match="draft_block=-1 must be an int >= 0"):
         Hybrid(draft, PromptLookup(2), draft_block=-1)
 
@@ -191,3 +200,15 @@ def test_the_lookup_and_hybrid_kinds_load_cut_and_refuse_export(tiny_pair, token
     lookup = load_draft(Config(teacher="tiny-qwen3", draft_kind="lookup"), target, tokenizer)
     assert isinstance(lookup, PromptLookup) and kind_of(lookup).name == "lookup"
     assert kind_named("lookup").export_refusal and kind_named("hybrid").export_refusal
+
+
+def test_a_study_refuses_a_hybrid_run_before_any_work(tmp_path):
+    import yaml
+
+    from distillspec.study.preset import StudyConfig
+
+    settings = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    settings.update(data_source=None, extra_runs=[{"name": "hybrid", "draft_kind": "hybrid"}])
+    (tmp_path / "hybrid.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(DistillSpecError, match="draft_kind: hybrid cannot be a run of a study"):
+        StudyConfig.from_yaml(tmp_path / "hybrid.yaml")

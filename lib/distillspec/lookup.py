@@ -140,9 +140,11 @@ class HybridDrafter:
         self.lookup = LookupDrafter(hybrid.lookup, eos)
         self.blocks = hybrid.lookup_block, hybrid.draft_block
         self.kv, self.reads_target_features = self.inner.kv, self.inner.reads_target_features
+        self.uses_draft = hybrid.draft_block != 0  # else the trained draft never runs: no prefill, no catching up
 
     def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
-        self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
+        if self.uses_draft:
+            self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
         self.lookup.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
 
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
@@ -151,10 +153,9 @@ class HybridDrafter:
         found = self.lookup.matches(rows, copy_block) if copy_block else [[] for _ in range(len(rows.index))]
         self.copied = torch.tensor([bool(f) for f in found], device=rows.index.device)  # [B] lookup's rows
         copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
-        copy.source = torch.full_like(copy.limit, SOURCES["lookup"])
+        copy.source = torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"])
         self.ran = own_block > 0 and not bool(self.copied.all())
         if not self.ran:  # rows without a match (if any) propose nothing: a plain decoding step
-            copy.source = torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"])
             return copy
         own = self.inner.propose(rows, own_block, sampling, generator, width, confidence)
         block = max(own.tokens.shape[1], copy.tokens.shape[1])
@@ -165,18 +166,21 @@ class HybridDrafter:
             q=torch.where(pick[..., None], _pad_block(copy.q, block), _pad_block(own.q, block)),
             logits=torch.where(pick[..., None], copy_t1, own_t1).log(),  # softmax gives back q at T=1
             vocab_ids=None, limit=torch.where(self.copied, copy.limit, own.limit),
-            source=torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"]))
+            source=copy.source)
 
     def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
                 bonus: bool, pad: int) -> None:
-        self.inner.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad, drafted=~self.copied,
-                           ran=self.ran)
+        if self.uses_draft:
+            self.inner.advance(tgt, rows, proposal, verdict, gamma=gamma, bonus=bonus, pad=pad,
+                               drafted=~self.copied, ran=self.ran)
 
     def select_rows(self, idx: torch.Tensor) -> None:
-        self.inner.select_rows(idx)
+        if self.uses_draft:
+            self.inner.select_rows(idx)
 
     def compact(self, fraction: float) -> None:
-        self.inner.compact(fraction)
+        if self.uses_draft:
+            self.inner.compact(fraction)
 
 
 def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:

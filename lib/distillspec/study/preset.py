@@ -154,7 +154,10 @@ class StudyConfig(Recipe, Setup):
                     "warm_start trains the study's baseline draft: the base recipe's draft_kind must be 'model'.")
             self.warm_start = warm.as_dict()  # every key written out: the fingerprint sees what was trained
         self._validate_speed()
-        self.run_overrides()
+        kinds = {self.draft_kind, *(o.get("draft_kind") for o in self.run_overrides().values())}
+        require("hybrid" not in kinds, "draft_kind: hybrid cannot be a run of a study (it needs a trained draft's "
+                "folder): evaluate the trained draft as its own run, and time a hybrid of it with "
+                "benchmarks/prompt_lookup.py --run <run dir> --run-draft <name>.")
 
     def _validate_speed(self) -> None:
         require(self.draft_vocab is None or self.draft_vocab >= 1,
