@@ -116,7 +116,8 @@ SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher", "trained_head", "warm_ru
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests that need a whole pipeline run, the browser or the real teacher are `slow` (make test-fast skips them);
-    others say so with @pytest.mark.slow. Tests sharing an expensive fixture share an xdist group."""
+    others say so with @pytest.mark.slow. Tests sharing an expensive fixture share an xdist group; slow tests run
+    first."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if SLOW_FIXTURES & used:
@@ -124,3 +125,6 @@ def pytest_collection_modifyitems(config, items):
         shared = [f for f in SHARED_FIXTURES if f in used]
         if shared and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(shared[0]))
+    # slow tests first (a stable sort: each module's and group's order kept), so that the quick ones fill the end
+    # and neither worker waits alone for a long test handed out last
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -226,6 +226,29 @@ def test_lenience_eps_one_is_lossless_and_smaller_eps_accepts_more(tiny_pair):
     assert lossy.metrics.alpha_tok > lossless.metrics.alpha_tok
 
 
+def test_the_fast_nucleus_keeps_what_transformers_warper_keeps():
+    """SamplingConfig.probs finds the top-p nucleus among the top candidates (sampling.nucleus_probs) and sorts only
+    flat rows with transformers' warper: the same distribution, except where a token's mass above it lies within
+    float rounding of top_p (the warper sums in float32 over the whole vocabulary)."""
+    from distillspec.sampling import NUCLEUS_CANDIDATES, _warped_probs
+
+    torch.manual_seed(0)
+    sampling = SamplingConfig(temperature=0.7, top_p=0.9)
+    fast_rows = 0
+    for scale in (0.5, 2.0, 6.0, 12.0):  # flat rows (the warper's path) to peaked ones (the candidates' path)
+        logits = torch.randn(64, 4096) * scale
+        probs = torch.softmax(logits.double() / 0.7, -1)
+        fast_rows += int((probs.topk(NUCLEUS_CANDIDATES).values.sum(-1) >= 0.9).sum())
+        got, want = sampling.probs(logits), _warped_probs(logits.clone(), sampling.warpers())
+        differ = (got > 0) != (want > 0)
+        for row, token in differ.nonzero().tolist():
+            above = probs[row][probs[row] > probs[row, token]].sum().item()
+            assert abs(above - 0.9) < 1e-5, (scale, row, token, above)
+        same = ~differ.any(-1)
+        assert same.float().mean() > 0.95 and torch.allclose(got[same], want[same], atol=1e-6)
+    assert 0 < fast_rows < 4 * 64  # both paths ran
+
+
 def test_skd_rule_keeps_only_target_top_k():
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]])
     q = torch.full((2, 4), 0.25)

@@ -73,4 +73,28 @@ class TopKAcceptance:
         return (p_x >= kth) & (p_x > 0), p
 
 
-ACCEPTANCE_RULES = (RejectionSampling, TopKAcceptance)  # what speculative_generate(acceptance=...) takes
+@dataclass(frozen=True)
+class GreedyLenience:
+    """Accept a drafted token x when the target ranks it close to its favourite: p1(x) >= l * max p1 on the target's
+    untempered (T=1) distribution; on rejection sample from p. l=1 keeps only the target's argmax; smaller l
+    accepts more. Lossy, like lenient rejection sampling, but it reads the target's ranking rather than the draft's q.
+
+    The decoder hands the rule the warped p (temperature T, then top-p); inside the nucleus p(x) / max p =
+    (p1(x) / max p1)^(1/T), so the test runs on p with the threshold l^(1/T); a token outside the nucleus is
+    rejected (the decoder would never sample it)."""
+
+    lenience: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        require(0 < self.lenience <= 1, f"Greedy lenience l={self.lenience} must be in (0, 1]; l=1 accepts only the "
+                "target's argmax.")
+        require(self.temperature > 0, f"temperature={self.temperature} must be > 0: pass the decoding temperature.")
+
+    def __call__(self, tokens, p, q, u):
+        p_x = p.gather(-1, tokens[:, None]).squeeze(-1)
+        threshold = self.lenience ** (1 / self.temperature) * p.max(-1).values
+        return (p_x >= threshold) & (p_x > 0), p
+
+
+ACCEPTANCE_RULES = (RejectionSampling, TopKAcceptance, GreedyLenience)  # what speculative_generate(acceptance=...) takes

@@ -322,7 +322,8 @@ def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float 
 
 
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
-                  batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None) -> pd.DataFrame:
+                  batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None,
+                  acceptance=None) -> pd.DataFrame:
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
     batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
     batch: seconds and new tokens of each, SD's steps and acceptance counts, (greedy) whether SD's text was identical
@@ -330,7 +331,7 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     was timed; `busy`: above BUSY_SHARE, so the row's times are not the decoder's alone). gamma 0 (the never-slower
     policy chose not to draft): the decoder is that same target-only call, so it runs once and SD's seconds are its
     seconds, a speedup of exactly 1 rather than the machine's noise between two runs of one call. progress: show a
-    bar with this label."""
+    bar with this label. acceptance: the decoder's rule (None: lossless; a lenient one for the quality-latency study)."""
     from tqdm.auto import tqdm
 
     require(len(prompts) > 0, "No prompts to time decoding on.")
@@ -345,7 +346,8 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
 
         def run_sd() -> tuple[dict, list[list[int]]]:
             m = speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
-                                     sampling=sampling, eos_token_id=eos, record=False, seed=seed + start)
+                                     sampling=sampling, eos_token_id=eos, record=False, seed=seed + start,
+                                     acceptance=acceptance)
             return {"sd_s": m.metrics.wall_s, "sd_tokens": m.metrics.new_tokens, "steps": m.metrics.steps,
                     "target_calls": m.metrics.target_calls, "accepted": m.metrics.accepted,
                     "verified": m.metrics.verified, "proposed": m.metrics.proposed}, m.sequences
