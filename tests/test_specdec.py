@@ -329,7 +329,7 @@ def test_real_teacher_with_derived_draft_is_exact(teacher, shared_data):
 
     model, tok = teacher
     draft = draft_from_teacher(model, 10)
-    prompts = render_prompts(tok, load_prompts("gsm8k", "test", 3, source=shared_data, seed=5))
+    prompts = render_prompts(tok, load_prompts("gsm8k", "test", 2, source=shared_data, seed=5))
     eos = tok.eos_token_id
     refs = _greedy_reference(model, prompts, 48, eos)
     res = speculative_generate(model, draft, prompts, gamma=5, max_new_tokens=48, eos_token_id=eos,
