@@ -11,8 +11,9 @@ output token and the share of output tokens outside its top-p 0.95 nucleus, each
 prompts; the target's own `generate` is the reference row. Speed: time_decoding at batch 1 on the first --timed
 prompts (SD and target-only `generate` interleaved), the speedup with its CI over prompts.
 
-Writes under --out: rows.jsonl (one row per finished setting, rewritten atomically after each: a rerun skips what is
-done), <draft>_<setting>_judged.parquet and _timing.parquet, results.md (the table) and quality_latency.png.
+Writes under --out: settings.json (what the rows are made with: a rerun with other settings is refused), rows.jsonl
+(one row per finished setting, rewritten atomically after each: a rerun skips what is done),
+<draft>_<setting>_judged.parquet and _timing.parquet, results.md (the table) and quality_latency.png.
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ def _outputs_of_sd(target, draft, tok, prompts, rule, sampling, gamma, max_new_t
     return outputs, accepted / max(proposed, 1)  # alpha_tok: accepted over proposed draft tokens
 
 
+def _same_work_as_before(out: Path, settings: dict) -> None:
+    """Record what the rows in `out` were made with; a rerun that would decode other work into them is refused
+    (its rows would sit beside rows made differently)."""
+    file = out / "settings.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+        require(not changed, f"{out} holds rows made with other settings ({'; '.join(changed)}): pass a new --out, "
+                             "or the settings it was made with.")
+    else:
+        write_text(json.dumps(settings, indent=1) + "\n", file)
+
+
 def _drafts(args, cfg, target, tok) -> dict:
     drafts = {}
     for name in filter(None, args.drafts.split(",")):
@@ -92,6 +106,8 @@ def main() -> None:
     parser.add_argument("--gamma", type=int, default=None, help="draft block length (default: the preset's gamma)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the decodes that are judged")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--top-p", type=float, default=None, help="decoding top-p (default: the preset's); at 1.0 the "
+                        "share outside the target's nucleus can see what a lenient rule lets through")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="folder for the rows, the table and the figure")
@@ -104,14 +120,18 @@ def main() -> None:
         acceptance_rule(s, temperature)  # every setting understood before any decoding
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    sampling = SamplingConfig(temperature=temperature, top_p=cfg.top_p if args.top_p is None else args.top_p)
+    max_new = args.max_new_tokens or cfg.max_new_tokens
+    gamma = args.gamma or cfg.gamma
+    _same_work_as_before(out, {"config": str(Path(args.config).resolve()), "task": task, "prompts": args.prompts,
+                               "timed": args.timed, "max_new_tokens": max_new, "gamma": gamma,
+                               "temperature": temperature, "top_p": sampling.top_p, "dtype": args.dtype,
+                               "seed": args.seed})
     target, tok = load_model(cfg.teacher, dtype=getattr(torch, args.dtype))
     drafts = _drafts(args, cfg, target, tok)
     data = load_prompts(task, cfg.eval_split, args.prompts, source=cfg.data_source, tokenizer=tok,
                         max_article_tokens=cfg.max_article_tokens, keep_reference=True, seed=cfg.seed)
     prompts, references = render_prompts(tok, data), list(data["reference"])
-    sampling = SamplingConfig(temperature=temperature, top_p=cfg.top_p)
-    max_new = args.max_new_tokens or cfg.max_new_tokens
-    gamma = args.gamma or cfg.gamma
     rows_file = out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
     done = {(r["draft"], r["setting"]) for r in rows}

@@ -173,6 +173,9 @@ def test_the_benchmark_judges_each_setting_once_and_resumes(tmp_path, shared_dat
     assert all(0 <= r["score"][0] <= 1 and r["nll_per_token"][0] > 0 for r in rows.values())
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n| baseline |") == 3 and (tmp_path / "out" / "quality_latency.png").is_file()
+    other = subprocess.run(command[:-1] + ["--top-p", "0.9", "--settings", "lossless"], capture_output=True,
+                           text=True, timeout=600)  # other work into the same folder
+    assert other.returncode != 0 and "top_p: 1.0 -> 0.9" in other.stderr and "pass a new --out" in other.stderr
 
 
 def test_an_unknown_setting_is_named():
