@@ -34,12 +34,11 @@ from distillspec.atomic import write_parquet, write_text  # noqa: E402
 from distillspec.data import load_prompts, render_prompts, task_spec  # noqa: E402
 from distillspec.drafts import load_draft  # noqa: E402
 from distillspec.errors import DistillSpecError, require  # noqa: E402
-from distillspec.evaluate import sample_completions  # noqa: E402
 from distillspec.models import load_model  # noqa: E402
 from distillspec.quality import SWEEP, acceptance_rule, judge  # noqa: E402
 from distillspec.sampling import SamplingConfig  # noqa: E402
 from distillspec.specdec import speculative_generate  # noqa: E402
-from distillspec.speed import time_decoding  # noqa: E402
+from distillspec.speed import target_decode, time_decoding  # noqa: E402
 from distillspec.study.evaluation import decoding_draft  # noqa: E402
 from distillspec.study.preset import pair_config  # noqa: E402
 from distillspec.study.quality_latency import (plot_quality_latency, quality_summary, quality_table,  # noqa: E402
@@ -47,13 +46,11 @@ from distillspec.study.quality_latency import (plot_quality_latency, quality_sum
 
 
 def _outputs_of_generate(target, tok, prompts, sampling, max_new_tokens, batch_size, seed):
+    """Target-only `generate` of every prompt, batch_size at a time (speed.target_decode, seeded per batch)."""
     outputs = []
-    for start, (enc, out, new) in zip(range(0, len(prompts), batch_size),
-                                      sample_completions(target, tok, prompts, sampling=sampling,
-                                                         max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                                         seed=seed)):
-        width = enc["input_ids"].shape[1]
-        outputs += [row[: int(n)] for row, n in zip(out[:, width:].tolist(), new.sum(1).tolist())]
+    for start in range(0, len(prompts), batch_size):
+        outputs += target_decode(target, tok, prompts[start:start + batch_size], sampling=sampling,
+                                 max_new_tokens=max_new_tokens, seed=seed + start)[1]
     return outputs
 
 
