@@ -68,17 +68,11 @@ class Step:
 
 
 def _failed(executed: Path) -> bool:
+    import nbformat
+
     if not executed.is_file():
         return False
-    return bool(_notebook_json(executed).get("metadata", {}).get("papermill", {}).get("exception"))
-
-
-def _notebook_json(path: Path) -> dict:
-    """An executed notebook as plain JSON: papermill writes nbformat 4, and reading it without nbformat's schema
-    validation takes milliseconds instead of about a second for a notebook with figures."""
-    import json
-
-    return json.loads(path.read_text())
+    return bool(nbformat.read(executed, as_version=4).metadata.get("papermill", {}).get("exception"))
 
 
 def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] | None = None,
@@ -136,13 +130,13 @@ def notebook_warnings(executed: Path) -> list[str]:
     terminal, not only the notebook."""
     import re
 
+    import nbformat
+
     found = []
-    for cell in _notebook_json(executed).get("cells", []):
+    for cell in nbformat.read(executed, as_version=4).cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                text = out.get("text", "")
-                text = "".join(text) if isinstance(text, list) else text  # nbformat's multiline strings
-                for match in re.finditer(r"(?m)^(?:\S*:\d+: )?(\w+Warning): (.+)$", text):
+                for match in re.finditer(r"(?m)^(?:\S*:\d+: )?(\w+Warning): (.+)$", out.get("text", "")):
                     line = f"{match.group(1)}: {match.group(2).strip()}"
                     if line not in found:
                         found.append(line)
