@@ -25,7 +25,8 @@ from distillspec.sampling import SamplingConfig
 from distillspec.study import stages
 from distillspec.study.preset import StudyConfig
 from distillspec.study.rundir import RunPaths, load_prompt_file
-from distillspec.warm_start import WarmStart, served_acceptance
+from distillspec.validation import served_acceptance
+from distillspec.warm_start import WarmStart
 
 
 def scratch_run(run_dir: Path, lr: float) -> Path:

@@ -47,8 +47,9 @@ def test_tiny_distillation_lowers_loss_and_raises_acceptance(tiny_cfg, tmp_path,
     assert {"teacher_entropy", "expected_accept"} <= set(log.columns)
     if rollout == "skd":
         assert "skd_kept" in log.columns
-    if mix:  # both kinds of step happened
+    if mix:  # both kinds of step happened, and the expected acceptance is logged by whose text it was
         assert 0 < log["teacher_rollout"].mean() < 1
+        assert log["expected_accept_teacher_text"].notna().any() and log["expected_accept_own_text"].notna().any()
     assert (result.student_dir / "model.safetensors").is_file()
 
 

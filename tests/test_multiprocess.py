@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiproc_worker.py"
 # greedy-like teacher rollouts (lmbda 0, T -> 0): the same text whatever the batch split, so losses must agree
 DETERMINISTIC = {"lmbda": 0.0, "temperature": 1e-4, "loss_temperature": 1.0, "top_p": 1.0, "batch_size": 4, "max_steps": 4,
-                 "logging_steps": 1, "save_steps": 2}
+                 "logging_steps": 1, "save_steps": 2, "validation_prompts": 3}
 
 
 def _cpu_launch_config(name: str, tmp: Path) -> Path:
@@ -84,6 +84,12 @@ def test_ddp_two_processes_match_one_process_and_save_full_weights(single, tmp_p
     assert list(one.index) == list(two.index) == [1, 2, 3, 4]
     # the same global batch: the same loss and the same (reduced over processes) metrics, step by step
     assert torch.allclose(torch.tensor(one.values), torch.tensor(two.values), rtol=2e-4, atol=1e-6), (one, two)
+    # validation: each process decodes its share of the prompts and the counts are added up, the same as one
+    # process decoding them all (near-greedy sampling: the same tokens whatever the split)
+    validated = [read_log(o / "train_log.jsonl").dropna(subset=["eval_alpha_pos"]).set_index("step")
+                 for o in (single, out)]
+    assert list(validated[0].index) == list(validated[1].index) == [2, 4]
+    assert validated[0]["eval_alpha_pos"].tolist() == pytest.approx(validated[1]["eval_alpha_pos"].tolist())
     _assert_saved_equals_trained(out)
     assert not _sharded(out) and not _sharded(single)
     assert (out / "student" / "tokenizer.json").is_file() and not (out / ".student.partial").exists()
@@ -103,7 +109,7 @@ def test_ddp_resumes_after_an_interruption(tmp_path, shared_data):
 def test_fsdp2_with_skd_rollouts_completes_and_saves_a_full_draft(tmp_path, shared_data):
     out = tmp_path / "fsdp"
     settings = {"rollout": "skd", "lmbda": 1.0, "batch_size": 4, "max_steps": 2, "logging_steps": 1,
-                "save_steps": 10, "train_max_new_tokens": 12}
+                "save_steps": 10, "train_max_new_tokens": 12, "validation_prompts": 2}
     _run(out, settings, shared_data, launch="fsdp2", tmp=tmp_path, extra=["--fsdp-on-cpu", "--same-prompt"])
     assert _sharded(out)  # really FSDP2: the trained parameters were DTensor shards
     _assert_saved_equals_trained(out)
@@ -116,3 +122,5 @@ def test_fsdp2_with_skd_rollouts_completes_and_saves_a_full_draft(tmp_path, shar
     assert any(a["steps"] != b["steps"] for a, b in zip(*rollouts))
     log = read_log(out / "train_log.jsonl").dropna(subset=["loss"])
     assert log["skd_kept"].between(0, 1).all() and len(log) == 2
+    validated = read_log(out / "train_log.jsonl").dropna(subset=["eval_alpha_pos"])  # decoded on gathered weights
+    assert validated["step"].tolist() == [2] and validated["eval_alpha_pos"].between(0, 1).all()

@@ -64,3 +64,28 @@ def test_the_command_writes_its_tables_and_figure(tmp_path, capsys):
                                                "training_signal.png"}
     assert "study big" in capsys.readouterr().out
     assert main(["training-signal", "--published", str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+def test_the_logged_acceptance_is_split_by_whose_text_was_trained_on():
+    from distillspec.study.training_signal import by_text
+
+    share = np.array([0.2, 0.4, 0.6, 0.8, 0.4, 0.6, 1.0, 0.0])
+    log = pd.DataFrame({"teacher_rollout": share, "expected_accept": 0.7 - 0.4 * share})  # own text 0.7, teacher 0.3
+    split = by_text(pd.concat([log, log]))
+    assert split["own_text_expected_accept"] == pytest.approx(0.7)
+    assert split["teacher_text_expected_accept"] == pytest.approx(0.3)
+    assert np.isnan(by_text(log.assign(teacher_rollout=0.5))["teacher_text_expected_accept"])  # no spread: no fit
+    logged = log.assign(expected_accept_teacher_text=[0.1, np.nan] * 4, expected_accept_own_text=0.9)
+    assert by_text(logged) == {"teacher_text_expected_accept": pytest.approx(0.1),
+                               "own_text_expected_accept": pytest.approx(0.9)}  # logged per text: read as logged
+
+
+def test_the_validation_signal_is_read_where_the_run_kept_its_draft():
+    from distillspec.study.training_signal import validation_signal
+
+    log = pd.DataFrame([{"step": 2, "loss": 1.0}, {"step": 2, "eval_alpha_pos": 0.4},
+                        {"step": 4, "eval_alpha_pos": 0.6}, {"step": 6, "eval_alpha_pos": 0.5}])
+    assert validation_signal(log)["validation_alpha_pos"] == 0.5  # the last draft is kept
+    chosen = pd.concat([log, pd.DataFrame([{"step": 6, "selected_step": 4, "selected_alpha_pos": 0.6}])])
+    assert validation_signal(chosen)["validation_alpha_pos"] == 0.6
+    assert np.isnan(validation_signal(log[["step", "loss"]])["validation_alpha_pos"])

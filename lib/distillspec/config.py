@@ -73,7 +73,22 @@ class HeadKeys:
 
 
 @dataclass
-class Recipe(HeadKeys, Optimisation):
+class Validation:
+    """Served acceptance while training (validation.py): every `validation_steps` steps the draft decodes
+    `validation_prompts` prompts of the training split against the teacher and the log records alpha_pos; with
+    select_checkpoint 'validation' the draft kept is the checkpoint where it was highest."""
+
+    validation_prompts: int = 0  # 0: no validation (the log has only the trained batches' expected acceptance)
+    validation_steps: int | None = None  # None: every save_steps (each checkpoint is validated)
+    validation_gamma: int = 4  # the study's gamma, as the evaluation decodes
+    select_checkpoint: str = "last"  # 'last', or 'validation': the validated checkpoint with the highest alpha_pos
+
+    def validation_every(self) -> int:
+        return self.validation_steps or self.save_steps
+
+
+@dataclass
+class Recipe(Validation, HeadKeys, Optimisation):
     """How one draft is trained: the student, the objective, the rollouts, and the optimisation and head keys."""
 
     draft_kind: str = "model"  # 'model': a small LM (`student`); 'eagle': a feature head over the teacher (eagle.py)
@@ -168,9 +183,28 @@ def validate_run(cfg) -> None:
     require(cfg.learning_rate > 0, f"learning_rate={cfg.learning_rate} must be > 0.")
     require(cfg.save_minutes > 0, f"save_minutes={cfg.save_minutes} must be > 0 (minutes of training between "
                                   "checkpoints, besides every save_steps).")
+    validate_validation(cfg)
     require(cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
             f"micro_batch_size={cfg.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
     resolve_precision(cfg.precision)
+
+
+def validate_validation(cfg) -> None:
+    from .validation import SELECT_CHECKPOINT
+
+    require(cfg.validation_prompts >= 0, f"validation_prompts={cfg.validation_prompts} must be >= 0 (0: no "
+                                         "validation while training).")
+    require(cfg.validation_steps is None or cfg.validation_steps >= 1,
+            f"validation_steps={cfg.validation_steps} must be >= 1 (or null: every save_steps).")
+    require(cfg.validation_gamma >= 1, f"validation_gamma={cfg.validation_gamma} must be >= 1.")
+    require(cfg.select_checkpoint in SELECT_CHECKPOINT,
+            f"select_checkpoint='{cfg.select_checkpoint}' must be one of {SELECT_CHECKPOINT}.")
+    if cfg.select_checkpoint == "validation":
+        require(cfg.validation_prompts > 0, "select_checkpoint 'validation' chooses the checkpoint by its served "
+                "acceptance on validation prompts: set validation_prompts (e.g. 16) too.")
+        require(cfg.save_steps % cfg.validation_every() == 0,
+                f"select_checkpoint 'validation' keeps a validated checkpoint: save_steps={cfg.save_steps} must be "
+                f"a multiple of validation_steps={cfg.validation_every()} (or leave validation_steps null).")
 
 
 def check_keys(cls, data: dict, where: str = "") -> None:
@@ -211,6 +245,15 @@ class Config(Recipe, Setup):
     def train_prompts(self, tokenizer):
         """The training prompt set (no answers, no highlights)."""
         return self.prompt_set(self.train_split, self.n_train, tokenizer)
+
+    def validation_set(self, tokenizer):
+        """The validation prompts (validation.py): the training split's next `validation_prompts` after the
+        n_train that training uses; where training uses the whole split (n_train null, or a split with no more
+        rows), its last ones, which training also sees. Never the evaluation's held-out prompts."""
+        require(self.validation_prompts >= 1, "This config has no validation prompts (validation_prompts: 0).")
+        everything = self.prompt_set(self.train_split, None if self.n_train is None else
+                                     self.n_train + self.validation_prompts, tokenizer)
+        return everything.select(range(max(0, len(everything) - self.validation_prompts), len(everything)))
 
     def to_yaml(self, path=None) -> str:
         return to_yaml(self, path)

@@ -14,7 +14,9 @@ position). With a reduced vocabulary (`draft_vocab`) both distributions are take
 head scores when decoding.
 
 The teacher's text and features: teacher_text.py; the loop (AdamW, checkpoints, resume, train_log.jsonl):
-offline_loop.py; the head is saved atomically (eagle.save_head).
+offline_loop.py; the head is saved atomically (eagle.save_head). With `validation_prompts` the head decodes them
+against the teacher every `validation_steps` steps (validation.py; eval_alpha_pos in the log), and with
+select_checkpoint 'validation' the head saved is the one validated best.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .losses import chunked_distill_loss
 from .offline_loop import train_offline
 from .teacher_text import text_with_features
 from .trainlog import TRAIN_LOG, DistillResult
+from .validation import VALIDATION_METRIC
 from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
 TEACHER_TEXT = "teacher_text.jsonl"
@@ -107,10 +110,36 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
     def step_loss(pick: list[int]) -> dict:
         return head_loss(head, {k: v.to(head.device) for k, v in text.batch(pick).items()}, cfg, head_rows)
 
+    validate = _validation(cfg, target, tokenizer, head, draft_vocab_ids) if cfg.validation_prompts else None
     steps, resumed_from = train_offline(head, len(text.rows), step_loss, cfg.optimisation(), out, resume=resume,
-                                        desc="head training")
+                                        desc="head training", evaluate=validate, eval_every=cfg.validation_every(),
+                                        keep_best=f"eval_{VALIDATION_METRIC}" if cfg.select_checkpoint ==
+                                        "validation" else None)
     save_head(head, out / "student", extra={"teacher": cfg.teacher, "steps": steps, "draft_kind": "eagle"})
     return DistillResult(out / "student", out, out / TRAIN_LOG, resumed_from)
+
+
+def _validation(cfg: Config, target, tokenizer, head: EagleHead, draft_vocab_ids: list[int] | None):
+    """The head's served acceptance on the validation prompts, decoded as the evaluation decodes (cut to the draft
+    vocabulary), as eval_* log keys."""
+    from .data import render_prompts
+    from .sampling import SamplingConfig
+    from .validation import served_acceptance
+
+    prompts = render_prompts(tokenizer, cfg.validation_set(tokenizer))
+
+    def validate() -> dict:
+        if draft_vocab_ids is not None:
+            head.reduce_vocab(draft_vocab_ids)
+        try:
+            result = served_acceptance(target, head, prompts, gamma=cfg.validation_gamma,
+                                       sampling=SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p),
+                                       max_new_tokens=cfg.train_max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+        finally:
+            head.draft_vocab_ids = None  # training scores the kept rows itself (head_rows)
+        return {f"eval_{k}": v for k, v in result.items()}
+
+    return validate
 
 
 __all__ = ["head_loss", "train_head"]

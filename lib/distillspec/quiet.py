@@ -39,13 +39,22 @@ def _not_mtime_notice(record: logging.LogRecord) -> bool:
     return "mtime may not be reliable" not in record.getMessage()
 
 
+def _not_tied_head_notice(record: logging.LogRecord) -> bool:
+    """Loading the best checkpoint names lm_head.weight as missing: a tied head is not saved, and it is the
+    embedding's own tensor, which the load fills."""
+    return "missing keys in the checkpoint model loaded: ['lm_head.weight']" not in record.getMessage()
+
+
 @contextmanager
 def quiet_trainer_noise():
     """While training: TRL reads transformers' deprecated `is_gradient_checkpointing` alias before every rollout
     (a FutureWarning about TRL's code, once per step), and transformers warns whenever two checkpoints were saved
-    within a second (then orders them by step, as intended). Both are hidden inside this block only."""
+    within a second (then orders them by step, as intended), and names a tied LM head "missing" when it loads the
+    best checkpoint. All are hidden inside this block only."""
     trainer_utils = logging.getLogger("transformers.trainer_utils")
     trainer_utils.addFilter(_not_mtime_notice)
+    trainer = logging.getLogger("transformers.trainer")
+    trainer.addFilter(_not_tied_head_notice)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
@@ -53,6 +62,7 @@ def quiet_trainer_noise():
             yield
     finally:
         trainer_utils.removeFilter(_not_mtime_notice)
+        trainer.removeFilter(_not_tied_head_notice)
 
 
 __all__ = ["quiet_bitsandbytes_import", "quiet_library_output", "quiet_trainer_noise"]

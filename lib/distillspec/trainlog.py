@@ -30,8 +30,24 @@ def append_log_line(path: str | os.PathLike, step: int, logs: dict) -> None:
         f.write(json.dumps({"step": step, **logs}) + "\n")
 
 
+def selection_line(step: int | None, value: float | None) -> dict:
+    """The log line naming the checkpoint a run kept by its validation (select_checkpoint 'validation')."""
+    return {"selected_step": step, "selected_alpha_pos": value}
+
+
+def line_kind(line: dict) -> str:
+    """What a log line records: the trained batches ('train'), a validation ('validation': eval_* keys), the
+    checkpoint kept ('selection') or the run's summary ('summary'). A step may have one line of each kind."""
+    if "train_runtime" in line:
+        return "summary"
+    if "selected_step" in line:
+        return "selection"
+    return "validation" if any(str(k).startswith("eval_") for k in line) else "train"
+
+
 def read_log(path: str | os.PathLike):
-    """Training log as a DataFrame, one row per logged step (the last entry wins after a resume)."""
+    """Training log as a DataFrame, one row per logged step and kind of line (line_kind; the last entry wins after
+    a resume)."""
     import pandas as pd
 
     rows = []
@@ -44,8 +60,9 @@ def read_log(path: str | os.PathLike):
 
                 raise DistillSpecError(f"{path}:{number} is damaged (not a JSON log line: {err}); restore the log, "
                                        "or train the draft again.") from err
+    kinds = [line_kind(row) for row in rows]
     df = pd.DataFrame(rows)
-    return df.drop_duplicates(subset=["step"] + [c for c in ("train_runtime",) if c in df], keep="last")
+    return df[~pd.DataFrame({"step": df["step"], "kind": kinds}).duplicated(keep="last").to_numpy()] if rows else df
 
 
 def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_ENTROPY,
@@ -62,4 +79,4 @@ def collapse_span(log: Iterable[tuple[int, float]], threshold: float = COLLAPSE_
 
 
 __all__ = ["COLLAPSE_ENTROPY", "COLLAPSE_PATIENCE", "TRAIN_LOG", "DistillResult", "append_log_line", "collapse_span",
-           "read_log"]
+           "line_kind", "read_log", "selection_line"]

@@ -11,7 +11,6 @@ sampling and cut head), and the train log records alpha_pos and alpha_tok: the w
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from .config import Config, coerce_numbers
 from .errors import require
 from .forward import final_hidden, position_ids
 from .losses import check_divergence, chunked_distill_loss
-from .models import reduce_draft_vocab, save_pretrained_atomic
+from .models import save_pretrained_atomic
 from .offline_loop import train_offline
 from .sampling import SamplingConfig
-from .specdec import speculative_generate
 from .teacher_text import text_with_features
 from .trainlog import TRAIN_LOG, DistillResult
+from .validation import served_acceptance
 from .training_settings import RETRAIN_FIX, claim, clear_training_output
 
 
@@ -88,24 +87,6 @@ def warm_loss(student, batch: dict, teacher_head: torch.Tensor, divergence: str,
             "teacher_entropy": stats.teacher_entropy_sum / n, "student_entropy": stats.student_entropy_sum / n}
 
 
-@torch.no_grad()
-def served_acceptance(target, student, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
-                      max_new_tokens: int, eos_token_id, draft_vocab_ids: list[int] | None = None, seed: int = 0,
-                      batch_size: int = 16) -> dict:
-    """alpha_pos and alpha_tok of `student` drafting for `target` on `prompts` (a copy of it, its head cut to the
-    draft vocabulary where there is one, as the evaluation decodes)."""
-    draft = copy.deepcopy(student).eval()
-    if draft_vocab_ids is not None:
-        draft = reduce_draft_vocab(draft, draft_vocab_ids, eos_token_id)
-    accepted = verified = proposed = 0.0
-    for start in range(0, len(prompts), batch_size):
-        m = speculative_generate(target, draft, prompts[start : start + batch_size], gamma=gamma,
-                                 max_new_tokens=max_new_tokens, sampling=sampling, eos_token_id=eos_token_id,
-                                 record=False, seed=seed + start).metrics
-        accepted, verified, proposed = accepted + m.accepted, verified + m.verified, proposed + m.proposed
-    return {"alpha_pos": accepted / max(1.0, verified), "alpha_tok": accepted / max(1.0, proposed)}
-
-
 def train_warm_start(cfg: Config, warm: WarmStart, output_dir: str | os.PathLike, *, target, tokenizer,
                      prompts: list[list[int]], eval_prompts: list[list[int]], gamma: int,
                      draft_vocab_ids: list[int] | None = None, text_path: str | os.PathLike | None = None,
@@ -163,4 +144,4 @@ def warm_curve(log):
     return log.dropna(subset=["alpha_pos"])[["step", "alpha_pos", "alpha_tok"]].reset_index(drop=True)
 
 
-__all__ = ["WarmStart", "served_acceptance", "train_warm_start", "warm_curve", "warm_loss"]
+__all__ = ["WarmStart", "train_warm_start", "warm_curve", "warm_loss"]

@@ -35,7 +35,7 @@ class ModelDraft:
     def train(self, cfg, out_dir: Path, inputs):
         from ..distillation import distill  # TRL: only training pays for importing it
 
-        return distill(cfg, out_dir, dataset=inputs.prompts)
+        return distill(cfg, out_dir, dataset=inputs.prompts, draft_vocab=inputs.draft_vocab)
 
 
 MODEL = ModelDraft()

@@ -8,6 +8,7 @@ results.md, entropy_bins.csv and figures/ (analysis; interim.md before every dra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import datasets
 
 from ..atomic import write_text
+from ..config import Validation
 from .preset import StudyConfig
 from ..trainlog import TRAIN_LOG
 from ..errors import DistillSpecError, require
@@ -289,11 +291,17 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
 FINGERPRINT_VERSION = 3
 
 
+# Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
+# made before a key existed (with its default's behaviour) stay valid.
+ADDED_SINCE_V3 = {f.name: f.default for f in dataclasses.fields(Validation)}
+
+
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (the prepare stage's output).
     """
     paths = RunPaths(Path(run_dir))
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in WHERE_NOT_WHAT}
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in WHERE_NOT_WHAT and not (k in ADDED_SINCE_V3 and v == ADDED_SINCE_V3[k])}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
