@@ -148,29 +148,37 @@ def test_sampled_hybrid_keeps_the_target_distribution(small_vocab_pair):
     assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
 
 
-def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, tmp_path):
-    """`draft_kind: lookup` in a preset's runs: no training step, the evaluation stage decodes and times it like any
-    draft (no parameters, no draft cost), and `train` says there is nothing to train."""
-    import json
+def _tiny_study_with(tiny_run, tmp_path, run: dict):
+    """The shared tiny study with one more run (its preset, a copy of its run directory, and the notebooks the
+    pipeline would execute there)."""
     import shutil
 
     import yaml
 
-    from distillspec.atomic import read_parquet
-    from distillspec.study.evaluation import evaluate_drafts
     from distillspec.study.pipeline import plan
     from distillspec.study.preset import StudyConfig
-    from distillspec.study.rundir import RunPaths
-    from distillspec.study.train import train_draft
 
     config, run_dir, _ = tiny_run
     settings = yaml.safe_load(config.read_text())
-    settings["extra_runs"] = [*settings["extra_runs"], {"name": "lookup", "draft_kind": "lookup"}]
-    (tmp_path / "lookup.yaml").write_text(yaml.safe_dump(settings))
-    cfg = StudyConfig.from_yaml(tmp_path / "lookup.yaml")
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    outputs = [step.executed for step in plan(cfg, tmp_path / "lookup.yaml", run)]
+    settings["extra_runs"] = [*settings["extra_runs"], run]
+    preset = tmp_path / f"{run['name']}.yaml"
+    preset.write_text(yaml.safe_dump(settings))
+    cfg = StudyConfig.from_yaml(preset)
+    shutil.copytree(run_dir, tmp_path / "run")
+    return cfg, tmp_path / "run", [step.executed for step in plan(cfg, preset, tmp_path / "run")]
+
+
+def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, tmp_path):
+    """`draft_kind: lookup` in a preset's runs: no training step, the evaluation stage decodes and times it like any
+    draft (no parameters, no draft cost), and `train` says there is nothing to train."""
+    import json
+
+    from distillspec.atomic import read_parquet
+    from distillspec.study.evaluation import evaluate_drafts
+    from distillspec.study.rundir import RunPaths
+    from distillspec.study.train import train_draft
+
+    cfg, run, outputs = _tiny_study_with(tiny_run, tmp_path, {"name": "lookup", "draft_kind": "lookup"})
     assert "02_distill_eagle.ipynb" in outputs and "02_distill_lookup.ipynb" not in outputs
     with pytest.raises(DistillSpecError, match="nothing to train"):
         train_draft(cfg, run, "lookup")
@@ -202,13 +210,81 @@ def test_the_lookup_and_hybrid_kinds_load_cut_and_refuse_export(tiny_pair, token
     assert kind_named("lookup").export_refusal and kind_named("hybrid").export_refusal
 
 
-def test_a_study_refuses_a_hybrid_run_before_any_work(tmp_path):
+@pytest.mark.parametrize("run,message", [
+    ({"name": "hybrid", "draft_kind": "hybrid"}, "set hybrid_of to the run"),
+    ({"name": "hybrid", "draft_kind": "hybrid", "hybrid_of": "nope"}, "got 'nope'"),
+    ({"name": "hybrid", "draft_kind": "hybrid", "hybrid_of": "hybrid"}, "set hybrid_of to the run"),
+    ({"name": "copy", "draft_kind": "model", "hybrid_of": "fkl"}, "draft_kind is 'model'"),
+    ({"name": "copy", "draft_kind": "lookup", "lookup_ngram": 0}, "lookup_ngram=0"),
+])
+def test_a_study_refuses_a_hybrid_run_without_a_trained_run_to_fall_back_on(tmp_path, run, message):
     import yaml
 
     from distillspec.study.preset import StudyConfig
 
     settings = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    settings.update(data_source=None, extra_runs=[{"name": "hybrid", "draft_kind": "hybrid"}])
+    settings.update(data_source=None, extra_runs=[*settings["extra_runs"], {"name": "lookup", "draft_kind": "lookup"},
+                                                  run])
     (tmp_path / "hybrid.yaml").write_text(yaml.safe_dump(settings))
-    with pytest.raises(DistillSpecError, match="draft_kind: hybrid cannot be a run of a study"):
+    with pytest.raises(DistillSpecError, match=message):
         StudyConfig.from_yaml(tmp_path / "hybrid.yaml")
+    lookup_fallback = {**settings, "extra_runs": [*settings["extra_runs"][:-1],
+                                                  {"name": "hybrid", "draft_kind": "hybrid", "hybrid_of": "lookup"}]}
+    (tmp_path / "on_lookup.yaml").write_text(yaml.safe_dump(lookup_fallback))
+    with pytest.raises(DistillSpecError, match="trains no draft to fall back on"):
+        StudyConfig.from_yaml(tmp_path / "on_lookup.yaml")
+
+
+def test_a_study_evaluates_a_hybrid_run_on_its_trained_draft_and_analyses_it_by_source(tiny_run, tmp_path):
+    """`draft_kind: hybrid` with `hybrid_of: fkl`: no training step; the evaluation loads the fkl run's draft beside
+    prompt lookup (n-grams up to lookup_ngram), its step records say which source proposed each block, and the
+    analysis reports acceptance per source (results.md) and per source and entropy bin."""
+    import json
+
+    import pandas as pd
+
+    from distillspec.atomic import read_parquet
+    from distillspec.study.analysis import analyze
+    from distillspec.study.evaluation import decoding_draft, evaluate_drafts
+    from distillspec.study.rundir import RunPaths
+    from distillspec.pair import load_target
+
+    cfg, run, outputs = _tiny_study_with(tiny_run, tmp_path, {"name": "hybrid_fkl", "draft_kind": "hybrid",
+                                                              "hybrid_of": "fkl", "lookup_ngram": 2})
+    assert "02_distill_fkl.ipynb" in outputs and "02_distill_hybrid_fkl.ipynb" not in outputs
+    evaluate_drafts(cfg, run, ["hybrid_fkl"])
+    paths = RunPaths(run)
+    row = json.loads(paths.speed_row("hybrid_fkl").read_text())
+    assert row["draft_params"] > 0 and all(t["costs"]["draft_s"] > 0 for t in row["timed"])  # the fkl draft runs
+    steps = read_parquet(paths.steps("hybrid_fkl"))
+    assert set(steps["source"]) == {0, 1}  # both sources proposed (tiny text repeats itself, so lookup matches)
+    target, tok = load_target(cfg.for_decoding())
+    hybrid = decoding_draft(cfg, run, target, tok, "hybrid_fkl")
+    assert hybrid.lookup.max_ngram == 2 and hybrid.draft.config.num_hidden_layers == 1
+    analysis = analyze(cfg, run)
+    assert "### Acceptance by source (hybrid drafts)" in analysis.results_md
+    assert "| hybrid_fkl | lookup |" in analysis.results_md and "| hybrid_fkl | draft |" in analysis.results_md
+    by_source = pd.read_csv(paths.entropy_bins_by_source)
+    assert set(by_source["draft"]) <= {"hybrid_fkl (lookup)", "hybrid_fkl (draft)"} and len(by_source) > 0
+    assert by_source["n"].sum() <= len(read_parquet(paths.tokens("hybrid_fkl")))
+    # the fkl draft saved again (its marker file newer) makes the hybrid's records stale: it is evaluated again
+    from distillspec.drafts import saved_draft
+    from distillspec.study.evaluation import _evaluated
+
+    saved_draft(paths.student("fkl")).touch()
+
+    assert not _evaluated(paths, "hybrid_fkl", paths.student("fkl"))
+
+
+def test_a_seeded_hybrid_falls_back_on_the_same_seeds_draft(tmp_path):
+    import yaml
+
+    from distillspec.study.preset import StudyConfig
+
+    settings = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    settings.update(data_source=None, seeds=[0, 1],
+                    extra_runs=[*settings["extra_runs"], {"name": "hybrid", "draft_kind": "hybrid", "hybrid_of": "fkl"}])
+    (tmp_path / "seeded.yaml").write_text(yaml.safe_dump(settings))
+    cfg = StudyConfig.from_yaml(tmp_path / "seeded.yaml")
+    assert [cfg.fallback_run(f"hybrid_s{s}") for s in (0, 1)] == ["fkl_s0", "fkl_s1"]
+    assert cfg.fallback_run("fkl_s0") is None and not cfg.trains("hybrid_s0") and cfg.trains("eagle_s1")

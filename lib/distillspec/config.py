@@ -73,6 +73,14 @@ class HeadKeys:
 
 
 @dataclass
+class CopyKeys:
+    """What prompt lookup and the hybrid read (draft_kind lookup or hybrid; lookup.py)."""
+
+    lookup_ngram: int = 3  # the longest n-gram of a row's latest text matched against its earlier text
+    hybrid_of: str | None = None  # draft_kind hybrid in a study: the run whose trained draft it uses where no match
+
+
+@dataclass
 class Validation:
     """Served acceptance while training (validation.py): every `validation_steps` steps the draft decodes
     `validation_prompts` prompts of the training split against the teacher and the log records alpha_pos; with
@@ -88,7 +96,7 @@ class Validation:
 
 
 @dataclass
-class Recipe(Validation, HeadKeys, Optimisation):
+class Recipe(Validation, CopyKeys, HeadKeys, Optimisation):
     """How one draft is trained: the student, the objective, the rollouts, and the optimisation and head keys."""
 
     draft_kind: str = "model"  # 'model': a small LM (`student`); 'eagle': a feature head over the teacher (eagle.py)
@@ -184,6 +192,11 @@ def validate_run(cfg) -> None:
     require(cfg.save_minutes > 0, f"save_minutes={cfg.save_minutes} must be > 0 (minutes of training between "
                                   "checkpoints, besides every save_steps).")
     validate_validation(cfg)
+    require(isinstance(cfg.lookup_ngram, int) and cfg.lookup_ngram >= 1,
+            f"lookup_ngram={cfg.lookup_ngram!r} must be an integer >= 1 (the longest n-gram prompt lookup matches).")
+    require(cfg.hybrid_of is None or cfg.draft_kind == "hybrid",
+            f"hybrid_of='{cfg.hybrid_of}' names the trained run a hybrid falls back on; this run's draft_kind is "
+            f"'{cfg.draft_kind}' (use draft_kind: hybrid, or drop hybrid_of).")
     require(cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
             f"micro_batch_size={cfg.micro_batch_size} must be >= 1 (or null: no gradient accumulation).")
     resolve_precision(cfg.precision)

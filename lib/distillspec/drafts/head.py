@@ -31,6 +31,11 @@ class FeatureHead:
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         return draft.reduce_vocab(ids)
 
+    def parameters(self, draft) -> int:
+        from ..models import count_parameters
+
+        return count_parameters(draft)  # its own layer: the target's embedding and LM head it reads are not counted
+
     def train(self, cfg, out_dir: Path, inputs):
         from ..data import render_prompts
         from ..head_training import train_head

@@ -1,6 +1,7 @@
 """A hybrid draft (lookup.Hybrid): prompt lookup where a row's text has a match, a trained draft (a standalone model
 or a feature head) elsewhere, chosen per row and step. It is made from a saved draft of one of those two kinds;
-what it saves, cuts and exports is that draft's."""
+what it saves, cuts and exports is that draft's. In a study it is a run of its own (`draft_kind: hybrid`,
+`hybrid_of: <run>`): nothing is trained for it, and the evaluation loads the named run's trained draft."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import DistillSpecError
-from ..lookup import Hybrid
+from ..lookup import Hybrid, PromptLookup
 from .head import HEAD
 from .model import MODEL
 
@@ -26,15 +27,19 @@ class HybridDraft:
         return isinstance(draft, Hybrid)
 
     def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
-        """The hybrid over the draft saved at path (any kind that saves one)."""
+        """The hybrid over the draft saved at path (any kind that saves one), matching n-grams up to lookup_ngram."""
         if path is None:
-            raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder.")
+            raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder (in a "
+                                   "study, name its run with hybrid_of).")
         inner = HEAD if (Path(path) / HEAD.marker).is_file() else MODEL
-        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training))
+        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training), PromptLookup(cfg.lookup_ngram))
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         inner = HEAD if HEAD.is_instance(draft.draft) else MODEL
         return dataclasses.replace(draft, draft=inner.cut_vocab(draft.draft, ids, eos_token_id))
+
+    def parameters(self, draft) -> int:
+        return (HEAD if HEAD.is_instance(draft.draft) else MODEL).parameters(draft.draft)  # its trained draft's
 
     def train(self, cfg, out_dir: Path, inputs):
         raise DistillSpecError("A hybrid (draft_kind: hybrid) trains nothing of its own: train its draft as a run "

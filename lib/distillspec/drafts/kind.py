@@ -39,6 +39,9 @@ class DraftKind(Protocol):
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         """The draft scoring only these token ids (q = 0 elsewhere: decoding stays lossless)."""
 
+    def parameters(self, draft) -> int:
+        """How many parameters the draft runs when it drafts (0: none, prompt lookup)."""
+
     def train(self, cfg, out_dir: Path, inputs: TrainingInputs):
         """Train a draft of this kind with config cfg into out_dir (resumable); a DistillResult."""
 

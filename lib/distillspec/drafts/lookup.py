@@ -23,10 +23,13 @@ class LookupDraft:
         return isinstance(draft, PromptLookup)
 
     def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
-        return PromptLookup()
+        return PromptLookup(cfg.lookup_ngram)
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         return draft  # it proposes token ids from the text itself: a reduced vocabulary changes nothing
+
+    def parameters(self, draft) -> int:
+        return 0
 
     def train(self, cfg, out_dir: Path, inputs):
         raise DistillSpecError("A prompt-lookup draft (draft_kind: lookup) has nothing to train: the evaluation "

@@ -32,6 +32,11 @@ class ModelDraft:
 
         return reduce_draft_vocab(draft, ids, eos_token_id)
 
+    def parameters(self, draft) -> int:
+        from ..models import count_parameters
+
+        return count_parameters(draft)
+
     def train(self, cfg, out_dir: Path, inputs):
         from ..distillation import distill  # TRL: only training pays for importing it
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..atomic import read_parquet, write_text
@@ -15,7 +16,8 @@ from .evaluation import decoding_speed, load_timing, read_speed_rows, speed_tabl
 from .preset import StudyConfig
 from .figures import plot_acceptance_vs_entropy, plot_training_curves, plot_warm_curve
 from .results import results_markdown, seeded_lead
-from .tables import acceptance_by_entropy, summary_table
+from .markdown import format_sources
+from .tables import acceptance_by_entropy, entropy_bin_edges, source_summary, summary_table, tokens_by_source
 from .rundir import BASELINE, RunPaths, draft_groups, draft_names, figure_paths, run_names
 from .seeds import bins_over_seeds
 
@@ -48,7 +50,14 @@ def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: d
     lead = None
     if cfg.seeds is not None:
         lead = seeded_lead(cfg, paths if csv else None, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
-    return table, tokens, speed_rows, results_markdown(cfg, table, speed_rows, rows, lead, warm_log)
+    results_md = results_markdown(cfg, table, speed_rows, rows, lead, warm_log) + format_sources(source_summary(steps))
+    return table, tokens, steps, speed_rows, results_md
+
+
+def _train_logs(cfg: StudyConfig, paths: RunPaths, names: list[str]) -> dict[str, pd.DataFrame]:
+    """The training logs of those of these runs that train a draft of their own (prompt lookup and a hybrid have
+    no log)."""
+    return {n: read_log(paths.train_log(n)) for n in names if cfg.trains(n)}
 
 
 def _warm_log(cfg: StudyConfig, paths: RunPaths) -> pd.DataFrame | None:
@@ -66,7 +75,7 @@ def interim_results(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> str
     missing = [n for n in draft_names(cfg) if n not in rows]
     every = draft_groups(cfg)
     groups = {g: have for g, runs in every.items() if (have := [d for d in runs if d in rows])}
-    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg) if n in rows}
+    logs = _train_logs(cfg, paths, [n for n in run_names(cfg) if n in rows])
     *_, results_md = _results(cfg, paths, rows, groups, logs, _warm_log(cfg, paths), seed, csv=False)
     partial = [f"{g} ({len(have)} of {len(every[g])})" for g, have in groups.items() if len(have) < len(every[g])]
     note = (f"**Interim**: {len(rows)} of {len(rows) + len(missing)} drafts evaluated; still to come: "
@@ -89,6 +98,7 @@ class Analysis:
     tokens: dict[str, pd.DataFrame]
     figures: dict  # kind -> matplotlib Figure, saved under figures/
     speed: pd.DataFrame  # decoding speed per draft and setting (empty without `speed` settings)
+    bins_by_source: pd.DataFrame  # a hybrid's acceptance per entropy bin, per source (empty without hybrids)
 
 
 def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
@@ -102,11 +112,17 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     require(bool(rows), f"No evaluated drafts in {paths.root}: evaluate them first.")
     names = list(rows)
     groups = {g: runs for g, runs in draft_groups(cfg).items() if set(runs) <= set(names)}
-    logs = {n: read_log(paths.train_log(n)) for n in run_names(cfg)}
+    logs = _train_logs(cfg, paths, list(run_names(cfg)))
     warm_log = _warm_log(cfg, paths)
-    table, tokens, speed_rows, results_md = _results(cfg, paths, rows, groups, logs, warm_log, seed, csv=True)
+    table, tokens, steps, speed_rows, results_md = _results(cfg, paths, rows, groups, logs, warm_log, seed, csv=True)
     bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
+    by_source = tokens_by_source(tokens, steps)  # a hybrid's lookup and trained draft, in the same bins
+    edges = entropy_bin_edges(np.concatenate([t["target_entropy"].to_numpy() for t in tokens.values()]), cfg.n_bins)
+    bins_by_source = (acceptance_by_entropy(by_source, min_count=cfg.min_bin_count, edges=edges) if by_source
+                      else pd.DataFrame())
+    if by_source:
+        write_text(bins_by_source.to_csv(index=False), paths.entropy_bins_by_source)
     figure_bins = bins if cfg.seeds is None else bins_over_seeds(bins, groups)
     write_text(results_md, paths.results)
     paths.interim.unlink(missing_ok=True)  # results.md over every draft replaces it
@@ -126,7 +142,7 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
                                                     f"T={cfg.temperature})", path=figs["warm"])
     for fig in figures.values():
         plt.close(fig)  # shown where the caller displays it (the analysis notebook), not again by the inline backend
-    return Analysis(table, results_md, bins, tokens, figures, speed_rows)
+    return Analysis(table, results_md, bins, tokens, figures, speed_rows, bins_by_source)
 
 
 __all__ = ["Analysis", "analyze", "interim_results", "load_records"]

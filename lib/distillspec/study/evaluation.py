@@ -9,15 +9,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from ..atomic import read_parquet, write_json, write_parquet
 from ..data import render_prompts
-from ..drafts import kind_named, kind_of, saved_draft
+from ..drafts import kind_of, saved_draft
 from ..errors import require
 from ..evaluate import expected_acceptance
-from ..models import count_parameters
 from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
@@ -78,7 +76,7 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
             target, draft, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.eval_batch_size, progress=False)
         # as trained (a cut head adds untied rows, it does not make a new draft); prompt lookup has none
-        params = count_parameters(draft) if isinstance(draft, torch.nn.Module) else 0
+        params = kind_of(draft).parameters(draft)
         if vocab is not None:  # SD with the head cut to the ids the teacher writes (lossless: q = 0 elsewhere)
             draft = cut_vocab(draft, vocab["ids"], tok.eos_token_id)
         tokens, steps, tokens_per_s = _decode(cfg, target, draft, tok, prompts, name)
@@ -149,10 +147,14 @@ def _target_speed(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> fl
 
 def _draft_source(cfg: StudyConfig, paths: RunPaths, name: str) -> Path | None:
     """Where draft `name` is loaded from: its trained student, or None for the baseline (`student`, or derived)
-    unless the study warm-starts it, and for a draft of a kind that saves nothing (made from its settings)."""
+    unless the study warm-starts it, and for a draft of a kind that saves nothing (made from its settings); a hybrid
+    loads the trained student of the run it falls back on."""
     if name == BASELINE:
         return None if cfg.warm_start is None else paths.student(name)
-    return None if kind_named(cfg.run_config(name).draft_kind).marker is None else paths.student(name)
+    fallback = cfg.fallback_run(name)  # a hybrid: the trained draft of the run it names
+    if fallback is not None:
+        return paths.student(fallback)
+    return paths.student(name) if cfg.trains(name) else None
 
 
 def _run_config(cfg: StudyConfig, name: str):

@@ -82,4 +82,17 @@ def format_expected_acceptance(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["format_expected_acceptance", "format_speed_table", "format_table", "timing_machines"]
+def format_sources(summary: pd.DataFrame) -> str:
+    """Markdown: per hybrid draft and source (prompt lookup, its trained draft), the share of steps, the mean block
+    and the acceptance; empty when no draft mixes sources (results.md then reads as before)."""
+    if summary.empty:
+        return ""
+    lines = ["", "### Acceptance by source (hybrid drafts)", "",
+             "| draft | source | share of steps | mean block | alpha_pos | alpha_tok |", "|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.draft} | {r.source} | {r.step_share:.1%} | {r.mean_block:.2f} | {r.alpha_pos:.2%} | "
+                     f"{r.alpha_tok:.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["format_expected_acceptance", "format_sources", "format_speed_table", "format_table", "timing_machines"]

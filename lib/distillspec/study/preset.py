@@ -154,10 +154,42 @@ class StudyConfig(Recipe, Setup):
                     "warm_start trains the study's baseline draft: the base recipe's draft_kind must be 'model'.")
             self.warm_start = warm.as_dict()  # every key written out: the fingerprint sees what was trained
         self._validate_speed()
-        kinds = {self.draft_kind, *(o.get("draft_kind") for o in self.run_overrides().values())}
-        require("hybrid" not in kinds, "draft_kind: hybrid cannot be a run of a study (it needs a trained draft's "
-                "folder): evaluate the trained draft as its own run, and time a hybrid of it with "
-                "benchmarks/prompt_lookup.py --run <run dir> --run-draft <name>.")
+        require(self.draft_kind != "hybrid", "draft_kind: hybrid is a run of a study (extra_runs, with hybrid_of "
+                "naming the run whose trained draft it falls back on), not the base recipe: the baseline is the "
+                "undistilled draft.")
+        for recipe in self._recipes():
+            self._check_fallback(recipe)
+
+    def _check_fallback(self, recipe: str) -> None:
+        """A hybrid run names, with hybrid_of, a run of this study whose kind saves a trained draft."""
+        recipes = self._recipes()
+        run = self.run_config(**recipes[recipe])
+        if run.draft_kind != "hybrid":
+            return
+        from ..drafts import kind_named  # loads transformers' models: only studies with a hybrid pay for it
+
+        require(run.hybrid_of in recipes and run.hybrid_of != recipe,
+                f"run '{recipe}' is a hybrid: set hybrid_of to the run of this study whose trained draft it uses "
+                f"where prompt lookup has no match (one of {[r for r in recipes if r != recipe]}; got "
+                f"{run.hybrid_of!r}).")
+        inner = self.run_config(**recipes[run.hybrid_of]).draft_kind
+        require(kind_named(inner).marker is not None,
+                f"run '{recipe}': hybrid_of '{run.hybrid_of}' is a {inner} run, which trains no draft to fall back "
+                "on; name a standalone draft or feature head run.")
+
+    def trains(self, name: str) -> bool:
+        """Whether run `name` trains a draft of its own (not prompt lookup, not a hybrid over another run's)."""
+        from ..drafts import kind_named
+
+        return kind_named(self.run_config(name).draft_kind).marker is not None
+
+    def fallback_run(self, name: str) -> str | None:
+        """The training run whose draft run `name` decodes with beside prompt lookup (a hybrid's hybrid_of, of the
+        same seed in a study with seeds), or None."""
+        run = self.run_config(name)
+        if run.hybrid_of is None:
+            return None
+        return run.hybrid_of if self.seeds is None else seed_run_name(run.hybrid_of, run.seed)
 
     def _validate_speed(self) -> None:
         require(self.draft_vocab is None or self.draft_vocab >= 1,

@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from ..atomic import write_text
-from ..config import Validation
+from ..config import CopyKeys, Validation
 from .preset import StudyConfig
 from ..trainlog import TRAIN_LOG
 from ..errors import DistillSpecError, require
@@ -150,6 +150,12 @@ class RunPaths:
     @property
     def entropy_bins(self) -> Path:
         return self.root / "entropy_bins.csv"
+
+    @property
+    def entropy_bins_by_source(self) -> Path:
+        """Acceptance per teacher-entropy bin of each source of the drafts that mix them (a hybrid's lookup and
+        trained draft); written only for studies that have such drafts."""
+        return self.root / "entropy_bins_by_source.csv"
 
     @property
     def figures(self) -> Path:
@@ -293,7 +299,7 @@ FINGERPRINT_VERSION = 3
 
 # Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
 # made before a key existed (with its default's behaviour) stay valid.
-ADDED_SINCE_V3 = {f.name: f.default for f in dataclasses.fields(Validation)}
+ADDED_SINCE_V3 = {f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)}
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import require
-from ..metrics import expected_tokens_per_step
+from ..lookup import SOURCES
+from ..metrics import expected_tokens_per_step, verified_positions
+from ..records import SOURCE_COLUMN
 from ..speed import SPEED_COLUMNS, BlockAcceptance, StepCosts, speed_ratio
 from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_interval
 
@@ -110,4 +112,37 @@ def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min
     return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
 
 
-__all__ = ["acceptance_by_entropy", "assign_bins", "entropy_bin_edges", "speed_summary", "summary_table"]
+def tokens_by_source(tokens: dict[str, pd.DataFrame], steps: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The token records of the drafts whose steps say which source proposed each block (a hybrid: prompt lookup or
+    its trained draft), split by it: '<draft> (lookup)', '<draft> (draft)'. Empty when no draft mixes sources."""
+    names = {code: name for name, code in SOURCES.items()}
+    out = {}
+    for draft, s in steps.items():
+        if SOURCE_COLUMN not in s:
+            continue
+        t = tokens[draft].merge(s[["row", "step", SOURCE_COLUMN]], on=["row", "step"], how="left")
+        for code, part in t.groupby(SOURCE_COLUMN):
+            out[f"{draft} ({names[int(code)]})"] = part.drop(columns=SOURCE_COLUMN)
+    return out
+
+
+def source_summary(steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per draft that mixes sources and per source: its share of the row-steps, the mean block it proposed, and
+    alpha_pos / alpha_tok over its steps."""
+    names = {code: name for name, code in SOURCES.items()}
+    rows = []
+    for draft, s in steps.items():
+        if SOURCE_COLUMN not in s:
+            continue
+        for code, part in s.groupby(SOURCE_COLUMN):
+            accepted, proposed = part["accepted"].to_numpy(), part["proposed"].to_numpy()
+            verified = verified_positions(accepted, proposed).sum()
+            rows.append({"draft": draft, "source": names[int(code)], "step_share": len(part) / len(s),
+                         "mean_block": float(proposed.mean()),
+                         "alpha_pos": accepted.sum() / verified if verified else float("nan"),
+                         "alpha_tok": accepted.sum() / proposed.sum() if proposed.sum() else float("nan")})
+    return pd.DataFrame(rows, columns=["draft", "source", "step_share", "mean_block", "alpha_pos", "alpha_tok"])
+
+
+__all__ = ["acceptance_by_entropy", "assign_bins", "entropy_bin_edges", "source_summary", "speed_summary",
+           "summary_table", "tokens_by_source"]
