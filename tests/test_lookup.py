@@ -148,9 +148,9 @@ def test_sampled_hybrid_keeps_the_target_distribution(small_vocab_pair):
     assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
 
 
-def _tiny_study_with(tiny_run, tmp_path, run: dict):
-    """The shared tiny study with one more run (its preset, a copy of its run directory, and the notebooks the
-    pipeline would execute there)."""
+def _tiny_study_with(tiny_run, tmp_path, run: dict | None = None, **keys):
+    """The shared tiny study with one more run and other keys (its preset, a copy of its run directory, and the
+    notebooks the pipeline would execute there)."""
     import shutil
 
     import yaml
@@ -160,8 +160,8 @@ def _tiny_study_with(tiny_run, tmp_path, run: dict):
 
     config, run_dir, _ = tiny_run
     settings = yaml.safe_load(config.read_text())
-    settings["extra_runs"] = [*settings["extra_runs"], run]
-    preset = tmp_path / f"{run['name']}.yaml"
+    settings.update(extra_runs=[*settings["extra_runs"], *([run] if run else [])], **keys)
+    preset = tmp_path / "study.yaml"
     preset.write_text(yaml.safe_dump(settings))
     cfg = StudyConfig.from_yaml(preset)
     shutil.copytree(run_dir, tmp_path / "run")
@@ -288,3 +288,44 @@ def test_a_seeded_hybrid_falls_back_on_the_same_seeds_draft(tmp_path):
     cfg = StudyConfig.from_yaml(tmp_path / "seeded.yaml")
     assert [cfg.fallback_run(f"hybrid_s{s}") for s in (0, 1)] == ["fkl_s0", "fkl_s1"]
     assert cfg.fallback_run("fkl_s0") is None and not cfg.trains("hybrid_s0") and cfg.trains("eagle_s1")
+
+
+def test_a_study_times_transformers_prompt_lookup_as_its_reference_row(tiny_run, tmp_path):
+    """reference_lookup: the evaluation times transformers' own prompt lookup at each batch-1 setting against the
+    target alone on the drafts' timed prompts (its settings the fastest of the grid on training prompts), the
+    analysis puts it in the timing table, and it is published with the drafts' records."""
+    import json
+
+    from distillspec.atomic import read_parquet
+    from distillspec.speed import LOOKUP_GRID
+    from distillspec.study.analysis import analyze
+    from distillspec.study.evaluation import evaluate_drafts
+    from distillspec.study.manifest import folder_damage
+    from distillspec.study.pipeline import publish
+    from distillspec.study.rundir import REFERENCE, RunPaths
+
+    cfg, run, outputs = _tiny_study_with(tiny_run, tmp_path, reference_lookup=True)
+    evaluate_drafts(cfg, run)  # the drafts were evaluated before (the copied run): only the reference is timed
+    paths = RunPaths(run)
+    row = json.loads(paths.speed_row(REFERENCE).read_text())
+    assert [t["setting"] for t in row["timed"]] == ["greedy, batch 1"]  # batch 2 is n/a for assisted generation
+    chosen = row["timed"][0]
+    grid = chosen["pilot_tokens_per_s"]
+    assert len(grid) == len(LOOKUP_GRID)
+    assert grid[f"{chosen['prompt_lookup_num_tokens']},{chosen['max_matching_ngram_size']}"] == max(grid.values())
+    timing = read_parquet(paths.timing(REFERENCE))
+    assert len(timing) == cfg.speed_prompts and timing["identical"].all()  # greedy: the target's own text
+    assert (timing["gamma"] == chosen["prompt_lookup_num_tokens"]).all()
+    analysis = analyze(cfg, run)
+    assert f"| {REFERENCE} | greedy, batch 1 | {chosen['prompt_lookup_num_tokens']} | – | – | – | – |" in analysis.results_md
+    assert "transformers' own prompt lookup" in analysis.results_md and "nan" not in analysis.results_md
+    speed = analysis.speed.set_index("draft")
+    assert speed.loc[REFERENCE, "speedup"] > 0 and speed.loc[REFERENCE, "setting"] == "greedy, batch 1"
+    assert np.isnan(speed.loc[REFERENCE, "alpha_pos"])  # transformers does not say what it accepted
+    published = tmp_path / "pub"
+    publish(cfg, run, published)
+    assert (published / cfg.name / "records" / paths.timing(REFERENCE).name).is_file()
+    assert not folder_damage(published / cfg.name / "records", paths, REFERENCE)
+    before = paths.timing(REFERENCE).stat().st_mtime
+    evaluate_drafts(cfg, run)  # done: not timed again
+    assert paths.timing(REFERENCE).stat().st_mtime == before

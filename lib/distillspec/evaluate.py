@@ -41,17 +41,18 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tens
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
-                       batch_size: int, seed: int = 0, desc: str | None = None):
+                       batch_size: int, seed: int = 0, desc: str | None = None, generate_kwargs: dict | None = None):
     """Sample completions from `model` (transformers generate, KV cache) batch_size prompts at a time, seeded per
     batch. Yields (enc, out, completion_mask) per batch: the padded prompts, prompts + completions, and [b, new]
-    1 on each completion token up to and with EOS. desc: show a progress bar with this label."""
+    1 on each completion token up to and with EOS. desc: show a progress bar with this label. generate_kwargs: more
+    of generate's settings (transformers' prompt lookup: prompt_lookup_num_tokens, max_matching_ngram_size)."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None):
         enc = tokenizer.pad({"input_ids": prompts[start : start + batch_size]}, return_tensors="pt").to(device)
         torch.manual_seed(seed + start)
-        out = model.generate(**enc, **sampling.generate_kwargs(), max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        out = model.generate(**enc, **sampling.generate_kwargs(), **(generate_kwargs or {}),
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         yield enc, out, completion_mask(out[:, enc["input_ids"].shape[1]:], [eos])
 
 

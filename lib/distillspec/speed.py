@@ -266,12 +266,13 @@ def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamm
 
 
 def target_decode(target, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
-                  seed: int = 0) -> tuple[float, list[list[int]]]:
+                  seed: int = 0, generate_kwargs: dict | None = None) -> tuple[float, list[list[int]]]:
     """Target-only `generate` (KV cache) of one batch of prompts: its wall seconds and each row's new tokens, up to
-    and with EOS. The one way this project times the target alone."""
+    and with EOS. The one way this project times the target alone (generate_kwargs: transformers' own speed-ups,
+    such as its prompt lookup, timed the same way)."""
     began = time.perf_counter()
     (_, out, new), = sample_completions(target, tokenizer, prompts, sampling=sampling, max_new_tokens=max_new_tokens,
-                                        batch_size=len(prompts), seed=seed)
+                                        batch_size=len(prompts), seed=seed, generate_kwargs=generate_kwargs)
     seconds = time.perf_counter() - began
     width = out.shape[1] - new.shape[1]
     return seconds, [row[: int(n)] for row, n in zip(out[:, width:].tolist(), new.sum(1).tolist())]
@@ -323,7 +324,7 @@ def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float 
 
 def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
                   batch_size: int, max_new_tokens: int, seed: int = 0, progress: str | None = None,
-                  acceptance=None) -> pd.DataFrame:
+                  acceptance=None, generate_kwargs: dict | None = None) -> pd.DataFrame:
     """Wall time of target-only `generate` (KV cache) and of SD (no per-token records) on the same prompts,
     batch_size at a time, alternating which goes first so slow drift of the machine hits both alike. One row per
     batch: seconds and new tokens of each, SD's steps and acceptance counts, (greedy) whether SD's text was identical
@@ -331,7 +332,9 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     was timed; `busy`: above BUSY_SHARE, so the row's times are not the decoder's alone). gamma 0 (the never-slower
     policy chose not to draft): the decoder is that same target-only call, so it runs once and SD's seconds are its
     seconds, a speedup of exactly 1 rather than the machine's noise between two runs of one call. progress: show a
-    bar with this label. acceptance: the decoder's rule (None: lossless; a lenient one for the quality-latency study)."""
+    bar with this label. acceptance: the decoder's rule (None: lossless; a lenient one for the quality-latency study).
+    generate_kwargs: time transformers' own `generate` with these settings (its prompt lookup) in place of SD, draft
+    None; its steps and acceptance are not known (NaN)."""
     from tqdm.auto import tqdm
 
     require(len(prompts) > 0, "No prompts to time decoding on.")
@@ -345,6 +348,11 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
                                  seed=seed + start)
 
         def run_sd() -> tuple[dict, list[list[int]]]:
+            if generate_kwargs is not None:  # transformers' own assisted generation: only its time and text
+                seconds, out = target_decode(target, tokenizer, chunk, sampling=sampling, max_new_tokens=max_new_tokens,
+                                             seed=seed + start, generate_kwargs=generate_kwargs)
+                return {"sd_s": seconds, "sd_tokens": sum(map(len, out)), **dict.fromkeys(
+                    ("steps", "target_calls", "accepted", "verified", "proposed"), float("nan"))}, out
             m = speculative_generate(target, draft, chunk, gamma=gamma, max_new_tokens=max_new_tokens,
                                      sampling=sampling, eos_token_id=eos, record=False, seed=seed + start,
                                      acceptance=acceptance)
@@ -370,6 +378,29 @@ def time_decoding(target, draft, tokenizer, prompts: list[list[int]], *, gamma: 
     return pd.DataFrame(rows)
 
 
+# transformers' prompt lookup settings searched for a study's reference row: prompt_lookup_num_tokens x
+# max_matching_ngram_size
+LOOKUP_GRID = tuple((k, n) for k in (2, 3, 5, 10) for n in (2, 3))
+
+
+def best_transformers_lookup(target, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig,
+                             max_new_tokens: int, seed: int = 0, grid=LOOKUP_GRID) -> tuple[tuple[int, int], dict]:
+    """The fastest (prompt_lookup_num_tokens, max_matching_ngram_size) of transformers' prompt lookup on these
+    prompts (batch 1: its assisted generation takes no larger batch), with each setting's tokens/s."""
+    require(len(prompts) > 0, "No prompts to choose transformers' prompt lookup settings on.")
+    speed = {}
+    for k, n in grid:
+        seconds = tokens = 0
+        for i, prompt in enumerate(prompts):
+            took, out = target_decode(target, tokenizer, [prompt], sampling=sampling, max_new_tokens=max_new_tokens,
+                                      seed=seed + i, generate_kwargs={"prompt_lookup_num_tokens": k,
+                                                                      "max_matching_ngram_size": n})
+            seconds, tokens = seconds + took, tokens + len(out[0])
+        speed[f"{k},{n}"] = tokens / seconds
+    best = max(speed, key=speed.get)
+    return tuple(int(x) for x in best.split(",")), speed
+
+
 def busy_note(frame: pd.DataFrame, what: str) -> str | None:
     """A line naming the timing rows of `what` timed on a busy machine (None: all quiet)."""
     busy = frame[frame["busy"]]
@@ -380,7 +411,8 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
             "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
 
 
-__all__ = ["BlockAcceptance", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "busy_note", "decoding_shape",
+__all__ = ["BlockAcceptance", "LOOKUP_GRID", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "best_transformers_lookup",
+           "busy_note", "decoding_shape",
            "forward_seconds", "forward_steps", "measure_step_costs", "never_slower_gamma", "pilot_acceptance",
            "speed_ratio",
            "target_decode", "target_tokens_per_s", "time_decoding"]

@@ -3,6 +3,7 @@ while a study in parts waits for drafts) and the figures, from the evaluation st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from .figures import plot_acceptance_vs_entropy, plot_training_curves, plot_warm
 from .results import results_markdown, seeded_lead
 from .markdown import format_sources
 from .tables import acceptance_by_entropy, entropy_bin_edges, source_summary, summary_table, tokens_by_source
-from .rundir import BASELINE, RunPaths, draft_groups, draft_names, figure_paths, run_names
+from .manifest import run_damage
+from .rundir import BASELINE, REFERENCE, RunPaths, draft_groups, draft_names, figure_paths, run_names
 from .seeds import bins_over_seeds
 
 
@@ -42,7 +44,9 @@ def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: d
     speed_by = {r["draft"]: {k: r[k] for k in speed.columns if k != "draft"} for _, r in speed.iterrows()}
     table = summary_table(steps, tokens, cfg.gamma, speed=speed_by, seed=seed)
     timing = load_timing(paths.root, names)
-    speed_rows = decoding_speed(cfg, paths.root, names, timing, rows)
+    reference = _reference(cfg, paths)  # transformers' prompt lookup, a row of the timing table beside the drafts
+    speed_rows = decoding_speed(cfg, paths.root, [*names, *reference], {**timing, **load_timing(paths.root, reference)},
+                                {**rows, **reference})
     if csv:
         write_text(table.to_csv(index=False), paths.summary)
         if len(speed_rows):
@@ -52,6 +56,19 @@ def _results(cfg: StudyConfig, paths: RunPaths, rows: dict[str, dict], groups: d
         lead = seeded_lead(cfg, paths if csv else None, groups, steps, tokens, timing, speed_rows, rows, logs, seed)
     results_md = results_markdown(cfg, table, speed_rows, rows, lead, warm_log) + format_sources(source_summary(steps))
     return table, tokens, steps, speed_rows, results_md
+
+
+def _reference(cfg: StudyConfig, paths: RunPaths) -> dict[str, dict]:
+    """The reference row's speed row (transformers' prompt lookup), where the study has one and it is finished and
+    intact; a damaged one is named and left out."""
+    if not cfg.reference_lookup or not paths.manifest(REFERENCE).is_file():
+        return {}
+    damaged = run_damage(paths, REFERENCE)
+    if damaged:
+        print(f"{REFERENCE}: its records are damaged ({'; '.join(damaged)}); left out of the timing table (the "
+              "evaluation times it again)")
+        return {}
+    return {REFERENCE: json.loads(paths.speed_row(REFERENCE).read_text())}
 
 
 def _train_logs(cfg: StudyConfig, paths: RunPaths, names: list[str]) -> dict[str, pd.DataFrame]:

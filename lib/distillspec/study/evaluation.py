@@ -20,12 +20,13 @@ from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import (BlockAcceptance, busy_note, decoding_shape, measure_step_costs, never_slower_gamma,
-                     pilot_acceptance, target_tokens_per_s, time_decoding)
+from ..speed import (BlockAcceptance, best_transformers_lookup, busy_note, decoding_shape, measure_step_costs,
+                     never_slower_gamma, pilot_acceptance, target_tokens_per_s, time_decoding)
 from .manifest import run_damage, seal
 from .preset import StudyConfig
 from .tables import speed_summary
-from .rundir import BASELINE, RunPaths, draft_names, fingerprint, finished_drafts, known_drafts, load_prompt_file
+from .rundir import (BASELINE, REFERENCE, RunPaths, draft_names, fingerprint, finished_drafts, known_drafts,
+                     load_prompt_file)
 from .vocabulary import draft_vocab
 
 
@@ -58,11 +59,14 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     names = draft_names(cfg) if names is None else known_drafts(cfg, names)
     drafts = {n: _draft_source(cfg, paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
+    reference = cfg.reference_lookup and (not paths.manifest(REFERENCE).is_file() or bool(run_damage(paths, REFERENCE)))
     for name in todo:
         path = drafts[name]
         require(path is None or path.is_dir(),
                 f"Draft '{name}' has no trained student at {path}: train it first (`python -m distillspec train`).")
     decoding = cfg.for_decoding()  # eval_precision, e.g. bf16 on a CPU with bf16 instructions
+    if not todo and not reference:
+        return _write_speed_table(cfg, paths)
     target, tok = load_target(decoding)
     prompts = render_prompts(tok, load_prompt_file(paths.eval_prompts))
     vocab = draft_vocab(cfg, run_dir, target, tok) if todo else None
@@ -96,9 +100,42 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
         write_json(row, paths.speed_row(name))
         seal(paths, name)  # the manifest, written last: marks this draft as done
         paths.results.unlink(missing_ok=True)  # the analysis ran without this draft's new records
-    speed = speed_table(cfg, run_dir)
+    if reference:
+        _time_reference(cfg, paths, target, tok, prompts)
+    return _write_speed_table(cfg, paths)
+
+
+def _write_speed_table(cfg: StudyConfig, paths: RunPaths) -> pd.DataFrame:
+    speed = speed_table(cfg, paths.root)
     write_parquet(speed, paths.speed_table)
     return speed
+
+
+def _time_reference(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> None:
+    """The timing table's reference row: transformers' own prompt lookup (assisted generation, batch 1 only) at each
+    batch-1 `speed` setting, timed against the target alone on the drafts' timed prompts, its settings the fastest
+    of speed.LOOKUP_GRID on the speed_pilot_prompts training prompts (never the evaluation's)."""
+    started = time.perf_counter()
+    pilot = render_prompts(tok, load_prompt_file(paths.train_prompts))[: cfg.speed_pilot_prompts]
+    frames, timed = [], []
+    for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
+        if setting.get("batch_size", 1) != 1:
+            continue  # n/a: transformers' assisted generation decodes one prompt at a time
+        label = _setting_label(sampling, 1)
+        (k, n), grid = best_transformers_lookup(target, tok, pilot, sampling=sampling,
+                                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        frame = time_decoding(target, None, tok, prompts[: cfg.speed_prompts], gamma=k, sampling=sampling,
+                              batch_size=1, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                              progress=f"timing {REFERENCE}, {label}",
+                              generate_kwargs={"prompt_lookup_num_tokens": k, "max_matching_ngram_size": n})
+        frames.append(_labelled(frame, REFERENCE, label))
+        timed.append({"setting": label, "gamma": k, "prompt_lookup_num_tokens": k, "max_matching_ngram_size": n,
+                      "pilot_tokens_per_s": grid})
+    write_parquet(pd.concat(frames, ignore_index=True), paths.timing(REFERENCE))
+    write_json({"draft": REFERENCE, "timed": timed, "eval_s": time.perf_counter() - started, "machine": machine(),
+                "fingerprint": fingerprint(cfg, paths.root)}, paths.speed_row(REFERENCE))
+    seal(paths, REFERENCE)
+    paths.results.unlink(missing_ok=True)
 
 
 def retime_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str]) -> pd.DataFrame:
@@ -197,7 +234,7 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
-        label = f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
+        label = _setting_label(sampling, batch)
         context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
                                    left_pad=left_pad)
@@ -217,15 +254,25 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
                                                       seed=cfg.seed)
         frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
-        frame.insert(0, "setting", label)
-        frames.append(frame)
-        note = busy_note(frame, f"{name}, {label}")
-        if note:
-            print(note)
+        frames.append(_labelled(frame, name, label))
         chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "pilot_speedup": pilot_speedup,
                        **({} if blocks is None else {"pilot_blocks": blocks.as_dict()}),
                        "costs": costs.as_dict()})
     return pd.concat(frames, ignore_index=True), chosen
+
+
+def _setting_label(sampling, batch: int) -> str:
+    """How a timing row names its `speed` setting (the timing table's `setting`)."""
+    return f"{'greedy' if sampling.greedy else f'T={sampling.temperature}'}, batch {batch}"
+
+
+def _labelled(frame: pd.DataFrame, name: str, label: str) -> pd.DataFrame:
+    """A setting's timing rows under its label, with a line naming any timed on a busy machine."""
+    frame.insert(0, "setting", label)
+    note = busy_note(frame, f"{name}, {label}")
+    if note:
+        print(note)
+    return frame
 
 
 def _decode(cfg: StudyConfig, target, draft, tok, prompts, name: str) -> tuple[pd.DataFrame, pd.DataFrame, float]:

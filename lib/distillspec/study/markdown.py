@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..runtime import BUSY_SHARE
+from .rundir import REFERENCE
 from .stats import format_interval
 
 
@@ -17,12 +18,20 @@ def format_speed_table(speed: pd.DataFrame) -> str:
         same = f"{100 * r['identical']:.0f}%" if pd.notna(r["identical"]) else "n/a (sampled)"
         gamma = "0 (target alone)" if r["gamma"] == 0 else r["gamma"]  # the never-slower policy did not draft
         alpha = "–" if pd.isna(r["alpha_pos"]) else f"{100 * r['alpha_pos']:.1f}"
+
+        def known(value, spec: str, unit: str = "") -> str:  # the reference row (transformers) has no cost model
+            return "–" if pd.isna(value) else f"{value:{spec}}{unit}"
+
         lines.append(
-            f"| {r['draft']} | {r['setting']} | {gamma} | {alpha} | {r['c']:.3f} | "
-            f"{r['verify_steps']:.2f} | {r['predicted_speedup']:.2f}x | "
+            f"| {r['draft']} | {r['setting']} | {gamma} | {alpha} | {known(r['c'], '.3f')} | "
+            f"{known(r['verify_steps'], '.2f')} | {known(r['predicted_speedup'], '.2f', 'x')} | "
             f"{format_interval(r['speedup'], r['speedup_lo'], r['speedup_hi'], unit='x')} | "
             f"{r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
             f"{r['n_prompts']} |")
+    if (speed["draft"] == REFERENCE).any():
+        lines += ["", f"{REFERENCE}: transformers' own prompt lookup (`generate` with prompt_lookup_num_tokens = "
+                      "gamma, batch 1 only), its settings the fastest on training prompts (records/"
+                      f"{REFERENCE}_speed.json); it reports no acceptance and has no cost model."]
     busy = [f"{r['draft']} ({r['setting']}): {r['busy_batches']} batches" for _, r in speed.iterrows()
             if r.get("busy_batches", 0)]
     if busy:

@@ -29,8 +29,8 @@ from ..drafts import kind_named
 from ..threads import thread_env
 from .handoff import import_records, publish_records
 from .manifest import run_damage
-from .rundir import (BASELINE, REPO, RunPaths, bind_config, default_run_dir, draft_names, expand_drafts,
-                     figure_paths, finished_drafts, run_dir_lock, run_names)
+from .rundir import (BASELINE, REFERENCE, REPO, RunPaths, bind_config, default_run_dir, draft_names, expand_drafts,
+                     figure_paths, finished_drafts, run_dir_lock, run_names, timed_names)
 
 
 def notebooks_dir() -> Path:
@@ -85,7 +85,7 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
     base = {"config_path": str(config_path), "run_dir": str(run_dir)}
 
     def import_finished() -> str:
-        imported = import_records(cfg, run_dir, results_from, draft_names(cfg))
+        imported = import_records(cfg, run_dir, results_from, timed_names(cfg))
         return f"imported finished drafts from {results_from}: {','.join(imported) or 'none'}"
 
     steps = [Step("01_data.ipynb", "01_data.ipynb", [paths.train_prompts, paths.eval_prompts, paths.data_summary],
@@ -105,7 +105,8 @@ def plan(cfg: StudyConfig, config_path: Path, run_dir: Path, drafts: list[str] |
         steps.append(Step("02_distill.ipynb", f"02_distill_{name}.ipynb", [paths.student(name) / marker],
                           params, [paths.draft_dir(name)], done_instead=[paths.manifest(name)]))
     selected = None if drafts == draft_names(cfg) else drafts
-    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.manifest(n) for n in drafts],
+    reference = [paths.manifest(REFERENCE)] if cfg.reference_lookup else []  # transformers' prompt lookup, timed once
+    steps.append(Step("03_specdec_eval.ipynb", "03_specdec_eval.ipynb", [paths.manifest(n) for n in drafts] + reference,
                       {**base, "drafts": selected}, [paths.records, paths.speed_table], threads="timing",
                       damaged=lambda: [p for n in drafts if paths.manifest(n).is_file() for p in run_damage(paths, n)]))
     steps.append(Step("04_entropy_analysis.ipynb", "04_entropy_analysis.ipynb",
@@ -328,4 +329,6 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
         if finished:
             sources.append(_write_interim(cfg, run_dir))
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
-    return copied + publish_records(run_dir, out / "records", finished)
+    reference = [REFERENCE] if cfg.reference_lookup and paths.manifest(REFERENCE).is_file() and not run_damage(
+        paths, REFERENCE) else []  # transformers' prompt lookup: the timing table's reference row
+    return copied + publish_records(run_dir, out / "records", finished + reference)

@@ -47,6 +47,9 @@ class StudyConfig(Recipe, Setup):
     speed_gamma: int | str = "auto"  # draft length of the timed runs; auto: the cost model's best for the pilot alpha
     speed_max_gamma: int = 8  # longest draft block the cost model (and auto) considers
     speed_pilot_prompts: int = 4  # training prompts whose SD acceptance feeds gamma 'auto'
+    # also time transformers' own prompt lookup at each batch-1 setting (a reference row of the timing table), its
+    # settings chosen from speed.LOOKUP_GRID on the speed_pilot_prompts training prompts
+    reference_lookup: bool = False
     # analysis stage
     min_bin_count: int = 200
     n_bins: int = 12
@@ -192,6 +195,9 @@ class StudyConfig(Recipe, Setup):
         return run.hybrid_of if self.seeds is None else seed_run_name(run.hybrid_of, run.seed)
 
     def _validate_speed(self) -> None:
+        require(not self.reference_lookup or any(s.get("batch_size", 1) == 1 for s in self.speed),
+                "reference_lookup times transformers' prompt lookup, which decodes one prompt at a time: add a "
+                "batch-1 setting to `speed` (e.g. {greedy: true, batch_size: 1}), or set reference_lookup: false.")
         require(self.draft_vocab is None or self.draft_vocab >= 1,
                 f"draft_vocab={self.draft_vocab} must be >= 1 token ids (or null: the draft keeps its full head).")
         require(self.draft_vocab_prompts >= 1, f"draft_vocab_prompts={self.draft_vocab_prompts} must be >= 1.")

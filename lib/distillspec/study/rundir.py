@@ -183,6 +183,16 @@ def published_records(paths: RunPaths, name: str) -> dict[str, Path]:
             **{path.name: path for path in records}}  # timing: only with speed settings
 
 
+# The timing table's reference row: transformers' own prompt lookup (a study with reference_lookup), kept in the
+# records beside the drafts' under this name (its timing, its speed row with the settings chosen, its manifest).
+REFERENCE = "transformers_lookup"
+
+
+def timed_names(cfg: StudyConfig) -> list[str]:
+    """Every name the evaluation writes records under: the drafts, then the reference row where the study has one."""
+    return [*draft_names(cfg), *([REFERENCE] if cfg.reference_lookup else [])]
+
+
 def run_names(cfg: StudyConfig) -> dict[str, dict]:
     """Training runs of the study by name -> the config keys each overrides (one per divergence, plus extra_runs)."""
     return cfg.run_overrides()
@@ -299,7 +309,8 @@ FINGERPRINT_VERSION = 3
 
 # Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
 # made before a key existed (with its default's behaviour) stay valid.
-ADDED_SINCE_V3 = {f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)}
+ADDED_SINCE_V3 = {**{f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)},
+                  "reference_lookup": False}
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
