@@ -329,3 +329,14 @@ def test_a_study_times_transformers_prompt_lookup_as_its_reference_row(tiny_run,
     before = paths.timing(REFERENCE).stat().st_mtime
     evaluate_drafts(cfg, run)  # done: not timed again
     assert paths.timing(REFERENCE).stat().st_mtime == before
+    # another run of the same study imports it with the drafts' records (--results-from)
+    import shutil
+
+    from distillspec.study.handoff import import_records
+    from distillspec.study.rundir import timed_names
+
+    shutil.copytree(run, tmp_path / "again")
+    for path in (paths.timing(REFERENCE), paths.speed_row(REFERENCE), paths.manifest(REFERENCE)):
+        (tmp_path / "again" / path.relative_to(run)).unlink()
+    imported = import_records(cfg, tmp_path / "again", published / cfg.name / "records", timed_names(cfg))
+    assert REFERENCE in imported and RunPaths(tmp_path / "again").timing(REFERENCE).is_file()
