@@ -36,7 +36,7 @@ from distillspec.evaluate import count_new_tokens  # noqa: E402
 from distillspec.lookup import SOURCES, Hybrid, PromptLookup  # noqa: E402
 from distillspec.models import load_model  # noqa: E402
 from distillspec.specdec import speculative_generate  # noqa: E402
-from distillspec.speed import BlockAcceptance, decoding_shape, measure_step_costs  # noqa: E402
+from distillspec.speed import BlockAcceptance, SourceAcceptance, decoding_shape, measure_step_costs  # noqa: E402
 from distillspec.study.evaluation import decoding_draft  # noqa: E402
 from distillspec.study.preset import pair_config  # noqa: E402
 from distillspec.study.stats import bootstrap  # noqa: E402
@@ -109,7 +109,8 @@ def main() -> None:
         source = np.concatenate([c["source_per_step"] for c in pilot])
         proposed, accepted = (np.concatenate([c[k] for c in pilot]) for k in ("proposed_per_step", "accepted_per_step"))
         copies = source == SOURCES["lookup"]
-        by_source = [BlockAcceptance.from_steps(proposed[s], accepted[s]) for s in (copies, ~copies)]
+        sources = SourceAcceptance.from_steps(proposed, accepted, copies)
+        by_source = [sources.lookup, sources.draft]
         hybrid_costs = measure_step_costs(target, Hybrid(draft, lookup), batch_size=1, context=context,
                                           max_gamma=args.block)
         blocks = hybrid_costs.best_hybrid_blocks(*by_source, float(copies.mean()))

@@ -256,6 +256,8 @@ def test_a_study_evaluates_a_hybrid_run_on_its_trained_draft_and_analyses_it_by_
     paths = RunPaths(run)
     row = json.loads(paths.speed_row("hybrid_fkl").read_text())
     assert row["draft_params"] > 0 and all(t["costs"]["draft_s"] > 0 for t in row["timed"])  # the fkl draft runs
+    for t in row["timed"]:  # the cost model chose a block for each side from the pilot's acceptance per source
+        assert 0 <= t["pilot_sources"]["lookup_share"] <= 1 and t["gamma"] in (0, max(t["blocks"]))
     steps = read_parquet(paths.steps("hybrid_fkl"))
     assert set(steps["source"]) == {0, 1}  # both sources proposed (tiny text repeats itself, so lookup matches)
     target, tok = load_target(cfg.for_decoding())
@@ -263,6 +265,7 @@ def test_a_study_evaluates_a_hybrid_run_on_its_trained_draft_and_analyses_it_by_
     assert hybrid.lookup.max_ngram == 2 and hybrid.draft.config.num_hidden_layers == 1
     analysis = analyze(cfg, run)
     assert "### Acceptance by source (hybrid drafts)" in analysis.results_md
+    assert analysis.speed.set_index("draft").loc[["hybrid_fkl"], "predicted_speedup"].notna().all()
     assert "| hybrid_fkl | lookup |" in analysis.results_md and "| hybrid_fkl | draft |" in analysis.results_md
     by_source = pd.read_csv(paths.entropy_bins_by_source)
     assert set(by_source["draft"]) <= {"hybrid_fkl (lookup)", "hybrid_fkl (draft)"} and len(by_source) > 0
@@ -340,3 +343,19 @@ def test_a_study_times_transformers_prompt_lookup_as_its_reference_row(tiny_run,
         (tmp_path / "again" / path.relative_to(run)).unlink()
     imported = import_records(cfg, tmp_path / "again", published / cfg.name / "records", timed_names(cfg))
     assert REFERENCE in imported and RunPaths(tmp_path / "again").timing(REFERENCE).is_file()
+
+
+def test_a_pilot_that_mixes_sources_is_read_per_source():
+    import json
+
+    from distillspec.speed import SourceAcceptance, StepCosts
+
+    mixed = SourceAcceptance.from_steps([3, 0, 4, 4, 2], [3, 0, 1, 4, 0], [True, True, False, False, True])
+    assert mixed.lookup_share == pytest.approx(0.6)
+    assert mixed.lookup.offered == pytest.approx({3: 1 / 3, 0: 1 / 3, 2: 1 / 3}) and mixed.draft.offered == {4: 1.0}
+    assert mixed.draft.accept[:2] == (1.0, 0.5)  # both draft steps accepted depth 1, one of them depth 2
+    assert SourceAcceptance.from_dict(json.loads(json.dumps(mixed.as_dict()))) == mixed
+    never = SourceAcceptance.from_steps([4, 4], [1, 2], [False, False])  # lookup never matched in the pilot
+    assert never.lookup_share == 0 and never.lookup.expected_tokens(4) == 1.0
+    costs = StepCosts({1: 1.0, 2: 1.05, 3: 1.1, 4: 1.15, 5: 1.2}, 0.05, 1, 100)
+    assert costs.best_hybrid_blocks(never.lookup, never.draft, never.lookup_share)[1] >= 1  # the draft still pays

@@ -6,6 +6,7 @@ acceptance rules keep the target's distribution exactly as for any draft."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,10 @@ class Hybrid:
     lookup: PromptLookup = PromptLookup()
     lookup_block: int | None = None  # most tokens copied per step (None: the decoder's gamma; 0: never copy)
     draft_block: int | None = None  # the trained draft's block (None: gamma; 0: rows without a match decode plainly)
+
+    def with_blocks(self, lookup_block: int, draft_block: int) -> Hybrid:
+        """This hybrid with each side's block capped (the cost model's choice: StepCosts.best_hybrid_blocks)."""
+        return dataclasses.replace(self, lookup_block=lookup_block, draft_block=draft_block)
 
     def __post_init__(self):
         for key in ("lookup_block", "draft_block"):

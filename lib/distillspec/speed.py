@@ -22,7 +22,9 @@ from transformers import DynamicCache
 from .errors import require
 from .evaluate import sample_completions
 from .forward import position_ids
+from .lookup import SOURCES
 from .metrics import expected_tokens_per_step
+from .records import SOURCE_COLUMN
 from .runtime import BUSY_SHARE, OtherLoad
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
@@ -137,6 +139,35 @@ class BlockAcceptance:
             reach *= a
             tokens += reach
         return tokens
+
+
+@dataclass(frozen=True)
+class SourceAcceptance:
+    """What a pilot measured of a draft that mixes sources per row and step (a hybrid's records say which proposed
+    each block): each source's acceptance per depth and block lengths on offer, and the share of row-steps prompt
+    lookup proposed in. The cost model's input for choosing each side's block (StepCosts.best_hybrid_blocks)."""
+
+    lookup: BlockAcceptance
+    draft: BlockAcceptance
+    lookup_share: float
+
+    @classmethod
+    def from_steps(cls, proposed, accepted, copied) -> SourceAcceptance:
+        proposed, accepted, copied = (np.asarray(x) for x in (proposed, accepted, copied))
+
+        def side(rows) -> BlockAcceptance:  # a side that never proposed: blocks of 0 (plain steps)
+            return BlockAcceptance.from_steps(proposed[rows], accepted[rows]) if rows.any() else BlockAcceptance(
+                (), {0: 1.0})
+
+        return cls(side(copied), side(~copied), float(copied.mean()))
+
+    def as_dict(self) -> dict:
+        return {"lookup": self.lookup.as_dict(), "draft": self.draft.as_dict(), "lookup_share": self.lookup_share}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SourceAcceptance:
+        return cls(BlockAcceptance.from_dict(data["lookup"]), BlockAcceptance.from_dict(data["draft"]),
+                   data["lookup_share"])
 
 
 @dataclass
@@ -297,23 +328,26 @@ def speed_ratio(sd_tokens, sd_s, target_tokens, target_s):
     return (sd_tokens / sd_s) / (target_tokens / target_s)
 
 
-def pilot_acceptance(result) -> float | BlockAcceptance:
+def pilot_acceptance(result) -> float | BlockAcceptance | SourceAcceptance:
     """What a pilot SD run (speculative_generate's result) tells the cost model: one alpha (alpha_pos) for a draft
     that proposed its whole block in every step, the acceptance per depth and the block lengths on offer for one
-    whose blocks were cut short (prompt lookup, a hybrid)."""
+    whose blocks were cut short (prompt lookup), and those of each source for a draft that mixes them (a hybrid)."""
     steps = result.records.step_arrays()
+    if SOURCE_COLUMN in steps:
+        return SourceAcceptance.from_steps(steps["proposed"], steps["accepted"],
+                                           steps[SOURCE_COLUMN] == SOURCES["lookup"])
     if (steps["proposed"] == result.gamma).all():
         return result.metrics.alpha_pos
     return BlockAcceptance.from_steps(steps["proposed"], steps["accepted"])
 
 
-def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float | BlockAcceptance, trial_prompts: list[list[int]], *,
-                       sampling: SamplingConfig, batch_size: int, max_new_tokens: int, seed: int = 0
-                       ) -> tuple[int, float | None]:
-    """The cost model's best draft length for acceptance alpha (or a BlockAcceptance), kept only when SD with it beats
-    the target alone timed on trial_prompts at this batch size, else 0 (decode with the target alone). Returns (gamma,
-    the trial's speedup; None when the cost model already chose 0)."""
-    gamma = costs.best_gamma(alpha)
+def never_slower_gamma(target, draft, tokenizer, costs: StepCosts, alpha: float | BlockAcceptance | None,
+                       trial_prompts: list[list[int]], *, sampling: SamplingConfig, batch_size: int,
+                       max_new_tokens: int, seed: int = 0, gamma: int | None = None) -> tuple[int, float | None]:
+    """The cost model's best draft length for acceptance alpha (or a BlockAcceptance; or `gamma` when chosen
+    already), kept only when SD with it beats the target alone timed on trial_prompts at this batch size, else 0
+    (decode with the target alone). Returns (gamma, the trial's speedup; None when the cost model chose 0)."""
+    gamma = costs.best_gamma(alpha) if gamma is None else gamma
     if gamma == 0:
         return 0, None
     trial = time_decoding(target, draft, tokenizer, trial_prompts, gamma=gamma, sampling=sampling,
@@ -411,7 +445,7 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
             "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
 
 
-__all__ = ["BlockAcceptance", "LOOKUP_GRID", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "best_transformers_lookup",
+__all__ = ["BlockAcceptance", "LOOKUP_GRID", "SourceAcceptance", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "best_transformers_lookup",
            "busy_note", "decoding_shape",
            "forward_seconds", "forward_steps", "measure_step_costs", "never_slower_gamma", "pilot_acceptance",
            "speed_ratio",

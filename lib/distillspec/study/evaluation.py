@@ -20,7 +20,7 @@ from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import (BlockAcceptance, best_transformers_lookup, busy_note, decoding_shape, measure_step_costs,
+from ..speed import (BlockAcceptance, SourceAcceptance, best_transformers_lookup, busy_note, decoding_shape, measure_step_costs,
                      never_slower_gamma, pilot_acceptance, target_tokens_per_s, time_decoding)
 from .manifest import run_damage, seal
 from .preset import StudyConfig
@@ -238,8 +238,8 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
         context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
                                    left_pad=left_pad)
-        pilot_alpha = pilot_speedup = blocks = None
-        gamma = cfg.speed_gamma
+        pilot_alpha = pilot_speedup = blocks = sources = None
+        gamma, decoded = cfg.speed_gamma, draft
         if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once
             if sampling not in pilot_alphas:
                 res = speculative_generate(target, draft, pilot, gamma=cfg.speed_max_gamma, sampling=sampling,
@@ -248,15 +248,22 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
                 pilot_alphas[sampling] = res.metrics.alpha_pos, pilot_acceptance(res)
             pilot_alpha, acceptance = pilot_alphas[sampling]  # acceptance: alpha, or per depth for cut blocks
             blocks = acceptance if isinstance(acceptance, BlockAcceptance) else None
-            gamma, pilot_speedup = never_slower_gamma(target, draft, tok, costs, acceptance,
+            chosen_gamma = None
+            if isinstance(acceptance, SourceAcceptance):  # sources mixed per row and step: a block for each
+                sources = acceptance
+                side_blocks = costs.best_hybrid_blocks(sources.lookup, sources.draft, sources.lookup_share)
+                decoded, chosen_gamma = draft.with_blocks(*side_blocks), max(side_blocks)
+            gamma, pilot_speedup = never_slower_gamma(target, decoded, tok, costs, acceptance,
                                                       train[: max(batch, cfg.speed_pilot_prompts)], sampling=sampling,
                                                       batch_size=batch, max_new_tokens=cfg.max_new_tokens,
-                                                      seed=cfg.seed)
-        frame = time_decoding(target, draft, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
+                                                      seed=cfg.seed, gamma=chosen_gamma)
+        frame = time_decoding(target, decoded, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=f"timing {name}, {label}")
         frames.append(_labelled(frame, name, label))
         chosen.append({"setting": label, "gamma": gamma, "pilot_alpha": pilot_alpha, "pilot_speedup": pilot_speedup,
                        **({} if blocks is None else {"pilot_blocks": blocks.as_dict()}),
+                       **({} if sources is None else {"pilot_sources": sources.as_dict(),
+                                                      "blocks": [decoded.lookup_block, decoded.draft_block]}),
                        "costs": costs.as_dict()})
     return pd.concat(frames, ignore_index=True), chosen
 

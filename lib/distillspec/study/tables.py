@@ -10,7 +10,7 @@ from ..errors import require
 from ..lookup import SOURCES
 from ..metrics import expected_tokens_per_step, verified_positions
 from ..records import SOURCE_COLUMN
-from ..speed import SPEED_COLUMNS, BlockAcceptance, StepCosts, speed_ratio
+from ..speed import SPEED_COLUMNS, BlockAcceptance, SourceAcceptance, StepCosts, speed_ratio
 from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_interval
 
 
@@ -35,9 +35,12 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum() if f["target_calls"].sum() else float("nan"),
                 "c": costs.c if costs else float("nan"),
                 "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
-                # at the run's own alpha; for a draft with cut blocks (lookup) at its pilot's acceptance per depth
-                "predicted_speedup": costs.speedup(BlockAcceptance.from_dict(info["pilot_blocks"]) if "pilot_blocks"
-                                                   in info else alpha, gamma) if costs else float("nan"),
+                # at the run's own alpha; for a draft with cut blocks (lookup) at its pilot's acceptance per depth;
+                # for one that mixes sources (a hybrid) each side's at its block
+                "predicted_speedup": float("nan") if costs is None else costs.hybrid_speedup(
+                    *_sides(info["pilot_sources"]), *info["blocks"]) if "pilot_sources" in info and gamma else
+                costs.speedup(BlockAcceptance.from_dict(info["pilot_blocks"]) if "pilot_blocks" in info else alpha,
+                              gamma),
                 "speedup": measured, "speedup_lo": lo, "speedup_hi": hi,
                 "target_tokens_per_s": cols["target_tokens"].sum() / cols["target_s"].sum(),
                 "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
@@ -46,6 +49,11 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "busy_batches": int(f["busy"].sum()) if "busy" in f else 0,  # timed beside other work (speed.py)
             })
     return pd.DataFrame(rows)
+
+
+def _sides(data: dict) -> tuple:
+    sources = SourceAcceptance.from_dict(data)
+    return sources.lookup, sources.draft, sources.lookup_share
 
 
 def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
