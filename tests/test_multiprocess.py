@@ -109,7 +109,7 @@ def test_ddp_resumes_after_an_interruption(tmp_path, shared_data):
 def test_fsdp2_with_skd_rollouts_completes_and_saves_a_full_draft(tmp_path, shared_data):
     out = tmp_path / "fsdp"
     settings = {"rollout": "skd", "lmbda": 1.0, "batch_size": 4, "max_steps": 2, "logging_steps": 1,
-                "save_steps": 10, "train_max_new_tokens": 12, "validation_prompts": 2}
+                "save_steps": 1, "train_max_new_tokens": 12, "validation_prompts": 2, "select_checkpoint": "validation"}
     _run(out, settings, shared_data, launch="fsdp2", tmp=tmp_path, extra=["--fsdp-on-cpu", "--same-prompt"])
     assert _sharded(out)  # really FSDP2: the trained parameters were DTensor shards
     _assert_saved_equals_trained(out)
@@ -122,5 +122,8 @@ def test_fsdp2_with_skd_rollouts_completes_and_saves_a_full_draft(tmp_path, shar
     assert any(a["steps"] != b["steps"] for a, b in zip(*rollouts))
     log = read_log(out / "train_log.jsonl").dropna(subset=["loss"])
     assert log["skd_kept"].between(0, 1).all() and len(log) == 2
-    validated = read_log(out / "train_log.jsonl").dropna(subset=["eval_alpha_pos"])  # decoded on gathered weights
-    assert validated["step"].tolist() == [2] and validated["eval_alpha_pos"].between(0, 1).all()
+    log = read_log(out / "train_log.jsonl")
+    validated = log.dropna(subset=["eval_alpha_pos"])  # decoded on gathered weights, at every checkpoint
+    assert validated["step"].tolist() == [1, 2] and validated["eval_alpha_pos"].between(0, 1).all()
+    chosen = log.dropna(subset=["selected_step"]).iloc[-1]  # the best checkpoint loaded back under FSDP2
+    assert chosen["selected_alpha_pos"] == pytest.approx(validated["eval_alpha_pos"].max())
