@@ -36,7 +36,8 @@ def test_validation_prompts_come_from_the_training_split_and_are_not_trained_on(
     validation = cfg.validation_set(tokenizer)
     assert len(validation) == 5
     assert not set(validation["id"]) & set(train["id"]) and not set(validation["id"]) & set(held_out["id"])
-    assert all(i.startswith("gsm8k-train") or "test" not in i for i in validation["id"])
+    # the five prompts of the training split right after the n_train that training uses
+    assert validation["id"] == cfg.prompt_set(cfg.train_split, cfg.n_train + 5, tokenizer)["id"][cfg.n_train:]
     whole = cfg.replace(n_train=None, validation_prompts=3).validation_set(tokenizer)  # the split's last three
     assert len(whole) == 3
 

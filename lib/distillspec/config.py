@@ -18,6 +18,7 @@ ROLLOUTS = ("on_policy", "skd")
 # a standalone small LM, a feature head over the teacher (eagle.py), prompt lookup (lookup.py: nothing trained), or
 # lookup beside a trained draft (given as its folder where the draft is loaded)
 DRAFT_KINDS = ("model", "eagle", "lookup", "hybrid")
+SELECT_CHECKPOINT = ("last", "validation")  # which checkpoint a run keeps as its draft (validation.py)
 # Keys whose None means "derived from another key": the task's defaults, then the sampling settings.
 _DERIVED = ("temperature", "max_new_tokens", "loss_temperature", "train_max_new_tokens")
 
@@ -203,8 +204,6 @@ def validate_run(cfg) -> None:
 
 
 def validate_validation(cfg) -> None:
-    from .validation import SELECT_CHECKPOINT
-
     require(cfg.validation_prompts >= 0, f"validation_prompts={cfg.validation_prompts} must be >= 0 (0: no "
                                          "validation while training).")
     require(cfg.validation_steps is None or cfg.validation_steps >= 1,

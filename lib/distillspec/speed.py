@@ -421,9 +421,11 @@ def best_transformers_lookup(target, tokenizer, prompts: list[list[int]], *, sam
                              max_new_tokens: int, seed: int = 0, grid=LOOKUP_GRID) -> tuple[tuple[int, int], dict]:
     """The fastest (prompt_lookup_num_tokens, max_matching_ngram_size) of transformers' prompt lookup on these
     prompts (batch 1: its assisted generation takes no larger batch), with each setting's tokens/s."""
+    from tqdm.auto import tqdm
+
     require(len(prompts) > 0, "No prompts to choose transformers' prompt lookup settings on.")
     speed = {}
-    for k, n in grid:
+    for k, n in tqdm(grid, desc="transformers' prompt lookup settings"):
         seconds = tokens = 0
         for i, prompt in enumerate(prompts):
             took, out = target_decode(target, tokenizer, [prompt], sampling=sampling, max_new_tokens=max_new_tokens,
@@ -445,8 +447,7 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
             "decoder's alone. Pause other jobs and time again (python -m distillspec retime).")
 
 
-__all__ = ["BlockAcceptance", "LOOKUP_GRID", "SourceAcceptance", "MAX_GAMMA", "SPEED_COLUMNS", "StepCosts", "best_transformers_lookup",
-           "busy_note", "decoding_shape",
-           "forward_seconds", "forward_steps", "measure_step_costs", "never_slower_gamma", "pilot_acceptance",
-           "speed_ratio",
-           "target_decode", "target_tokens_per_s", "time_decoding"]
+__all__ = ["BlockAcceptance", "LOOKUP_GRID", "MAX_GAMMA", "SPEED_COLUMNS", "SourceAcceptance", "StepCosts",
+           "best_transformers_lookup", "busy_note", "decoding_shape", "forward_seconds", "forward_steps",
+           "measure_step_costs", "never_slower_gamma", "pilot_acceptance", "speed_ratio", "target_decode",
+           "target_tokens_per_s", "time_decoding"]

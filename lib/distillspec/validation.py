@@ -13,14 +13,12 @@ disjoint from the evaluation's held-out prompts, and from the trained ones where
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 
 from .sampling import SamplingConfig
 from .specdec import speculative_generate
 
-SELECT_CHECKPOINT = ("last", "validation")  # which checkpoint a run keeps as its draft
 VALIDATION_METRIC = "alpha_pos"  # the served acceptance a run with select_checkpoint 'validation' keeps the best of
 VALIDATION_SEED = 0  # every validation draws the same random numbers, so checkpoints differ only by their weights
 
@@ -28,16 +26,16 @@ VALIDATION_SEED = 0  # every validation draws the same random numbers, so checkp
 @torch.no_grad()
 def served_sums(target, student, prompts: list[list[int]], *, gamma: int, sampling: SamplingConfig,
                 max_new_tokens: int, eos_token_id, draft_vocab_ids: list[int] | None = None,
-                cut_vocab: Callable | None = None, seed: int = VALIDATION_SEED, batch_size: int = 16) -> torch.Tensor:
+                seed: int = VALIDATION_SEED, batch_size: int = 16) -> torch.Tensor:
     """`student` drafting for `target` on `prompts` (rendered ids): accepted, verified and proposed drafts, the sum
     of the expected acceptance sum(min(p, q)) over the drafted positions and their number (float64 [5], to add up
-    over processes; `summary` reads it). With draft_vocab_ids a copy of the student is cut to them, as the
-    evaluation decodes (cut_vocab(draft, ids, eos): the kind's cut; default a standalone model's)."""
+    over processes; `summary` reads it). With draft_vocab_ids a copy of the student (a standalone model) is cut to
+    them, as the evaluation decodes; a feature head is cut by its caller (head_training), in place."""
     draft = student.eval()
     if draft_vocab_ids is not None:
         from .models import reduce_draft_vocab
 
-        draft = (cut_vocab or reduce_draft_vocab)(copy.deepcopy(student).eval(), draft_vocab_ids, eos_token_id)
+        draft = reduce_draft_vocab(copy.deepcopy(student).eval(), draft_vocab_ids, eos_token_id)
     sums = torch.zeros(5, dtype=torch.float64)
     for start in range(0, len(prompts), batch_size):
         res = speculative_generate(target, draft, prompts[start : start + batch_size], gamma=gamma,
@@ -62,4 +60,4 @@ def summary(sums: torch.Tensor) -> dict:
             "served_expected_accept": expected / max(1.0, positions)}
 
 
-__all__ = ["SELECT_CHECKPOINT", "VALIDATION_METRIC", "VALIDATION_SEED", "served_acceptance", "served_sums", "summary"]
+__all__ = ["VALIDATION_METRIC", "VALIDATION_SEED", "served_acceptance", "served_sums", "summary"]

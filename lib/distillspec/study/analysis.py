@@ -132,10 +132,10 @@ def analyze(cfg: StudyConfig, run_dir: str | Path, seed: int = 0) -> Analysis:
     logs = _train_logs(cfg, paths, list(run_names(cfg)))
     warm_log = _warm_log(cfg, paths)
     table, tokens, steps, speed_rows, results_md = _results(cfg, paths, rows, groups, logs, warm_log, seed, csv=True)
-    bins = acceptance_by_entropy(tokens, n_bins=cfg.n_bins, min_count=cfg.min_bin_count)
+    edges = entropy_bin_edges(np.concatenate([t["target_entropy"].to_numpy() for t in tokens.values()]), cfg.n_bins)
+    bins = acceptance_by_entropy(tokens, min_count=cfg.min_bin_count, edges=edges)
     write_text(bins.to_csv(index=False), paths.entropy_bins)
     by_source = tokens_by_source(tokens, steps)  # a hybrid's lookup and trained draft, in the same bins
-    edges = entropy_bin_edges(np.concatenate([t["target_entropy"].to_numpy() for t in tokens.values()]), cfg.n_bins)
     bins_by_source = (acceptance_by_entropy(by_source, min_count=cfg.min_bin_count, edges=edges) if by_source
                       else pd.DataFrame())
     if by_source:

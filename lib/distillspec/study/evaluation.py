@@ -20,9 +20,9 @@ from ..drafts import load_draft
 from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
-from ..speed import (BlockAcceptance, SourceAcceptance, best_transformers_lookup, busy_note, decoding_shape, measure_step_costs,
-                     never_slower_gamma, pilot_acceptance, target_tokens_per_s, time_decoding)
-from .manifest import run_damage, seal
+from ..speed import (BlockAcceptance, SourceAcceptance, best_transformers_lookup, busy_note, decoding_shape,
+                     measure_step_costs, never_slower_gamma, pilot_acceptance, target_tokens_per_s, time_decoding)
+from .manifest import intact, run_damage, seal
 from .preset import StudyConfig
 from .tables import speed_summary
 from .rundir import (BASELINE, REFERENCE, RunPaths, draft_names, fingerprint, finished_drafts, known_drafts,
@@ -59,7 +59,7 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     names = draft_names(cfg) if names is None else known_drafts(cfg, names)
     drafts = {n: _draft_source(cfg, paths, n) for n in names}
     todo = [n for n, path in drafts.items() if not _evaluated(paths, n, path)]
-    reference = cfg.reference_lookup and (not paths.manifest(REFERENCE).is_file() or bool(run_damage(paths, REFERENCE)))
+    reference = cfg.reference_lookup and not intact(paths, REFERENCE)  # transformers' prompt lookup, to time
     for name in todo:
         path = drafts[name]
         require(path is None or path.is_dir(),

@@ -62,10 +62,15 @@ def run_damage(paths: RunPaths, name: str) -> list[str]:
     return damage(record_files(paths, name), paths.manifest(name))
 
 
+def intact(paths: RunPaths, name: str) -> bool:
+    """Whether the records under `name` are finished (their manifest written) and match it."""
+    return paths.manifest(name).is_file() and not run_damage(paths, name)
+
+
 def folder_damage(folder: Path, paths: RunPaths, name: str) -> list[str]:
     """damage() of a draft in a published records folder (files under their published names)."""
     manifest = paths.manifest(name).name
     return damage({k: folder / k for k in published_records(paths, name) if k != manifest}, folder / manifest)
 
 
-__all__ = ["damage", "folder_damage", "record_files", "run_damage", "seal", "write_manifest"]
+__all__ = ["damage", "folder_damage", "intact", "record_files", "run_damage", "seal", "write_manifest"]

@@ -9,6 +9,11 @@ from .rundir import REFERENCE
 from .stats import format_interval
 
 
+def _known(value, spec: str, unit: str = "") -> str:
+    """A number of the timing table, or '–' where it is not known (the reference row has no cost model)."""
+    return "–" if pd.isna(value) else f"{value:{spec}}{unit}"
+
+
 def format_speed_table(speed: pd.DataFrame) -> str:
     """Markdown: measured speedup with its CI next to the cost model's prediction, per draft and setting (gamma 0:
     the never-slower check found drafting slower at that setting, so the decoder ran the target alone)."""
@@ -17,14 +22,10 @@ def format_speed_table(speed: pd.DataFrame) -> str:
     for _, r in speed.iterrows():
         same = f"{100 * r['identical']:.0f}%" if pd.notna(r["identical"]) else "n/a (sampled)"
         gamma = "0 (target alone)" if r["gamma"] == 0 else r["gamma"]  # the never-slower policy did not draft
-        alpha = "–" if pd.isna(r["alpha_pos"]) else f"{100 * r['alpha_pos']:.1f}"
-
-        def known(value, spec: str, unit: str = "") -> str:  # the reference row (transformers) has no cost model
-            return "–" if pd.isna(value) else f"{value:{spec}}{unit}"
-
+        alpha = _known(r["alpha_pos"] * 100, ".1f")
         lines.append(
-            f"| {r['draft']} | {r['setting']} | {gamma} | {alpha} | {known(r['c'], '.3f')} | "
-            f"{known(r['verify_steps'], '.2f')} | {known(r['predicted_speedup'], '.2f', 'x')} | "
+            f"| {r['draft']} | {r['setting']} | {gamma} | {alpha} | {_known(r['c'], '.3f')} | "
+            f"{_known(r['verify_steps'], '.2f')} | {_known(r['predicted_speedup'], '.2f', 'x')} | "
             f"{format_interval(r['speedup'], r['speedup_lo'], r['speedup_hi'], unit='x')} | "
             f"{r['target_tokens_per_s']:.1f} | {r['sd_tokens_per_s']:.1f} | {same} | "
             f"{r['n_prompts']} |")

@@ -28,7 +28,7 @@ from ..errors import DistillSpecError, TrainingInterrupted, require
 from ..drafts import kind_named
 from ..threads import thread_env
 from .handoff import import_records, publish_records
-from .manifest import run_damage
+from .manifest import intact, run_damage
 from .rundir import (BASELINE, REFERENCE, REPO, RunPaths, bind_config, default_run_dir, draft_names, expand_drafts,
                      figure_paths, finished_drafts, run_dir_lock, run_names, timed_names)
 
@@ -329,6 +329,5 @@ def publish(cfg: StudyConfig, run_dir: Path, publish_dir: Path) -> list[Path]:
         if finished:
             sources.append(_write_interim(cfg, run_dir))
     copied = [Path(shutil.copy2(src, out / src.name)) for src in sources]
-    reference = [REFERENCE] if cfg.reference_lookup and paths.manifest(REFERENCE).is_file() and not run_damage(
-        paths, REFERENCE) else []  # transformers' prompt lookup: the timing table's reference row
+    reference = [REFERENCE] if cfg.reference_lookup and intact(paths, REFERENCE) else []  # transformers' lookup
     return copied + publish_records(run_dir, out / "records", finished + reference)

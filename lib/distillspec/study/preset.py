@@ -160,12 +160,12 @@ class StudyConfig(Recipe, Setup):
         require(self.draft_kind != "hybrid", "draft_kind: hybrid is a run of a study (extra_runs, with hybrid_of "
                 "naming the run whose trained draft it falls back on), not the base recipe: the baseline is the "
                 "undistilled draft.")
-        for recipe in self._recipes():
-            self._check_fallback(recipe)
-
-    def _check_fallback(self, recipe: str) -> None:
-        """A hybrid run names, with hybrid_of, a run of this study whose kind saves a trained draft."""
         recipes = self._recipes()
+        for recipe in recipes:
+            self._check_fallback(recipe, recipes)
+
+    def _check_fallback(self, recipe: str, recipes: dict[str, dict]) -> None:
+        """A hybrid run names, with hybrid_of, a run of this study whose kind saves a trained draft."""
         run = self.run_config(**recipes[recipe])
         if run.draft_kind != "hybrid":
             return

@@ -35,12 +35,7 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "alpha_pos": alpha, "tau": f["sd_tokens"].sum() / f["target_calls"].sum() if f["target_calls"].sum() else float("nan"),
                 "c": costs.c if costs else float("nan"),
                 "verify_steps": costs.verify_ratio(gamma) if costs else float("nan"),
-                # at the run's own alpha; for a draft with cut blocks (lookup) at its pilot's acceptance per depth;
-                # for one that mixes sources (a hybrid) each side's at its block
-                "predicted_speedup": float("nan") if costs is None else costs.hybrid_speedup(
-                    *_sides(info["pilot_sources"]), *info["blocks"]) if "pilot_sources" in info and gamma else
-                costs.speedup(BlockAcceptance.from_dict(info["pilot_blocks"]) if "pilot_blocks" in info else alpha,
-                              gamma),
+                "predicted_speedup": _predicted(costs, info, alpha, gamma),
                 "speedup": measured, "speedup_lo": lo, "speedup_hi": hi,
                 "target_tokens_per_s": cols["target_tokens"].sum() / cols["target_s"].sum(),
                 "sd_tokens_per_s": cols["sd_tokens"].sum() / cols["sd_s"].sum(),
@@ -51,9 +46,15 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
     return pd.DataFrame(rows)
 
 
-def _sides(data: dict) -> tuple:
-    sources = SourceAcceptance.from_dict(data)
-    return sources.lookup, sources.draft, sources.lookup_share
+def _predicted(costs: StepCosts | None, info: dict, alpha: float, gamma: int) -> float:
+    """The cost model's speedup for a timed setting: at the run's own alpha; for a draft with cut blocks (lookup) at
+    its pilot's acceptance per depth; for one that mixes sources (a hybrid) each side's at its own block."""
+    if costs is None:
+        return float("nan")
+    if "pilot_sources" in info and gamma:
+        sources = SourceAcceptance.from_dict(info["pilot_sources"])
+        return costs.hybrid_speedup(sources.lookup, sources.draft, sources.lookup_share, *info["blocks"])
+    return costs.speedup(BlockAcceptance.from_dict(info["pilot_blocks"]) if "pilot_blocks" in info else alpha, gamma)
 
 
 def summary_table(steps: dict[str, pd.DataFrame], tokens: dict[str, pd.DataFrame], gamma: int,
@@ -120,24 +121,25 @@ def acceptance_by_entropy(tokens: dict[str, pd.DataFrame], n_bins: int = 12, min
     return out[["draft", "bin", "lo", "hi", "center", "n", "k", "accept_rate", "ci_lo", "ci_hi", "expected_accept"]]
 
 
+_SOURCE_NAMES = {code: name for name, code in SOURCES.items()}  # a hybrid's step records: code -> source
+
+
 def tokens_by_source(tokens: dict[str, pd.DataFrame], steps: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The token records of the drafts whose steps say which source proposed each block (a hybrid: prompt lookup or
     its trained draft), split by it: '<draft> (lookup)', '<draft> (draft)'. Empty when no draft mixes sources."""
-    names = {code: name for name, code in SOURCES.items()}
     out = {}
     for draft, s in steps.items():
         if SOURCE_COLUMN not in s:
             continue
         t = tokens[draft].merge(s[["row", "step", SOURCE_COLUMN]], on=["row", "step"], how="left")
         for code, part in t.groupby(SOURCE_COLUMN):
-            out[f"{draft} ({names[int(code)]})"] = part.drop(columns=SOURCE_COLUMN)
+            out[f"{draft} ({_SOURCE_NAMES[int(code)]})"] = part.drop(columns=SOURCE_COLUMN)
     return out
 
 
 def source_summary(steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per draft that mixes sources and per source: its share of the row-steps, the mean block it proposed, and
     alpha_pos / alpha_tok over its steps."""
-    names = {code: name for name, code in SOURCES.items()}
     rows = []
     for draft, s in steps.items():
         if SOURCE_COLUMN not in s:
@@ -145,7 +147,7 @@ def source_summary(steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
         for code, part in s.groupby(SOURCE_COLUMN):
             accepted, proposed = part["accepted"].to_numpy(), part["proposed"].to_numpy()
             verified = verified_positions(accepted, proposed).sum()
-            rows.append({"draft": draft, "source": names[int(code)], "step_share": len(part) / len(s),
+            rows.append({"draft": draft, "source": _SOURCE_NAMES[int(code)], "step_share": len(part) / len(s),
                          "mean_block": float(proposed.mean()),
                          "alpha_pos": accepted.sum() / verified if verified else float("nan"),
                          "alpha_tok": accepted.sum() / proposed.sum() if proposed.sum() else float("nan")})
