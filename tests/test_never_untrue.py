@@ -125,6 +125,20 @@ def test_a_moved_run_directory_keeps_matching_its_drafts_settings(tmp_path):
         check_settings(new / "drafts" / "fkl", outside, "fix")
 
 
+def test_a_run_saved_before_a_key_existed_matches_it_at_its_default_only(tmp_path):
+    """A draft trained before lookup_ngram and the validation keys existed resumes under settings holding them at
+    their defaults (it did what the defaults do); set otherwise, the key is named, read as its default."""
+    from distillspec.config import ADDED_KEYS
+    from distillspec.training_settings import check_settings, claim
+
+    folder = tmp_path / "drafts" / "fkl"
+    claim(folder, {"learning_rate": 1e-4}, "fix")
+    (folder / "student").mkdir()
+    check_settings(folder, {"learning_rate": 1e-4, **ADDED_KEYS}, "fix")
+    with pytest.raises(DistillSpecError, match="validation_prompts: 0 -> 16"):
+        check_settings(folder, {"learning_rate": 1e-4, **ADDED_KEYS, "validation_prompts": 16}, "fix")
+
+
 def test_eval_reads_zero_as_zero_and_the_preset_as_the_default():
     cfg = StudyConfig.from_yaml("configs/tiny.yaml", temperature=0.9, top_p=0.8, max_new_tokens=17)
     sampling, n = eval_sampling(cfg, _eval_args())

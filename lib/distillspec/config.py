@@ -96,6 +96,11 @@ class Validation:
         return self.validation_steps or self.save_steps
 
 
+# Keys added to the training settings after runs were first saved, with their defaults: a run saved before a key
+# existed did what its default does, so its saved settings match these settings with the key at its default.
+ADDED_KEYS = {f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)}
+
+
 @dataclass
 class Recipe(Validation, CopyKeys, HeadKeys, Optimisation):
     """How one draft is trained: the student, the objective, the rollouts, and the optimisation and head keys."""

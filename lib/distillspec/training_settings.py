@@ -30,8 +30,14 @@ def as_written(settings: dict) -> dict:
     return yaml.safe_load(yaml.safe_dump(settings, sort_keys=False)) or {}
 
 
-def differences(saved: dict, wanted: dict, ignore: tuple[str, ...] = WHERE_NOT_WHAT) -> list[str]:
-    """'key: saved -> wanted' for every key whose value differs (a key only one side has differs too)."""
+def differences(saved: dict, wanted: dict, ignore: tuple[str, ...] = WHERE_NOT_WHAT,
+                added: dict | None = None) -> list[str]:
+    """'key: saved -> wanted' for every key whose value differs (a key only one side has differs too). added: keys
+    introduced after `saved` may have been written, with their defaults: absent from saved, a key reads as its
+    default (what the run did before the key existed); config.ADDED_KEYS unless given."""
+    from .config import ADDED_KEYS
+
+    saved = {**{k: v for k, v in (ADDED_KEYS if added is None else added).items() if k in wanted}, **saved}
     saved, wanted = as_written(saved), as_written(wanted)
     keys = [k for k in (*saved, *(k for k in wanted if k not in saved)) if k not in ignore]
     return [f"{k}: {saved.get(k, _ABSENT)!r} -> {wanted.get(k, _ABSENT)!r}" for k in keys
@@ -70,16 +76,16 @@ def has_training_output(folder: str | os.PathLike) -> bool:
     return any((folder / name).exists() for name in TRAINING_OUTPUT) or any(folder.glob("checkpoint-*"))
 
 
-def check_settings(folder: str | os.PathLike, settings: dict, fix: str) -> None:
+def check_settings(folder: str | os.PathLike, settings: dict, fix: str, added: dict | None = None) -> None:
     """Refuse `settings` when folder already holds a training run made with others (or with none recorded);
-    fix: what the user can do instead (train again from scratch, or another folder)."""
+    fix: what the user can do instead (train again from scratch, or another folder); added: as for differences."""
     saved, settings = read_settings(folder), portable(settings, folder)
     if saved is None:
         if has_training_output(folder):
             raise DistillSpecError(f"{folder} holds training output but no {SETTINGS_FILE} saying how it was "
                                    f"trained, so it cannot be resumed or reused as these settings. {fix}")
         return
-    diff = differences(saved, settings)
+    diff = differences(saved, settings, added=added)
     if diff:
         raise DistillSpecError(f"{folder} holds a training run with other settings ({'; '.join(diff)}); resuming or "
                                f"reusing it would give weights that these settings do not describe. {fix}")

@@ -8,7 +8,6 @@ results.md, entropy_bins.csv and figures/ (analysis; interim.md before every dra
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 import datasets
 
 from ..atomic import write_text
-from ..config import CopyKeys, Validation
+from ..config import ADDED_KEYS
 from .preset import StudyConfig
 from ..trainlog import TRAIN_LOG
 from ..errors import DistillSpecError, require
@@ -246,7 +245,7 @@ def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False)
     says), unless replace (run --force), which empties the directory first."""
     paths = RunPaths(Path(run_dir))
     saved = read_settings(paths.root)
-    diff = differences(saved, cfg.to_dict()) if saved is not None else []
+    diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3) if saved is not None else []
     if diff and replace:
         for child in paths.root.iterdir():
             if child != paths.lock:  # held by this command
@@ -309,8 +308,7 @@ FINGERPRINT_VERSION = 3
 
 # Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
 # made before a key existed (with its default's behaviour) stay valid.
-ADDED_SINCE_V3 = {**{f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)},
-                  "reference_lookup": False}
+ADDED_SINCE_V3 = {**ADDED_KEYS, "reference_lookup": False}
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:

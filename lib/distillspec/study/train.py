@@ -15,7 +15,7 @@ from ..trainlog import TRAIN_LOG, DistillResult
 from ..training_settings import check_settings, clear_training_output
 from .handoff import check_retrained_warm_start
 from .preset import StudyConfig
-from .rundir import BASELINE, RunPaths, known_drafts, load_prompt_file, published_records, run_names
+from .rundir import ADDED_SINCE_V3, BASELINE, RunPaths, known_drafts, load_prompt_file, published_records, run_names
 from .vocabulary import draft_vocab
 
 
@@ -58,7 +58,7 @@ def train_draft(cfg: StudyConfig, run_dir: str | Path, name: str, *, retrain: bo
                 f"Run '{name}' starts from the study's warm-started baseline, which is not trained yet: train it with "
                 f"run_name='{BASELINE}' first (the pipeline does), or import nothing and run the study again.")
         run_cfg = run_cfg.replace(student=str(paths.student(BASELINE)))
-    check_settings(paths.draft_dir(name), run_cfg.to_dict(), _retrain_fix(cfg, name))
+    check_settings(paths.draft_dir(name), run_cfg.to_dict(), _retrain_fix(cfg, name), added=ADDED_SINCE_V3)
     inputs = TrainingInputs(load_prompt_file(paths.train_prompts), paths.teacher_text,
                             lambda target, tok: _vocab_ids(cfg, run_dir, target, tok))
     return kind_named(run_cfg.draft_kind).train(run_cfg, paths.draft_dir(name), inputs)
@@ -101,7 +101,7 @@ def _train_warm_start(cfg: StudyConfig, paths: RunPaths, out: Path, overrides: d
 
     run_cfg = cfg.run_config(**overrides)
     warm = WarmStart.of(cfg.warm_start)
-    check_settings(out, warm_settings(run_cfg, warm), _retrain_fix(cfg, BASELINE))
+    check_settings(out, warm_settings(run_cfg, warm), _retrain_fix(cfg, BASELINE), added=ADDED_SINCE_V3)
     target, tok = load_target(run_cfg)
     vocab = draft_vocab(cfg, paths.root, target, tok)
     return train_warm_start(run_cfg, warm, out, target=target, tokenizer=tok,
