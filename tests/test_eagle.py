@@ -34,6 +34,25 @@ def trained_head(target, tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fused_head(target, tokenizer, tmp_path_factory):
+    """A fused head (three layers of the target, EAGLE-3) trained over three drafted positions, later ones weighing
+    less, on the same text as trained_head."""
+    out = tmp_path_factory.mktemp("fused")
+    cfg = Config(teacher="tiny-qwen3", draft_kind="eagle", divergence="fkl", max_steps=80, batch_size=4,
+                 learning_rate=3e-3, logging_steps=10, save_steps=40, train_max_new_tokens=24, max_new_tokens=24,
+                 head_features="fused", head_unroll=3, head_depth_decay=0.8)
+    prompts = _prompts([6, 11, 3, 17, 9, 4, 13, 8] * 4, seed=5)
+    result = train_head(cfg, out, target=target, tokenizer=tokenizer, prompts=prompts)
+    return load_head(result.student_dir, target), out
+
+
+@pytest.fixture(scope="module", params=["top", "fused"])
+def any_head(request, trained_head, fused_head):
+    """Each kind of feature a head reads, trained."""
+    return trained_head if request.param == "top" else fused_head
+
+
+@pytest.fixture(scope="module")
 def echo():
     """A one-layer target and a head that recomputes it from the tokens alone (fc passes the embedding, the layer is
     the target's): it agrees often but not always (it lacks each sequence's first token), and ignores features."""
@@ -55,10 +74,10 @@ def greedy_case(target):
     return prompts, eos, _greedy_reference(target, prompts, 40, eos)
 
 
-def test_training_lowers_the_loss_and_logs_like_a_draft(trained_head):
+def test_training_lowers_the_loss_and_logs_like_a_draft(any_head):
     import pandas as pd
 
-    _, out = trained_head
+    _, out = any_head
     log = pd.read_json(out / "train_log.jsonl", lines=True)
     assert list(log["step"]) == list(range(10, 90, 10))
     assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
@@ -77,11 +96,29 @@ def test_greedy_sd_with_a_head_is_token_identical_to_the_target(echo, gamma, bon
 
 
 @pytest.mark.parametrize("gamma", [1, 4, 8])
-def test_a_trained_head_that_reads_features_stays_exact(target, trained_head, greedy_case, gamma):
-    head, _ = trained_head
+def test_a_trained_head_that_reads_features_stays_exact(target, any_head, greedy_case, gamma):
+    head, _ = any_head
     prompts, eos, refs = greedy_case
+    assert min(map(len, prompts)) == 1, "a one-token prompt: no feature yet"
     assert speculative_generate(target, head, prompts, gamma=gamma, max_new_tokens=40, eos_token_id=eos
                                 ).sequences == refs
+
+
+def test_a_fused_head_reads_three_layers_of_its_target(target, fused_head):
+    """The fused head's features are the inputs of EAGLE-3's low, middle and high layer (kept inside a 2-layer
+    target), projected by its own weights; they differ from the top state, and the projection is trained."""
+    from distillspec.eagle import fused_layers, target_features
+
+    head, _ = fused_head
+    assert head.feature_layers == fused_layers(2) == (1, 1, 0) and fused_layers(30) == (2, 15, 27)
+    assert head.feature_width == 3 * 32 and head.fuse.weight.shape == (32, 96)
+    seq = torch.tensor([[5, 9, 11, 40]])
+    with torch.no_grad():
+        _, top = target_features(target, seq, torch.ones_like(seq))
+        logits, fused = target_features(target, seq, torch.ones_like(seq), layers=head.feature_layers)
+        plain = target(seq).logits
+    assert fused.shape == (1, 4, 96) and not torch.allclose(fused[..., -32:], top)
+    torch.testing.assert_close(logits, plain)  # the same forward's logits, whatever features it hands over
 
 
 def test_a_head_with_a_reduced_vocabulary_stays_exact(echo):
@@ -95,15 +132,15 @@ def test_a_head_with_a_reduced_vocabulary_stays_exact(echo):
     assert 0.05 < res.metrics.alpha_tok < 0.95
 
 
-def test_each_block_starts_from_the_targets_features(target, trained_head):
+def test_each_block_starts_from_the_targets_features(target, any_head):
     """The first draft of every block comes from the target's features of the accepted text: its q equals the head
     run teacher-forced over the final text (pair t: token t+1 beside the target's feature at t), position for
-    position. A feature handed over one slot off would change it."""
+    position. A feature handed over one slot off (or from other layers) would change it."""
     import numpy as np
 
     from distillspec.eagle import target_features
 
-    head, _ = trained_head
+    head, _ = any_head
     prompts = _prompts([5, 9, 2, 13], seed=2)
     res = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=30, eos_token_id=[],
                                sampling=SamplingConfig(temperature=1.0), seed=3)
@@ -114,7 +151,7 @@ def test_each_block_starts_from_the_targets_features(target, trained_head):
         starts = dict(zip(steps[steps["row"] == row].sort_values("step")["step"], emitted))
         seq = torch.tensor([prompt + res.sequences[row]])
         with torch.no_grad():
-            _, feats = target_features(target, seq, torch.ones_like(seq))
+            _, feats = target_features(target, seq, torch.ones_like(seq), layers=head.feature_layers)
             out = head(seq[:, 1:], feats[:, :-1], attention_mask=torch.ones_like(seq[:, 1:]),
                        position_ids=torch.arange(seq.shape[1] - 1)[None])
         q = torch.softmax(out.logits[0].float(), -1)  # pair j predicts token j + 2
@@ -131,11 +168,16 @@ def small_vocab_target():
     return tiny_model("llama", vocab_size=8, seed=11, init_std=1.0, hidden_size=16)
 
 
-@pytest.mark.parametrize("warp", [dict(temperature=0.9), dict(temperature=0.7, top_p=0.8)])
-def test_sampled_sd_with_a_head_matches_the_target_distribution(small_vocab_target, warp):
+@pytest.mark.parametrize("warp,features", [(dict(temperature=0.9), "top"), (dict(temperature=0.7, top_p=0.8), "top"),
+                                           (dict(temperature=0.8), "fused")])
+def test_sampled_sd_with_a_head_matches_the_target_distribution(small_vocab_target, warp, features):
     """Chi-square goodness of fit of the first 3 tokens (20,000 draws) to the exact target distribution."""
     target = small_vocab_target
-    head = EagleHead(target).eval()
+    torch.manual_seed(0)
+    head = EagleHead(target, features=features).eval()
+    if head.fuse is not None:  # this target's residual stream is large (init_std 1): untrained, the fused head's
+        with torch.no_grad():  # q would be nearly one-hot, accepted almost never, and the test would check little
+            head.fuse.weight.mul_(0.05)
     exact = _exact_joint(target, SamplingConfig(**warp), 8)
     samples = _first_tokens_sd(target, head, RejectionSampling(), 20_000, **warp)
     assert _chi2_pvalue(samples, exact) > SIGNIFICANCE
@@ -144,14 +186,15 @@ def test_sampled_sd_with_a_head_matches_the_target_distribution(small_vocab_targ
     assert 0.05 < res.metrics.alpha_tok < 0.95, "a head that is not the target: partial acceptance"
 
 
-def test_save_then_load_decodes_identically(target, trained_head, greedy_case, tmp_path):
-    head, _ = trained_head
+def test_save_then_load_decodes_identically(target, any_head, greedy_case, tmp_path):
+    head, _ = any_head
     prompts, eos, _ = greedy_case
     sampling = SamplingConfig(temperature=0.8)
     before = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=30, eos_token_id=eos,
                                   sampling=sampling, seed=7)
     save_head(head, tmp_path / "head")
     again = load_head(tmp_path / "head", target)
+    assert again.features == head.features
     after = speculative_generate(target, again, prompts, gamma=3, max_new_tokens=30, eos_token_id=eos,
                                  sampling=sampling, seed=7)
     assert after.sequences == before.sequences
@@ -184,6 +227,10 @@ def test_head_config_errors():
         Config(draft_kind="eagle", rollout="skd")
     with pytest.raises(DistillSpecError, match="head_unroll=0 must be >= 1"):
         Config(draft_kind="eagle", head_unroll=0)
+    with pytest.raises(DistillSpecError, match="head_features='middle' must be one of \\('top', 'fused'\\)"):
+        Config(draft_kind="eagle", head_features="middle")
+    with pytest.raises(DistillSpecError, match="head_depth_decay=0 must be in \\(0, 1\\]"):
+        Config(draft_kind="eagle", head_depth_decay=0)
 
 
 def test_unrolled_passes_score_the_head_on_its_own_features(target):
@@ -203,6 +250,31 @@ def test_unrolled_passes_score_the_head_on_its_own_features(target):
     assert abs(float(one["loss"].detach()) - float(two["loss"].detach())) > 1e-6
     one["loss"].backward()
     assert head.fc.weight.grad is not None and head.fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("features", ["top", "fused"])
+def test_each_unrolled_pass_weighs_decay_to_the_power_of_its_depth(target, features):
+    """With head_depth_decay d the loss is sum_k d^k L_k / sum_k d^k over the passes: read each pass's loss off
+    equal weights (decay 1) at unroll 1 and 2, then the decayed loss must be their weighted mean."""
+    from distillspec.eagle import fused_layers
+    from distillspec.teacher_text import teacher_features
+
+    torch.manual_seed(0)
+    head = EagleHead(target, features=features).float()
+    rows = [{"prompt": [5, 9, 11], "completion": [40, 41, 42, 43, 2]}, {"prompt": [7], "completion": [8, 9, 10]}]
+    layers = fused_layers(2) if features == "fused" else ()
+    batch = text_batch(rows, teacher_features(target, rows, layers=layers))
+    weight = target.get_output_embeddings().weight.detach()
+
+    def loss(**keys) -> float:
+        with torch.no_grad():
+            return float(head_loss(head, batch, Config(draft_kind="eagle", head_features=features, **keys),
+                                   weight)["loss"])
+
+    first = loss(head_unroll=1)
+    second = 2 * loss(head_unroll=2) - first
+    assert abs(second - first) > 1e-4, "the second pass (on the head's own features) scores differently"
+    assert loss(head_unroll=2, head_depth_decay=0.5) == pytest.approx((first + 0.5 * second) / 1.5, rel=1e-5)
 
 
 def test_export_refuses_a_head_and_says_why(trained_head, tmp_path):

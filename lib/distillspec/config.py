@@ -18,6 +18,7 @@ ROLLOUTS = ("on_policy", "skd")
 # a standalone small LM, a feature head over the teacher (eagle.py), prompt lookup (lookup.py: nothing trained), or
 # lookup beside a trained draft (given as its folder where the draft is loaded)
 DRAFT_KINDS = ("model", "eagle", "lookup", "hybrid")
+HEAD_FEATURES = ("top", "fused")  # what a feature head reads of its target (eagle.py)
 SELECT_CHECKPOINT = ("last", "validation")  # which checkpoint a run keeps as its draft (validation.py)
 # Keys whose None means "derived from another key": the task's defaults, then the sampling settings.
 _DERIVED = ("temperature", "max_new_tokens", "loss_temperature", "train_max_new_tokens")
@@ -71,6 +72,9 @@ class HeadKeys:
     head_feature_weight: float = 1.0  # weight of the feature regression beside the divergence
     head_unroll: int = 2  # positions of a drafted block trained per sequence (1: the teacher's features only)
     head_text_prompts: int | None = None  # training prompts the teacher writes for; None: max_steps x batch_size
+    head_features: str = "top"  # 'top': the target's top hidden state; 'fused': a low, a middle and a high layer's
+    # (EAGLE-3), projected to one feature by the head
+    head_depth_decay: float = 1.0  # loss weight of unrolled pass d, proportional to decay ** (d - 1); 1: equal
 
 
 @dataclass
@@ -98,7 +102,8 @@ class Validation:
 
 # Keys added to the training settings after runs were first saved, with their defaults: a run saved before a key
 # existed did what its default does, so its saved settings match these settings with the key at its default.
-ADDED_KEYS = {f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)}
+ADDED_KEYS = {**{f.name: f.default for group in (Validation, CopyKeys) for f in dataclasses.fields(group)},
+              "head_features": "top", "head_depth_decay": 1.0}
 
 
 @dataclass
@@ -182,6 +187,10 @@ def validate_run(cfg) -> None:
                 "adaptive_beta and lora apply to standalone drafts only.")
         require(cfg.head_unroll >= 1, f"head_unroll={cfg.head_unroll} must be >= 1.")
         require(cfg.head_feature_weight >= 0, f"head_feature_weight={cfg.head_feature_weight} must be >= 0.")
+        require(cfg.head_features in HEAD_FEATURES,
+                f"head_features='{cfg.head_features}' must be one of {HEAD_FEATURES}.")
+        require(0 < cfg.head_depth_decay <= 1, f"head_depth_decay={cfg.head_depth_decay} must be in (0, 1]: the "
+                "weight of each unrolled pass relative to the one before.")
         require(cfg.head_text_prompts is None or cfg.head_text_prompts >= 1,
                 f"head_text_prompts={cfg.head_text_prompts} must be >= 1 (or null: max_steps x batch_size).")
     if cfg.rollout == "skd":

@@ -6,7 +6,11 @@ is a post-norm top hidden state, the vector the LM head reads: the target's, han
 or the head's own output while it drafts a block. The pairing is EAGLE's: the feature f_t computed at position t
 (which predicts token t+1) is consumed together with token t+1, and the head's output there predicts token t+2.
 
-Only the projection and the layer are trained and saved (`save_head`); `load_head` attaches a saved head to its
+With fused features (EAGLE-3) the head reads instead the residual stream entering a low, a middle and a high layer
+of the target (`fused_layers`) and projects the three to one feature (`fuse`) before pairing it with the token; its own
+outputs stay one post-norm feature each, which it consumes as they are while it drafts on.
+
+Only the projections and the layer are trained and saved (`save_head`); `load_head` attaches a saved head to its
 target and refuses a target other than the one it was trained on. A head may score a reduced vocabulary (the rows
 of the target's LM head for the ids the teacher writes), exactly as a cut standalone draft does.
 """
@@ -34,6 +38,13 @@ FORMAT = "distillspec-eagle-head"
 class HeadOutput:
     logits: torch.Tensor  # [B, k, N] over the head's vocabulary (N = V, or its reduced vocabulary)
     hidden: torch.Tensor  # [B, k, H] post-norm features: what the next drafting step consumes
+
+
+def fused_layers(num_layers: int) -> tuple[int, int, int]:
+    """The target layers whose input a fused head reads: EAGLE-3's low, middle and high layer (2, L // 2, L - 3),
+    kept inside a shallow model's layers."""
+    last = num_layers - 1
+    return min(2, last), min(num_layers // 2, last), max(min(num_layers - 3, last), 0)
 
 
 def _decoder(target) -> nn.Module:
@@ -89,8 +100,10 @@ class EagleHead(nn.Module):
 
     reads_target_features = True  # the decoder hands it the target's features (a standalone model reads none)
 
-    def __init__(self, target, *, init_from_layer: int | None = None, signature: dict | None = None):
-        """A new head for `target`; signature: the target's, when already checked (load_head)."""
+    def __init__(self, target, *, init_from_layer: int | None = None, signature: dict | None = None,
+                 features: str = "top"):
+        """A new head for `target`; signature: the target's, when already checked (load_head); features: 'top' (the
+        target's top hidden state) or 'fused' (three layers' inputs, projected; see the module doc)."""
         super().__init__()
         cfg = copy.deepcopy(target.config.get_text_config())
         cfg.num_hidden_layers = 1
@@ -101,6 +114,11 @@ class EagleHead(nn.Module):
         hidden = cfg.hidden_size
         dtype = target.get_input_embeddings().weight.dtype
         self.fc = nn.Linear(2 * hidden, hidden, bias=True, dtype=dtype)
+        require(features in ("top", "fused"), f"features='{features}' must be 'top' or 'fused'.")
+        self.features = features
+        # the target's hidden states a fused head reads (indices into its decoder's hidden_states); () for 'top'
+        self.feature_layers = fused_layers(target.config.num_hidden_layers) if features == "fused" else ()
+        self.fuse = nn.Linear(3 * hidden, hidden, bias=False, dtype=dtype) if self.feature_layers else None
         self.body = AutoModel.from_config(cfg, dtype=dtype)
         self.body.embed_tokens = None  # inputs are fc's output; the target's embedding is read instead
         self.body.norm = nn.Identity()  # the target's final norm is applied after the layer
@@ -123,6 +141,11 @@ class EagleHead(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.fc.weight.device
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the target's features this head reads (3 H when fused)."""
+        return self.fc.in_features // 2 * (3 if self.feature_layers else 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -150,9 +173,13 @@ class EagleHead(nn.Module):
 
     def forward(self, input_ids, features, attention_mask=None, position_ids=None, past_key_values=None,
                 use_cache=False, logits_to_keep: int = 0) -> HeadOutput:
-        """input_ids [B, k] (token t+1), features [B, k, H] (feature f_t) -> logits and the head's features."""
+        """input_ids [B, k] (token t+1), features [B, k, H] (feature f_t: the head's own, or the target's; [B, k, 3H]
+        the target's when fused) -> logits and the head's features."""
         embeds = self.get_input_embeddings()(input_ids).to(self.dtype)
-        x = self.fc(torch.cat([embeds, features.to(self.dtype)], -1))  # [B, k, H]
+        features = features.to(self.dtype)
+        if self.fuse is not None and features.shape[-1] == self.fuse.in_features:  # the target's three layers
+            features = self.fuse(features)
+        x = self.fc(torch.cat([embeds, features], -1))  # [B, k, H]
         out = self.body(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids,
                         past_key_values=past_key_values, use_cache=use_cache)
         hidden = self.norm(out.last_hidden_state)  # [B, k, H]
@@ -169,16 +196,31 @@ class EagleHead(nn.Module):
         return self
 
 
-def target_features(target, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False,
-                    logits_to_keep: int = 0):
-    """The target's forward split at its LM head: (logits [B, k', V] of the last `logits_to_keep` positions, or all
-    when 0, or None when -1; post-norm top hidden states [B, k, H], the features a head consumes)."""
+def target_states(target, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False,
+                  layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of the target's decoder: (post-norm top hidden states [B, k, H], the features a head reads: the
+    same, or with `layers` the inputs of those layers side by side [B, k, 3H])."""
     _decoder(target)  # refuses a target without a decoder stack
-    hidden = final_hidden(target, input_ids, attention_mask, position_ids, past_key_values, use_cache)
+    if not layers:
+        hidden = final_hidden(target, input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        return hidden, hidden
+    base = target.get_base_model() if hasattr(target, "get_base_model") else target
+    out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=True)
+    return out.last_hidden_state, torch.cat([out.hidden_states[i] for i in layers], -1)
+
+
+def target_features(target, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=False,
+                    logits_to_keep: int = 0, layers: tuple[int, ...] = ()):
+    """The target's forward split at its LM head: (logits [B, k', V] of the last `logits_to_keep` positions, or all
+    when 0, or None when -1; the features a head consumes: post-norm top hidden states [B, k, H], or with `layers`
+    (a fused head's feature_layers) the inputs of those layers side by side [B, k, 3H])."""
+    hidden, features = target_states(target, input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                                     layers)
     if logits_to_keep < 0:
-        return None, hidden
+        return None, features
     kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-    return target.get_output_embeddings()(kept), hidden
+    return target.get_output_embeddings()(kept), features
 
 
 def save_head(head: EagleHead, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
@@ -190,7 +232,7 @@ def save_head(head: EagleHead, directory: str | os.PathLike, *, extra: dict | No
     def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp / WEIGHTS_FILE))
         meta = {"format": FORMAT, "dtype": str(head.dtype).removeprefix("torch."), "body_config": head.config.to_dict(),
-                "target": head.signature, **(extra or {})}
+                "target": head.signature, "features": head.features, **(extra or {})}
         (tmp / HEAD_FILE).write_text(json.dumps(meta, indent=1))
 
     return write_dir(directory, write)
@@ -210,12 +252,12 @@ def load_head(path: str | os.PathLike, target) -> EagleHead:
 
     meta = read_head_meta(path)
     _check_target(meta["target"], target, f"The feature head in {path}")
-    head = EagleHead(target, signature=meta["target"])
+    head = EagleHead(target, signature=meta["target"], features=meta.get("features", "top"))
     weights = Path(path) / WEIGHTS_FILE
     require(weights.is_file(), f"{path} has {HEAD_FILE} but no {WEIGHTS_FILE}: the head was not saved completely.")
     head.load_state_dict(load_file(str(weights)), strict=True)
     return head.to(device=target.device, dtype=target.get_input_embeddings().weight.dtype).eval()
 
 
-__all__ = ["EagleHead", "HeadOutput", "load_head", "read_head_meta", "save_head", "target_checksum",
-           "target_features"]
+__all__ = ["EagleHead", "HeadOutput", "fused_layers", "load_head", "read_head_meta", "save_head", "target_checksum",
+           "target_features", "target_states"]

@@ -8,7 +8,9 @@ Loss per completion position: the divergence of on-policy training (FKL, RKL, JS
 distribution and the head's, plus `head_feature_weight` x smooth-L1 between the head's feature and the teacher's
 (EAGLE's regression). The head is trained on blocks as it drafts them (`head_unroll` > 1, EAGLE-3's training-time
 test): after the first pass on the teacher's features, each further pass consumes the head's own features of the
-pass before, one position later, as in a drafted block. The block's tokens are the teacher's text, which is what a
+pass before, one position later, as in a drafted block; pass d weighs `head_depth_decay` ** (d - 1) in the loss
+(weights summing to 1). A fused head (`head_features: fused`) reads three layers of the teacher in its first pass
+and is scored against the teacher's top state, as any head. The block's tokens are the teacher's text, which is what a
 lossless decoder emits; the head's own tokens are not sampled (a sampled token would need a teacher pass per
 position). With a reduced vocabulary (`draft_vocab`) both distributions are taken over the kept ids, the ones the
 head scores when decoding.
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .eagle import EagleHead, save_head
+from .eagle import EagleHead, fused_layers, save_head
 from .errors import require
 from .forward import position_ids
 from .losses import chunked_distill_loss
@@ -45,12 +47,16 @@ def head_loss(head: EagleHead, batch: dict, cfg: Config, head_rows: torch.Tensor
     """The head's loss on one batch (see the module doc): pass d (d = 1..unroll) consumes token t+d beside the
     feature of the pass before at t (the teacher's for d = 1) and is scored against the teacher at t+d."""
     ids, mask, comp = batch["ids"], batch["mask"], batch["completion"]
-    teacher = batch["features"].to(head.dtype)  # [B, T, H]
+    stored = batch["features"].to(head.dtype)  # [B, T, H], or [B, T, 3H + H] for a fused head (teacher_features)
+    hidden = head.fc.out_features
+    teacher = stored[..., -hidden:]  # [B, T, H] the teacher's top state: what each pass is scored against
     positions = position_ids(mask)  # the decoder's numbering: real tokens only
-    features = teacher[:, :-1]
+    features = stored[:, :-1, :-hidden] if head.feature_layers else teacher[:, :-1]
+    weights = [cfg.head_depth_decay ** d for d in range(cfg.head_unroll)]
+    weights = [w / sum(weights) for w in weights]
     totals = {"loss": 0.0, "divergence": 0.0, "feature_loss": 0.0}
     first = None
-    for depth in range(1, cfg.head_unroll + 1):
+    for depth, weight in enumerate(weights, start=1):
         width = ids.shape[1] - depth  # pairs (token t+depth, feature t) for t = 0 .. T-1-depth
         if width < 1:
             break
@@ -67,9 +73,9 @@ def head_loss(head: EagleHead, batch: dict, cfg: Config, head_rows: torch.Tensor
         feature_loss = F.smooth_l1_loss(out.hidden[keep].float(), goal[keep].float()) if keep.any() else \
             out.hidden.sum() * 0.0
         term = stats.loss + cfg.head_feature_weight * feature_loss
-        totals["loss"] = totals["loss"] + term / cfg.head_unroll
-        totals["divergence"] += float(stats.loss.detach()) / cfg.head_unroll
-        totals["feature_loss"] += float(feature_loss.detach()) / cfg.head_unroll
+        totals["loss"] = totals["loss"] + weight * term
+        totals["divergence"] += weight * float(stats.loss.detach())
+        totals["feature_loss"] += weight * float(feature_loss.detach())
         first = stats if first is None else first
         features = out.hidden[:, :-1]  # the next pass drafts one position further on the head's own features
     totals["expected_accept"] = first.expected_accept_sum / max(1, first.n)
@@ -98,12 +104,13 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
         clear_training_output(out)
     claim(out, cfg.to_dict(), RETRAIN_FIX)
     n_text = cfg.head_text_prompts or cfg.max_steps * cfg.batch_size
+    layers = fused_layers(target.config.num_hidden_layers) if cfg.head_features == "fused" else ()
     text = text_with_features(target, tokenizer, prompts[:n_text], temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.train_max_new_tokens, seed=cfg.data_seed,
-                              path=text_path if text_path is not None else out / TEACHER_TEXT)
+                              path=text_path if text_path is not None else out / TEACHER_TEXT, layers=layers)
 
     torch.manual_seed(cfg.seed)
-    head = EagleHead(target).float()
+    head = EagleHead(target, features=cfg.head_features).float()
     weight = target.get_output_embeddings().weight.detach().float()
     head_rows = weight if draft_vocab_ids is None else weight[torch.tensor(draft_vocab_ids, device=weight.device)]
 

@@ -145,6 +145,7 @@ class HybridDrafter:
         self.lookup = LookupDrafter(hybrid.lookup, eos)
         self.blocks = hybrid.lookup_block, hybrid.draft_block
         self.kv, self.reads_target_features = self.inner.kv, self.inner.reads_target_features
+        self.feature_layers = getattr(self.inner, "feature_layers", ())
         self.uses_draft = hybrid.draft_block != 0  # else the trained draft never runs: no prefill, no catching up
 
     def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:

@@ -49,6 +49,7 @@ class RaggedKV:
     width: int  # logits columns to keep (shared vocabulary)
     timed: bool = False  # time each forward: on a GPU that waits for the device before and after every forward
     features: bool = False  # a target that hands its top hidden states to a feature head, or the head itself
+    feature_layers: tuple = ()  # a target's, for a fused head: the layers whose inputs it hands over (eagle.py)
     cache: DynamicCache = None
     mask: torch.Tensor = None  # [B, L] long, 1 = real token
     n_real: torch.Tensor = None  # [B] long
@@ -77,7 +78,8 @@ class RaggedKV:
                              past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
             logits, self.hidden = out.logits, out.hidden
         elif self.features:
-            logits, self.hidden = target_features(self.model, ids, mask, positions, self.cache, True, keep)
+            logits, self.hidden = target_features(self.model, ids, mask, positions, self.cache, True, keep,
+                                                  self.feature_layers)
         else:
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=self.cache, use_cache=True, logits_to_keep=keep).logits
@@ -464,6 +466,7 @@ class HeadDrafter(_CachedDrafter):
 
     def __init__(self, draft, width: int, timed: bool):
         self.kv = RaggedKV(draft, width, timed, features=True)
+        self.feature_layers = draft.feature_layers  # what the target hands over: its top state, or fused layers'
 
     def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids: torch.Tensor, prefix_valid: torch.Tensor, prompts,
                 pad: int) -> None:
@@ -472,7 +475,7 @@ class HeadDrafter(_CachedDrafter):
         zeros stand in (a weaker first guess, never a wrong output)."""
         device = prefix_ids.device
         if prefix_ids.shape[1] == 0:
-            features = torch.zeros(len(prompts), 1, tgt.model.config.hidden_size, device=device,
+            features = torch.zeros(len(prompts), 1, self.kv.model.feature_width, device=device,
                                    dtype=self.kv.model.dtype)
         else:
             pairs, _ = left_pad([list(p[1:]) for p in prompts], pad, device)  # token t+1 in the slot of token t
@@ -557,7 +560,8 @@ def speculative_generate(
     drafter = drafter_for(draft, width, timed, eos)  # the draft's side of the loop: its cache, proposals, hand-over
     require(bonus or not drafter.ragged, "This draft proposes nothing in a step where a row's text has no match: "
             "it needs bonus=True, so that the target's token advances the row.")
-    tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features)
+    tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features,
+                   feature_layers=getattr(drafter, "feature_layers", ()))
     rows = _Rows.start(prompts, pad_token_id, device)
     prefix_ids, prefix_valid = left_pad([list(p[:-1]) for p in prompts], pad_token_id, device)
     if prefix_ids.shape[1] > 0:  # all but each prompt's last token, which comes with step 0

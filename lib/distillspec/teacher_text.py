@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .forward import final_hidden, position_ids
+from .eagle import target_states
+from .forward import position_ids
 from .errors import require
 from .evaluate import sample_completions
 from .sampling import SamplingConfig
@@ -55,15 +56,15 @@ class TeacherText:
 
 
 def text_with_features(target, tokenizer, prompts: list[list[int]], *, temperature: float, top_p: float,
-                       max_new_tokens: int, seed: int, path: Path) -> TeacherText:
+                       max_new_tokens: int, seed: int, path: Path, layers: tuple[int, ...] = ()) -> TeacherText:
     """The teacher's text for `prompts` (teacher_text, kept at path, 16 prompts a batch), its empty answers left out,
-    with the teacher's features over it; refused when the teacher wrote nothing."""
+    with the teacher's features over it (teacher_features, with `layers`); refused when the teacher wrote nothing."""
     rows = teacher_text(target, tokenizer, prompts, sampling=SamplingConfig(temperature=temperature, top_p=top_p),
                         max_new_tokens=max_new_tokens, batch_size=16, seed=seed, path=Path(path))
     rows = [r for r in rows if r["completion"]]
     require(rows, "The teacher wrote nothing for the training prompts: there is no text to train on.")
     pad = tokenizer.pad_token_id or 0
-    return TeacherText(rows, teacher_features(target, rows, pad=pad), pad)
+    return TeacherText(rows, teacher_features(target, rows, pad=pad, layers=layers), pad)
 
 
 def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,14 +74,17 @@ def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def teacher_features(target, rows: list[dict], *, batch_size: int = 8, pad: int = 0) -> list[torch.Tensor]:
-    """Per row, the teacher's post-norm top hidden state at every token of prompt + completion [T, H]."""
+def teacher_features(target, rows: list[dict], *, batch_size: int = 8, pad: int = 0,
+                     layers: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """Per row, the teacher's post-norm top hidden state at every token of prompt + completion [T, H]; with `layers`
+    (a fused head's), the inputs of those layers before it [T, 3H + H]: what the head reads, then what it predicts."""
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc="teacher features", leave=False):
         seqs = [r["prompt"] + r["completion"] for r in rows[start : start + batch_size]]
         ids, mask = padded(seqs, pad)
         mask = mask.to(target.device)
-        hidden = final_hidden(target, ids.to(target.device), mask, position_ids(mask))
+        top, read = target_states(target, ids.to(target.device), mask, position_ids(mask), layers=layers)
+        hidden = torch.cat([read, top], -1) if layers else top
         out += [h[-len(s):].cpu() for h, s in zip(hidden, seqs)]
     return out
 
