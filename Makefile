@@ -15,7 +15,7 @@ endif
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lab browser bench clean
+.PHONY: install run test test-fast lab browser bench clean check-speculators
 
 install: $(STAMP)
 
@@ -49,6 +49,26 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
+
+# An exported feature head loaded by vllm-project/speculators (benchmarks/check_speculators_export.py), in its own
+# environment: speculators pins older transformers and datasets than the project. HEAD=<saved fused head> (and
+# TARGET=<its target>, default its teacher) checks that head; without HEAD a tiny random one.
+SPEC_VENV := .venv-speculators
+SPEC_WORK ?= exports/speculators_check
+HEAD ?=
+TARGET ?=
+$(SPEC_VENV)/.installed:
+	test -x $(SPEC_VENV)/bin/python || $(PYTHON) -m venv $(SPEC_VENV)
+	$(SPEC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SPEC_VENV)/bin/python -m pip install --quiet $(FIND_LINKS) torch==2.13.0 speculators==0.9.0
+	# its torchvision and torchaudio wheels are built for another torch and break transformers' imports; unused
+	$(SPEC_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio
+	touch $@
+
+check-speculators: $(STAMP) $(SPEC_VENV)/.installed
+	$(PY) benchmarks/check_speculators_export.py reference --work $(SPEC_WORK) $(if $(HEAD),--head $(HEAD)) \
+		$(if $(TARGET),--target $(TARGET))
+	$(SPEC_VENV)/bin/python benchmarks/check_speculators_export.py speculators --work $(SPEC_WORK)
 
 # The workbook in JupyterLab, with the project's kernel (.venv). LAB_DIR: the folder it serves (default: the
 # repository, opened on notebooks/; e.g. runs/offline_gsm8k for a run's executed notebooks); LAB_ARGS: more

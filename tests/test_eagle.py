@@ -132,6 +132,26 @@ def test_a_head_with_a_reduced_vocabulary_stays_exact(echo):
     assert 0.05 < res.metrics.alpha_tok < 0.95
 
 
+def test_a_hybrid_with_a_fused_head_stays_exact(target, fused_head):
+    """Steps that prompt lookup drafts leave the head's pending pairs waiting beside the target's fused features of
+    the text they accepted (a one-token prompt's zeros among them): greedy output is still the target's own."""
+    from distillspec.lookup import Hybrid, PromptLookup
+
+    head, _ = fused_head
+    prompts = [p * 3 for p in _prompts()] + [[7]]  # repeated chunks: lookup matches in some steps
+    eos = _greedy_reference(target, prompts[:1], 40, None)[0][7]
+    refs = _greedy_reference(target, prompts, 40, eos)
+    res = speculative_generate(target, Hybrid(head, PromptLookup(2)), prompts, gamma=4, max_new_tokens=40,
+                               eos_token_id=eos)
+    assert res.sequences == refs
+    assert res.steps_df()["source"].nunique() == 2, "both the lookup and the head proposed"
+    single = [[7], [12]]  # every prompt one token: the head's first feature is zeros of the target's width
+    refs = _greedy_reference(target, single, 20, eos)
+    for draft in (head, Hybrid(head, PromptLookup(2))):
+        assert speculative_generate(target, draft, single, gamma=3, max_new_tokens=20, eos_token_id=eos
+                                    ).sequences == refs
+
+
 def test_each_block_starts_from_the_targets_features(target, any_head):
     """The first draft of every block comes from the target's features of the accepted text: its q equals the head
     run teacher-forced over the final text (pair t: token t+1 beside the target's feature at t), position for
@@ -282,9 +302,49 @@ def test_export_refuses_a_head_and_says_why(trained_head, tmp_path):
 
     head, _ = trained_head
     save_head(head, tmp_path / "head")
-    with pytest.raises(DistillSpecError, match="feature head.*vLLM's EAGLE proposer.*draft other tokens"):
-        export_draft(tmp_path / "head", tmp_path / "out", engine="vllm", gamma=3)
+    with pytest.raises(DistillSpecError, match="top hidden state.*no engine loads that layout.*head_features: fused"):
+        export_draft(tmp_path / "head", tmp_path / "out", engine="vllm", gamma=3, target="tiny-qwen3")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fused_head_exports_in_speculators_eagle3_layout(target, fused_head, tokenizer, tmp_path):
+    """The export names each weight as speculators' eagle3 model does, with the head's study vocabulary as its draft
+    vocabulary (benchmarks/check_speculators_export.py loads one with speculators itself: make check-speculators)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from distillspec.export import export_draft
+
+    head, _ = fused_head
+    target.save_pretrained(tmp_path / "target")
+    tokenizer.save_pretrained(tmp_path / "target")
+    study = tmp_path / "study"
+    save_head(head, study / "drafts" / "v2" / "student")
+    vocab = [*range(4000), 40000]
+    (study / "data").mkdir()
+    (study / "data" / "draft_vocab.json").write_text(json.dumps({"ids": vocab}))
+    saved = study / "drafts" / "v2" / "student"
+    with pytest.raises(DistillSpecError, match="exported for vLLM only.*pass --to vllm"):
+        export_draft(saved, tmp_path / "out", engine="hf", target=str(tmp_path / "target"), gamma=3)
+    out = export_draft(saved, tmp_path / "out", engine="vllm", target=str(tmp_path / "target"), gamma=3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["speculators_model_type"] == "eagle3" and config["architectures"] == ["Eagle3Speculator"]
+    assert config["eagle_aux_hidden_state_layer_ids"] == list(head.feature_layers)
+    assert config["draft_vocab_size"] == len(vocab) and config["transformer_layer_config"]["num_hidden_layers"] == 1
+    assert config["speculators_config"]["proposal_methods"] == [{"proposal_type": "greedy", "speculative_tokens": 3}]
+    weights = load_file(str(out / "model.safetensors"))
+    torch.testing.assert_close(weights["fc.weight"], head.fuse.weight.detach())
+    torch.testing.assert_close(weights["layers.0.hidden_norm.weight"],
+                               head.body.layers[0].hidden_norm.weight.detach())
+    assert weights["layers.0.self_attn.q_proj.weight"].shape[1] == 2 * 32  # [embedding; feature]
+    torch.testing.assert_close(weights["norm.weight"], target.model.norm.weight.detach())
+    lm_head = target.get_output_embeddings().weight.detach()
+    torch.testing.assert_close(weights["lm_head.weight"], lm_head[vocab])
+    assert (torch.arange(len(vocab)) + weights["d2t"]).tolist() == vocab  # draft id -> target id
+    assert weights["t2d"].sum() == len(vocab) and bool(weights["t2d"][40000]) and not bool(weights["t2d"][4000])
+    assert "embed_tokens.weight" not in weights  # shared with the target, as EAGLE-3 checkpoints do
+    assert "eagle3" in (out / "USAGE.md").read_text()
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.9])

@@ -6,9 +6,11 @@ is a post-norm top hidden state, the vector the LM head reads: the target's, han
 or the head's own output while it drafts a block. The pairing is EAGLE's: the feature f_t computed at position t
 (which predicts token t+1) is consumed together with token t+1, and the head's output there predicts token t+2.
 
-With fused features (EAGLE-3) the head reads instead the residual stream entering a low, a middle and a high layer
-of the target (`fused_layers`) and projects the three to one feature (`fuse`) before pairing it with the token; its own
-outputs stay one post-norm feature each, which it consumes as they are while it drafts on.
+A fused head (`features='fused'`) is EAGLE-3's: it reads the residual stream entering a low, a middle and a high
+layer of the target (`fused_layers`), projects the three to one feature (`fuse`, no bias), and its layer takes
+[embedding; feature] as they are, normalising each half (its own `hidden_norm` for the feature) before an attention
+whose projections read both; the feature is the layer's residual. Its own output before the final norm is the
+feature it consumes while it drafts on. This is the layout of vllm-project/speculators' `eagle3` (export.py).
 
 Only the projections and the layer are trained and saved (`save_head`); `load_head` attaches a saved head to its
 target and refuses a target other than the one it was trained on. A head may score a reduced vocabulary (the rows
@@ -37,7 +39,42 @@ FORMAT = "distillspec-eagle-head"
 @dataclass
 class HeadOutput:
     logits: torch.Tensor  # [B, k, N] over the head's vocabulary (N = V, or its reduced vocabulary)
-    hidden: torch.Tensor  # [B, k, H] post-norm features: what the next drafting step consumes
+    hidden: torch.Tensor  # [B, k, H] what the next drafting step consumes (post-norm; a fused head's: before the norm)
+    normed: torch.Tensor  # [B, k, H] post-norm: what the LM head reads
+
+
+class _Eagle3Input:
+    """EAGLE-3's first layer over [embedding; feature] [B, k, 2H]: each half normalised (the layer's input norm for
+    the embedding, `hidden_norm` for the feature), attention projections reading both, the feature as residual."""
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                position_embeddings=None, **kwargs):
+        embeds, feature = hidden_states.chunk(2, dim=-1)
+        both = torch.cat([self.input_layernorm(embeds), self.hidden_norm(feature)], -1)  # [B, k, 2H]
+        attended, _ = self.self_attn(hidden_states=both, attention_mask=attention_mask, position_ids=position_ids,
+                                     past_key_values=past_key_values, use_cache=use_cache,
+                                     position_embeddings=position_embeddings, **kwargs)
+        x = feature + attended
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+_EAGLE3_LAYERS: dict[type, type] = {}
+
+
+def _widen_first_layer(layer: nn.Module, cfg) -> None:
+    """Turn a decoder layer of the target's architecture into EAGLE-3's first layer, in place (its parameter names
+    stay the architecture's, plus hidden_norm)."""
+    attn = layer.self_attn
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(attn, name)
+        new = nn.Linear(2 * cfg.hidden_size, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+        nn.init.normal_(new.weight, std=cfg.initializer_range)
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        setattr(attn, name, new)
+    layer.hidden_norm = copy.deepcopy(layer.input_layernorm)
+    base = type(layer)
+    layer.__class__ = _EAGLE3_LAYERS.setdefault(base, type(f"Eagle3{base.__name__}", (_Eagle3Input, base), {}))
 
 
 def fused_layers(num_layers: int) -> tuple[int, int, int]:
@@ -96,7 +133,8 @@ def _mismatch(saved: dict, target) -> str | None:
 
 
 class EagleHead(nn.Module):
-    """fc([embed(token); feature]) -> one decoder layer -> the target's final norm and LM head (see the module doc)."""
+    """fc([embed(token); feature]) -> one decoder layer -> the target's final norm and LM head; fused: EAGLE-3's
+    layout (see the module doc)."""
 
     reads_target_features = True  # the decoder hands it the target's features (a standalone model reads none)
 
@@ -111,17 +149,22 @@ class EagleHead(nn.Module):
             cfg.layer_types = cfg.layer_types[-1:]
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
-        hidden = cfg.hidden_size
+        hidden = self.hidden_size = cfg.hidden_size
         dtype = target.get_input_embeddings().weight.dtype
-        self.fc = nn.Linear(2 * hidden, hidden, bias=True, dtype=dtype)
         require(features in ("top", "fused"), f"features='{features}' must be 'top' or 'fused'.")
+        require(features == "top" or init_from_layer is None, "init_from_layer copies a layer of the target, whose "
+                "attention reads one vector a token; a fused head's first layer reads two: start it at random.")
         self.features = features
         # the target's hidden states a fused head reads (indices into its decoder's hidden_states); () for 'top'
         self.feature_layers = fused_layers(target.config.num_hidden_layers) if features == "fused" else ()
-        self.fuse = nn.Linear(3 * hidden, hidden, bias=False, dtype=dtype) if self.feature_layers else None
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True, dtype=dtype) if features == "top" else None
         self.body = AutoModel.from_config(cfg, dtype=dtype)
         self.body.embed_tokens = None  # inputs are fc's output; the target's embedding is read instead
         self.body.norm = nn.Identity()  # the target's final norm is applied after the layer
+        self.fuse = None
+        if features == "fused":
+            self.fuse = nn.Linear(3 * hidden, hidden, bias=False, dtype=dtype)
+            _widen_first_layer(self.body.layers[0], cfg)
         self.config = self.body.config
         self.signature = signature if signature is not None else _signature(target)
         self.draft_vocab_ids: torch.Tensor | None = None
@@ -140,16 +183,16 @@ class EagleHead(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.fc.weight.device
+        return self.body.layers[0].mlp.down_proj.weight.device
 
     @property
     def feature_width(self) -> int:
         """Width of the target's features this head reads (3 H when fused)."""
-        return self.fc.in_features // 2 * (3 if self.feature_layers else 1)
+        return self.hidden_size * (3 if self.feature_layers else 1)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.fc.weight.dtype
+        return self.body.layers[0].mlp.down_proj.weight.dtype
 
     @property
     def generation_config(self):
@@ -177,14 +220,17 @@ class EagleHead(nn.Module):
         the target's when fused) -> logits and the head's features."""
         embeds = self.get_input_embeddings()(input_ids).to(self.dtype)
         features = features.to(self.dtype)
-        if self.fuse is not None and features.shape[-1] == self.fuse.in_features:  # the target's three layers
-            features = self.fuse(features)
-        x = self.fc(torch.cat([embeds, features], -1))  # [B, k, H]
+        if self.fuse is None:
+            x = self.fc(torch.cat([embeds, features], -1))  # [B, k, H]
+        else:
+            if features.shape[-1] == self.fuse.in_features:  # the target's three layers
+                features = self.fuse(features)
+            x = torch.cat([embeds, features], -1)  # [B, k, 2H]: the first layer normalises each half
         out = self.body(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids,
                         past_key_values=past_key_values, use_cache=use_cache)
-        hidden = self.norm(out.last_hidden_state)  # [B, k, H]
-        kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        return HeadOutput(self.project(kept), hidden)
+        normed = self.norm(out.last_hidden_state)  # [B, k, H]
+        kept = normed[:, -logits_to_keep:] if logits_to_keep else normed
+        return HeadOutput(self.project(kept), normed if self.fuse is None else out.last_hidden_state, normed)
 
     def reduce_vocab(self, keep_ids) -> EagleHead:
         """Score only these token ids (their rows of the target's LM head); q is 0 elsewhere, decoding stays lossless."""

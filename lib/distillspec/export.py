@@ -139,12 +139,16 @@ the draft, always. Files get the permissions of the user's umask."""
     kind = kind_at(draft)
     require(kind is None or kind.export_refusal is None,
             f"{draft}: {getattr(kind, 'export_refusal', '')}")
-    require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
-                                               "draft directory such as runs/<name>/drafts/<run>/student.")
-    require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),
-            f"{draft} is a reduced-vocabulary draft (its head scores only some token ids); transformers' and vLLM's "
-            "draft models need a full-vocabulary head, so it cannot be exported as a plain checkpoint. Use it with "
-            "distillspec's decoder (python -m distillspec eval --draft ...).")
+    layout = "checkpoint" if kind is None else kind.export_layout
+    require(layout == "checkpoint" or engine == "vllm", f"{draft} is exported for vLLM only (speculators' eagle3 "
+            "layout; transformers' assisted generation takes standalone drafts): pass --to vllm.")
+    if layout == "checkpoint":
+        require((draft / "config.json").is_file(), f"{draft} is not a saved draft (no config.json); pass a trained "
+                                                   "draft directory such as runs/<name>/drafts/<run>/student.")
+        require("draft_vocab_ids" not in json.loads((draft / "config.json").read_text()),
+                f"{draft} is a reduced-vocabulary draft (its head scores only some token ids); transformers' and "
+                "vLLM's draft models need a full-vocabulary head, so it cannot be exported as a plain checkpoint. "
+                "Use it with distillspec's decoder (python -m distillspec eval --draft ...).")
     if gamma is None:
         found = _study_gamma(draft)
         require(found is not None, f"No study config above {draft} says which gamma it was evaluated with: pass "
@@ -157,6 +161,10 @@ the draft, always. Files get the permissions of the user's umask."""
     _check_out(out, force)
     target = target or _training_teacher(draft)
     require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")
+    if layout == "speculators":
+        from .export_head import export_head
+
+        return export_head(draft, out, target=target, gamma=gamma, gamma_from=gamma_from)
     target_path = resolve_model_path(target)  # an alias becomes the converted local checkpoint engines can load
     model = AutoModelForCausalLM.from_pretrained(draft, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(draft)

@@ -48,7 +48,7 @@ def head_loss(head: EagleHead, batch: dict, cfg: Config, head_rows: torch.Tensor
     feature of the pass before at t (the teacher's for d = 1) and is scored against the teacher at t+d."""
     ids, mask, comp = batch["ids"], batch["mask"], batch["completion"]
     stored = batch["features"].to(head.dtype)  # [B, T, H], or [B, T, 3H + H] for a fused head (teacher_features)
-    hidden = head.fc.out_features
+    hidden = head.hidden_size
     teacher = stored[..., -hidden:]  # [B, T, H] the teacher's top state: what each pass is scored against
     positions = position_ids(mask)  # the decoder's numbering: real tokens only
     features = stored[:, :-1, :-hidden] if head.feature_layers else teacher[:, :-1]
@@ -66,12 +66,12 @@ def head_loss(head: EagleHead, batch: dict, cfg: Config, head_rows: torch.Tensor
         goal = teacher[:, depth:]  # [B, width, H] the teacher's feature at t+depth
         scored = torch.zeros_like(pair_mask)  # the output at t predicts token t+depth+1: a completion token
         scored[:, :-1] = comp[:, depth + 1:] * pair_mask[:, :-1]
-        stats = chunked_distill_loss(out.hidden, goal, head_rows, head_rows, scored, divergence=cfg.divergence,
+        stats = chunked_distill_loss(out.normed, goal, head_rows, head_rows, scored, divergence=cfg.divergence,
                                      beta=cfg.beta, temperature=cfg.loss_temperature or 1.0,
                                      chunk_size=cfg.chunk_size)
         keep = scored.bool()
-        feature_loss = F.smooth_l1_loss(out.hidden[keep].float(), goal[keep].float()) if keep.any() else \
-            out.hidden.sum() * 0.0
+        feature_loss = F.smooth_l1_loss(out.normed[keep].float(), goal[keep].float()) if keep.any() else \
+            out.normed.sum() * 0.0
         term = stats.loss + cfg.head_feature_weight * feature_loss
         totals["loss"] = totals["loss"] + weight * term
         totals["divergence"] += weight * float(stats.loss.detach())

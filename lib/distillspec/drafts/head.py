@@ -15,11 +15,8 @@ class FeatureHead:
     marker = HEAD_FILE
     standalone = False
     reads_target_features = True
-    export_refusal = ("a feature head (EAGLE-style) is not exported: vLLM's EAGLE proposer (speculative_config "
-                      "method 'eagle') runs a head without a bias in its input projection, without the first layer's "
-                      "input norm and without a norm before the LM head, and this head has all three, so its weights "
-                      "would load but draft other tokens. Use it with distillspec's decoder (docs/decoder.md, "
-                      "'Feature heads').")
+    export_refusal = None  # a fused head: speculators' eagle3 layout (export_head.py); a top-state head is refused
+    export_layout = "speculators"
 
     def is_instance(self, draft) -> bool:
         return isinstance(draft, EagleHead)

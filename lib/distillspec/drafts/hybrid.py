@@ -22,6 +22,7 @@ class HybridDraft:
     reads_target_features = False  # (its draft's, when a feature head: the decoder asks the loaded hybrid)
     export_refusal = ("a hybrid is prompt lookup plus a trained draft: export the trained draft, and give the serving "
                       "engine its own n-gram proposer.")
+    export_layout = None
 
     def is_instance(self, draft) -> bool:
         return isinstance(draft, Hybrid)

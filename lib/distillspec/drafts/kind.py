@@ -29,6 +29,7 @@ class DraftKind(Protocol):
     standalone: bool  # writes text without the target: own-sample acceptance, transformers' assisted generation
     reads_target_features: bool  # drafts from the target's hidden states, which the decoder hands over
     export_refusal: str | None  # why `export` cannot hand it to other engines (None: it can)
+    export_layout: str | None  # what `export` writes: 'checkpoint' (a Hugging Face model), 'speculators' (eagle3)
 
     def is_instance(self, draft) -> bool:
         """Whether a loaded draft is of this kind."""

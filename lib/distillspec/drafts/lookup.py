@@ -18,6 +18,7 @@ class LookupDraft:
     reads_target_features = False
     export_refusal = ("prompt lookup has no weights to export: serving engines have their own (vLLM's n-gram "
                       "proposer, speculative_config method 'ngram', with prompt_lookup_max as the n-gram size).")
+    export_layout = None
 
     def is_instance(self, draft) -> bool:
         return isinstance(draft, PromptLookup)

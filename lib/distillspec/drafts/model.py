@@ -17,6 +17,7 @@ class ModelDraft:
     standalone = True
     reads_target_features = False
     export_refusal = None
+    export_layout = "checkpoint"
 
     def is_instance(self, draft) -> bool:
         """Any model no other kind claims (a transformers causal LM, a peft-wrapped one in training)."""
