@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import write_text
 from .drafts import kind_at
+from .export_head import USAGE_TITLE, export_head
 from .errors import DistillSpecError, require
 from .trainlog import TRAIN_LOG
 from .training_settings import CHECKPOINT
@@ -34,7 +35,6 @@ def _training_teacher(draft_dir: Path) -> str | None:
     return None
 
 
-USAGE_TITLE = "# Draft model for"  # USAGE.md's first line: marks a folder as an earlier export
 
 
 def _study_gamma(draft_dir: Path) -> tuple[int, Path] | None:
@@ -162,8 +162,6 @@ the draft, always. Files get the permissions of the user's umask."""
     target = target or _training_teacher(draft)
     require(target is not None, f"No target known for {draft}: pass --target (the model the draft speeds up).")
     if layout == "speculators":
-        from .export_head import export_head
-
         return export_head(draft, out, target=target, gamma=gamma, gamma_from=gamma_from)
     target_path = resolve_model_path(target)  # an alias becomes the converted local checkpoint engines can load
     model = AutoModelForCausalLM.from_pretrained(draft, dtype="auto")

@@ -19,6 +19,7 @@ from .atomic import write_dir, write_text
 from .eagle import _decoder, load_head, read_head_meta
 from .errors import require
 
+USAGE_TITLE = "# Draft model for"  # USAGE.md's first line (every export): marks a folder as an earlier export
 SPECULATORS_VERSION = "0.9.0"  # the speculators release whose loader the check runs (make check-speculators)
 
 
@@ -113,8 +114,6 @@ def export_head(head_dir: str | os.PathLike, out: Path, *, target: str, gamma: i
 
 
 def _usage(out: Path, target: str, gamma: int, gamma_from: str, vocab: int | None, layers: tuple) -> str:
-    from .export import USAGE_TITLE
-
     spec = f'{{"method": "eagle3", "model": "{out}", "num_speculative_tokens": {gamma}}}'
     return f"""{USAGE_TITLE} `{target}`
 
