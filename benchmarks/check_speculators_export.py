@@ -28,6 +28,7 @@ def reference(work: Path, head: str | None, target: str | None) -> dict:
 
     from distillspec.eagle import EagleHead, load_head, read_head_meta, save_head, target_features
     from distillspec.export import export_draft
+    from distillspec.export_head import head_vocab
     from distillspec.models import load_model, load_tokenizer, resolve_model_path
     from distillspec.tiny import tiny_model
 
@@ -51,9 +52,9 @@ def reference(work: Path, head: str | None, target: str | None) -> dict:
     out = export_draft(head, work / "export", engine="vllm", target=target, gamma=3, force=True)
     model, _ = load_model(resolve_model_path(target), dtype=torch.float32)
     loaded = load_head(head, model)
-    vocab_file = Path(head).parent.parent.parent / "data" / "draft_vocab.json"
-    if vocab_file.is_file():
-        loaded.reduce_vocab(json.loads(vocab_file.read_text())["ids"])
+    vocab = head_vocab(Path(head))  # the vocabulary the export wrote as its draft vocabulary
+    if vocab is not None:
+        loaded.reduce_vocab(vocab)
     ids = torch.randint(100, 40000, (1, 24), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(ids)
     with torch.no_grad():

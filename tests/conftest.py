@@ -109,8 +109,10 @@ def signal_after_logged_steps(proc, log: Path, steps: int, timeout: float, signu
 SLOW_FIXTURES = {"tiny_run", "seeded_run", "lab", "browser", "teacher"}  # a whole pipeline, a browser, the real model
 # Under pytest-xdist (make test: -n 2 --dist loadgroup) the tests that share one of these fixtures run on one
 # worker, so the fixture is made once (a module-scoped one too: xdist spreads a module's tests over the workers
-# otherwise, and each makes it): the first named here that a test uses is its group.
-SHARED_FIXTURES = ("tiny_run", "seeded_run", "teacher", "trained_head", "warm_run")  # the last two: module-scoped
+# otherwise, and each makes it): the first named here that a test uses gives its group. The trained heads of
+# test_eagle.py (module-scoped) share one group: tests of either kind of head, or both, train each head once.
+SHARED_FIXTURES = {"tiny_run": "tiny_run", "seeded_run": "seeded_run", "teacher": "teacher",
+                   "trained_head": "heads", "fused_head": "heads", "warm_run": "warm_run"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
@@ -122,7 +124,7 @@ def pytest_collection_modifyitems(config, items):
         used = set(getattr(item, "fixturenames", ()))
         if SLOW_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
-        shared = [f for f in SHARED_FIXTURES if f in used]
+        shared = [group for f, group in SHARED_FIXTURES.items() if f in used]
         if shared and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(shared[0]))
     # slow tests first (a stable sort: each module's and group's order kept), so that the quick ones fill the end

@@ -104,6 +104,8 @@ def train_head(cfg: Config, output_dir: str | os.PathLike, *, target, tokenizer,
         clear_training_output(out)
     claim(out, cfg.to_dict(), RETRAIN_FIX)
     n_text = cfg.head_text_prompts or cfg.max_steps * cfg.batch_size
+    # the layers the head will read (EagleHead's own choice, fused_layers): the head is built after the text, under
+    # the training seed, as before fused heads existed
     layers = fused_layers(target.config.num_hidden_layers) if cfg.head_features == "fused" else ()
     text = text_with_features(target, tokenizer, prompts[:n_text], temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.train_max_new_tokens, seed=cfg.data_seed,
