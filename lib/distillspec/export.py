@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import write_text
 from .drafts import kind_at
-from .export_head import USAGE_TITLE, export_head
 from .errors import DistillSpecError, require
+from .export_head import USAGE_TITLE, export_head
 from .trainlog import TRAIN_LOG
 from .training_settings import CHECKPOINT
 from .models import check_compatible, load_tokenizer, logits_width, resolve_model_path, save_pretrained_atomic
@@ -33,8 +33,6 @@ def _training_teacher(draft_dir: Path) -> str | None:
     if config.is_file():
         return (yaml.safe_load(config.read_text()) or {}).get("teacher")
     return None
-
-
 
 
 def _study_gamma(draft_dir: Path) -> tuple[int, Path] | None:
