@@ -162,6 +162,7 @@ def test_a_run_may_not_set_its_own_seed_in_a_seeded_study():
     ({"speed_gamma": 0}, "speed_gamma=0 must be 'auto'"),
     ({"speed_gamma": 9}, r"\[1, speed_max_gamma=8\]"),
     ({"speed_max_gamma": 17}, "speed_max_gamma=17 must be in"),
+    ({"speed_copy_pilot_prompts": 0}, "speed_copy_pilot_prompts=0 must be an integer >= 1"),
     ({"speed": [{"greedy": True, "batch": 1}]}, "each setting is a mapping of"),
     ({"speed": [{"batch_size": 0}]}, "batch_size=0 must be an integer >= 1"),
     ({"speed": {"greedy": True}}, "must be a list of settings"),
@@ -172,6 +173,12 @@ def test_a_run_may_not_set_its_own_seed_in_a_seeded_study():
 def test_bad_study_settings_are_refused(bad, message):
     with pytest.raises(DistillSpecError, match=message):
         StudyConfig(**bad)
+
+
+def test_copy_drafts_read_their_own_pilot_size_and_others_keep_theirs():
+    assert StudyConfig(speed_pilot_prompts=4).pilot_prompts(copies_context=True) == 4  # unset: the same pilot
+    cfg = StudyConfig(speed_pilot_prompts=4, speed_copy_pilot_prompts=16)
+    assert cfg.pilot_prompts(copies_context=True) == 16 and cfg.pilot_prompts(copies_context=False) == 4
 
 
 def test_eval_precision_changes_only_how_03_loads_the_models():

@@ -168,21 +168,41 @@ def _tiny_study_with(tiny_run, tmp_path, run: dict | None = None, **keys):
     return cfg, tmp_path / "run", [step.executed for step in plan(cfg, preset, tmp_path / "run")]
 
 
-def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, tmp_path):
+def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, tmp_path, monkeypatch):
     """`draft_kind: lookup` in a preset's runs: no training step, the evaluation stage decodes and times it like any
-    draft (no parameters, no draft cost), and `train` says there is nothing to train."""
+    draft (no parameters, no draft cost), and `train` says there is nothing to train. Its speed pilot (acceptance
+    and the never-slower trial) reads speed_copy_pilot_prompts training prompts, not speed_pilot_prompts."""
     import json
 
     from distillspec.atomic import read_parquet
+    from distillspec.study import evaluation
     from distillspec.study.evaluation import evaluate_drafts
     from distillspec.study.rundir import RunPaths
     from distillspec.study.train import train_draft
 
-    cfg, run, outputs = _tiny_study_with(tiny_run, tmp_path, {"name": "lookup", "draft_kind": "lookup"})
+    cfg, run, outputs = _tiny_study_with(tiny_run, tmp_path, {"name": "lookup", "draft_kind": "lookup"},
+                                         speed_copy_pilot_prompts=3)
+    assert cfg.speed_pilot_prompts == 2
     assert "02_distill_eagle.ipynb" in outputs and "02_distill_lookup.ipynb" not in outputs
     with pytest.raises(DistillSpecError, match="nothing to train"):
         train_draft(cfg, run, "lookup")
+    pilots, trials = [], []
+    decode, check = evaluation.speculative_generate, evaluation.never_slower_gamma
+
+    def pilot_spy(target, draft, prompts, **kw):
+        if kw.get("record") is False:
+            pilots.append(len(prompts))
+        return decode(target, draft, prompts, **kw)
+
+    def trial_spy(target, draft, tok, costs, acceptance, trial_prompts, **kw):
+        trials.append(len(trial_prompts))
+        return check(target, draft, tok, costs, acceptance, trial_prompts, **kw)
+
+    monkeypatch.setattr(evaluation, "speculative_generate", pilot_spy)
+    monkeypatch.setattr(evaluation, "never_slower_gamma", trial_spy)
     evaluate_drafts(cfg, run, ["lookup"])
+    assert pilots and set(pilots) == {3}  # one pilot per sampling
+    assert trials == [max(3, s.get("batch_size", 1)) for s in cfg.speed]
     paths = RunPaths(run)
     row = json.loads(paths.speed_row("lookup").read_text())
     assert row["draft_params"] == 0 and np.isnan(row["own_sample_expected_accept"])

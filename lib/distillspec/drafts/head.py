@@ -15,6 +15,7 @@ class FeatureHead:
     marker = HEAD_FILE
     standalone = False
     reads_target_features = True
+    copies_context = False
     export_refusal = None  # a fused head: speculators' eagle3 layout (export_head.py); a top-state head is refused
     export_layout = "speculators"
 

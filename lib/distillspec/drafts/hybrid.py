@@ -20,6 +20,7 @@ class HybridDraft:
     marker = None  # nothing of its own is saved: its trained draft is
     standalone = False  # prompt lookup writes no text of its own
     reads_target_features = False  # (its draft's, when a feature head: the decoder asks the loaded hybrid)
+    copies_context = True  # (where a row's text has a match)
     export_refusal = ("a hybrid is prompt lookup plus a trained draft: export the trained draft, and give the serving "
                       "engine its own n-gram proposer.")
     export_layout = None

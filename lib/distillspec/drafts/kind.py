@@ -28,6 +28,8 @@ class DraftKind(Protocol):
     marker: str | None  # the file a saved draft of this kind is known by (None: nothing is saved)
     standalone: bool  # writes text without the target: own-sample acceptance, transformers' assisted generation
     reads_target_features: bool  # drafts from the target's hidden states, which the decoder hands over
+    copies_context: bool  # proposes from each row's own text: its acceptance swings from prompt to prompt, so the
+    # speed pilot that picks its block reads more prompts (speed_copy_pilot_prompts)
     export_refusal: str | None  # why `export` cannot hand it to other engines (None: it can)
     export_layout: str | None  # what `export` writes: 'checkpoint' (a Hugging Face model), 'speculators' (eagle3)
 

@@ -16,6 +16,7 @@ class LookupDraft:
     marker = None  # nothing is saved: the draft is its settings
     standalone = False  # it writes no text of its own
     reads_target_features = False
+    copies_context = True  # its acceptance is how much a row's text repeats
     export_refusal = ("prompt lookup has no weights to export: serving engines have their own (vLLM's n-gram "
                       "proposer, speculative_config method 'ngram', with prompt_lookup_max as the n-gram size).")
     export_layout = None

@@ -16,6 +16,7 @@ class ModelDraft:
     marker = CONFIG_NAME  # transformers' config.json
     standalone = True
     reads_target_features = False
+    copies_context = False
     export_refusal = None
     export_layout = "checkpoint"
 

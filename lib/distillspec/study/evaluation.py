@@ -225,12 +225,16 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
                          ) -> tuple[pd.DataFrame, list[dict]]:
     """Each `speed` setting: the step costs on this machine, the draft length (fixed, or 'auto': the cost model's
     best for the acceptance of a short pilot on training prompts, then the never-slower check: SD with that gamma
-    timed against the target on max(batch, speed_pilot_prompts) training prompts, gamma 0 (the target alone) unless
-    it was faster), then SD and target-only timed on the first `speed_prompts` held-out prompts. Returns the timing
+    timed against the target on max(batch, pilot) training prompts, gamma 0 (the target alone) unless it was faster;
+    the pilot is speed_pilot_prompts prompts, a copy draft's speed_copy_pilot_prompts), then SD and target-only timed on the first `speed_prompts` held-out prompts. Returns the timing
     rows and, per setting, how its gamma was chosen."""
     timed = prompts[: cfg.speed_prompts]
     train = render_prompts(tok, load_prompt_file(paths.train_prompts))
-    pilot = train[: cfg.speed_pilot_prompts]
+    n_pilot = cfg.pilot_prompts(kind_of(draft).copies_context)
+    require(len(train) >= n_pilot, f"The speed pilot of {name} reads {n_pilot} training prompts but the run has "
+                                   f"{len(train)}: lower speed_pilot_prompts / speed_copy_pilot_prompts, or prepare "
+                                   "more training prompts.")
+    pilot = train[:n_pilot]
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
@@ -254,7 +258,7 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
                 side_blocks = costs.best_hybrid_blocks(sources.lookup, sources.draft, sources.lookup_share)
                 decoded, chosen_gamma = draft.with_blocks(*side_blocks), max(side_blocks)
             gamma, pilot_speedup = never_slower_gamma(target, decoded, tok, costs, acceptance,
-                                                      train[: max(batch, cfg.speed_pilot_prompts)], sampling=sampling,
+                                                      train[: max(batch, n_pilot)], sampling=sampling,
                                                       batch_size=batch, max_new_tokens=cfg.max_new_tokens,
                                                       seed=cfg.seed, gamma=chosen_gamma)
         frame = time_decoding(target, decoded, tok, timed, gamma=gamma, sampling=sampling, batch_size=batch,

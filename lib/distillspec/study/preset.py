@@ -47,6 +47,9 @@ class StudyConfig(Recipe, Setup):
     speed_gamma: int | str = "auto"  # draft length of the timed runs; auto: the cost model's best for the pilot alpha
     speed_max_gamma: int = 8  # longest draft block the cost model (and auto) considers
     speed_pilot_prompts: int = 4  # training prompts whose SD acceptance feeds gamma 'auto'
+    # the same for drafts that copy from the context (prompt lookup, hybrids): how much an answer repeats its prompt
+    # varies so much between prompts that 4 of them chose wrong (docs/speed.md); None: speed_pilot_prompts
+    speed_copy_pilot_prompts: int | None = None
     # also time transformers' own prompt lookup at each batch-1 setting (a reference row of the timing table), its
     # settings chosen from speed.LOOKUP_GRID on the speed_pilot_prompts training prompts
     reference_lookup: bool = False
@@ -58,6 +61,11 @@ class StudyConfig(Recipe, Setup):
     def __post_init__(self):
         finish(self)
         self._validate_study()
+
+    def pilot_prompts(self, copies_context: bool) -> int:
+        """How many training prompts the speed pilot of a draft reads (a copy draft's: speed_copy_pilot_prompts)."""
+        copy = self.speed_copy_pilot_prompts if copies_context else None
+        return self.speed_pilot_prompts if copy is None else copy
 
     def replace(self, **changes) -> StudyConfig:
         return replace(self, **changes)
@@ -212,6 +220,10 @@ class StudyConfig(Recipe, Setup):
                     f"speed[{i}]: batch_size={batch!r} must be an integer >= 1.")
         require(self.speed_prompts >= 1 and self.speed_pilot_prompts >= 1,
                 f"speed_prompts={self.speed_prompts} and speed_pilot_prompts={self.speed_pilot_prompts} must be >= 1.")
+        require(self.speed_copy_pilot_prompts is None or (isinstance(self.speed_copy_pilot_prompts, int)
+                                                          and self.speed_copy_pilot_prompts >= 1),
+                f"speed_copy_pilot_prompts={self.speed_copy_pilot_prompts!r} must be an integer >= 1 (or null: "
+                "speed_pilot_prompts, as for every other draft).")
         require(1 <= self.speed_max_gamma <= MAX_GAMMA,
                 f"speed_max_gamma={self.speed_max_gamma} must be in [1, {MAX_GAMMA}] (draft tokens per step).")
         if self.speed_gamma != "auto":

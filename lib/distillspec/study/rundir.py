@@ -308,7 +308,7 @@ FINGERPRINT_VERSION = 3
 
 # Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
 # made before a key existed (with its default's behaviour) stay valid.
-ADDED_SINCE_V3 = {**ADDED_KEYS, "reference_lookup": False}
+ADDED_SINCE_V3 = {**ADDED_KEYS, "reference_lookup": False, "speed_copy_pilot_prompts": None}
 
 
 def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
