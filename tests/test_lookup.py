@@ -345,6 +345,18 @@ def test_a_study_times_transformers_prompt_lookup_as_its_reference_row(tiny_run,
     speed = analysis.speed.set_index("draft")
     assert speed.loc[REFERENCE, "speedup"] > 0 and speed.loc[REFERENCE, "setting"] == "greedy, batch 1"
     assert np.isnan(speed.loc[REFERENCE, "alpha_pos"])  # transformers does not say what it accepted
+    # every draft timed on the same prompts is paired with it, prompt by prompt: its speedup over the reference's
+    from distillspec.speed import SPEED_COLUMNS, speed_ratio
+
+    def speedup(name):
+        frame = read_parquet(paths.timing(name))
+        return speed_ratio(*(frame.loc[frame["setting"] == "greedy, batch 1", k].sum() for k in SPEED_COLUMNS))
+    paired = analysis.speed[analysis.speed["setting"] == "greedy, batch 1"].set_index("draft")["vs_reference"]
+    assert np.isnan(paired[REFERENCE]) and paired.drop(REFERENCE).notna().all()
+    assert paired["fkl"] == pytest.approx(speedup("fkl") / speedup(REFERENCE))
+    assert f"Each draft against {REFERENCE} on the same prompts" in analysis.results_md
+    batch_2 = analysis.speed[analysis.speed["setting"].str.endswith("batch 2")]
+    assert len(batch_2) and batch_2["vs_reference"].isna().all()  # the reference has no batch 2
     published = tmp_path / "pub"
     publish(cfg, run, published)
     assert (published / cfg.name / "records" / paths.timing(REFERENCE).name).is_file()

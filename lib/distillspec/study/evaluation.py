@@ -330,7 +330,7 @@ def decoding_speed(cfg: StudyConfig, run_dir: str | Path, names: list[str], timi
     timing = load_timing(run_dir, names) if timing is None else timing
     rows = rows or {n: json.loads(paths.speed_row(n).read_text()) for n in timing}
     timed = {n: rows[n].get("timed", []) for n in timing}
-    return speed_summary(timing, timed) if timing else pd.DataFrame()
+    return speed_summary(timing, timed, reference=REFERENCE) if timing else pd.DataFrame()
 
 
 __all__ = ["cut_vocab", "decoding_draft", "decoding_speed", "drafts_here", "evaluate_drafts", "load_timing",

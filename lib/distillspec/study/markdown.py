@@ -33,6 +33,12 @@ def format_speed_table(speed: pd.DataFrame) -> str:
         lines += ["", f"{REFERENCE}: transformers' own prompt lookup (`generate` with prompt_lookup_num_tokens = "
                       "gamma, batch 1 only), its settings the fastest on training prompts (records/"
                       f"{REFERENCE}_speed.json); it reports no acceptance and has no cost model."]
+        paired = [f"{r['draft']} ({r['setting']}) "
+                  f"{format_interval(r['vs_reference'], r['vs_reference_lo'], r['vs_reference_hi'], unit='x')}"
+                  for _, r in speed.iterrows() if pd.notna(r.get("vs_reference"))]
+        if paired:
+            lines += ["", f"Each draft against {REFERENCE} on the same prompts (its speedup over {REFERENCE}'s, 95% CI "
+                          f"resampling prompts, paired): {'; '.join(paired)}."]
     busy = [f"{r['draft']} ({r['setting']}): {r['busy_batches']} batches" for _, r in speed.iterrows()
             if r.get("busy_batches", 0)]
     if busy:

@@ -14,10 +14,13 @@ from ..speed import SPEED_COLUMNS, BlockAcceptance, SourceAcceptance, StepCosts,
 from .stats import STEP_METRICS, bootstrap, group_metric, prompt_sums, wilson_interval
 
 
-def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0) -> pd.DataFrame:
+def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]], seed: int = 0,
+                  reference: str | None = None) -> pd.DataFrame:
     """Per draft and speed setting: SD tokens/s over target-only tokens/s on the same prompts (95% bootstrap CI over
     batches, i.e. prompts at batch 1), the cost model's prediction at the run's own acceptance, and how gamma was
     chosen. timing: the evaluation's timing rows per draft; timed: its `timed` entries (gamma, pilot alpha, step costs).
+    reference: the timing of this name (transformers' prompt lookup) is also the yardstick of every other draft timed
+    on the same prompts at that setting: `vs_reference`, the draft's speedup over the reference's, paired by prompt.
     """
     rows = []
     for draft, frame in timing.items():
@@ -26,6 +29,7 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
             cols = {k: f[k].to_numpy(float) for k in SPEED_COLUMNS}
             measured, lo, hi = bootstrap(lambda i: speed_ratio(*(cols[k][i].sum(-1) for k in SPEED_COLUMNS)), len(f),
                                          seed=seed)
+            paired = _against(f, timing.get(reference), setting, seed) if draft != reference else (np.nan,) * 3
             alpha = f["accepted"].sum() / f["verified"].sum() if f["verified"].sum() else float("nan")
             info = chosen.get(setting, {})
             costs = StepCosts.from_dict(info["costs"]) if "costs" in info else None
@@ -42,8 +46,24 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
                 "identical": f["identical"].mean() if f["identical"].notna().all() else float("nan"),
                 "n_prompts": int(f["prompts"].sum()),
                 "busy_batches": int(f["busy"].sum()) if "busy" in f else 0,  # timed beside other work (speed.py)
+                **dict(zip(("vs_reference", "vs_reference_lo", "vs_reference_hi"), paired)),
             })
     return pd.DataFrame(rows)
+
+
+def _against(frame: pd.DataFrame, reference: pd.DataFrame | None, setting: str, seed: int) -> tuple[float, ...]:
+    """A draft's speedup over the reference's on the same prompts, with a 95% CI from resampling prompts (each
+    batch of the draft paired with the reference's batch in the same place: both time the same prompts in order);
+    NaN where the reference was not timed at this setting or on other batches."""
+    other = None if reference is None else reference[reference["setting"] == setting]
+    if other is None or len(other) != len(frame) or (other["prompts"].to_numpy() != frame["prompts"].to_numpy()).any():
+        return (np.nan,) * 3
+    mine, theirs = ({k: f[k].to_numpy(float) for k in SPEED_COLUMNS} for f in (frame, other))
+
+    def ratio(i):
+        return (speed_ratio(*(mine[k][i].sum(-1) for k in SPEED_COLUMNS))
+                / speed_ratio(*(theirs[k][i].sum(-1) for k in SPEED_COLUMNS)))
+    return bootstrap(ratio, len(frame), seed=seed)
 
 
 def _predicted(costs: StepCosts | None, info: dict, alpha: float, gamma: int) -> float:
