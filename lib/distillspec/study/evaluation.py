@@ -226,8 +226,9 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
     """Each `speed` setting: the step costs on this machine, the draft length (fixed, or 'auto': the cost model's
     best for the acceptance of a short pilot on training prompts, then the never-slower check: SD with that gamma
     timed against the target on max(batch, pilot) training prompts, gamma 0 (the target alone) unless it was faster;
-    the pilot is speed_pilot_prompts prompts, a copy draft's speed_copy_pilot_prompts), then SD and target-only timed on the first `speed_prompts` held-out prompts. Returns the timing
-    rows and, per setting, how its gamma was chosen."""
+    the pilot is speed_pilot_prompts prompts, a copy draft's speed_copy_pilot_prompts), then SD and target-only timed
+    on the first `speed_prompts` held-out prompts. Returns the timing rows and, per setting, how its gamma was
+    chosen."""
     timed = prompts[: cfg.speed_prompts]
     train = render_prompts(tok, load_prompt_file(paths.train_prompts))
     n_pilot = cfg.pilot_prompts(kind_of(draft).copies_context)
