@@ -213,6 +213,19 @@ def test_a_study_evaluates_and_times_a_lookup_run_without_training_it(tiny_run, 
     assert read_parquet(paths.timing("lookup"))["setting"].nunique() == len(cfg.speed)
 
 
+def test_a_copy_pilot_larger_than_the_training_prompts_is_refused_before_decoding(tiny_run, tmp_path, monkeypatch):
+    """speed_copy_pilot_prompts beyond the run's training prompts: a clear error naming the keys, before any model
+    is loaded (a slice would quietly read fewer prompts than the preset says)."""
+    from distillspec.study import evaluation
+    from distillspec.study.evaluation import evaluate_drafts
+
+    cfg, run, _ = _tiny_study_with(tiny_run, tmp_path, {"name": "lookup", "draft_kind": "lookup"},
+                                   speed_copy_pilot_prompts=100_000)
+    monkeypatch.setattr(evaluation, "load_target", lambda *a, **k: pytest.fail("loaded the target first"))
+    with pytest.raises(DistillSpecError, match="speed pilot of draft 'lookup' reads 100000 training prompts"):
+        evaluate_drafts(cfg, run, ["lookup"])
+
+
 def test_the_lookup_and_hybrid_kinds_load_cut_and_refuse_export(tiny_pair, tokenizer, tmp_path):
     from distillspec.config import Config
     from distillspec.drafts import kind_named, kind_of, load_draft

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import read_parquet, write_json, write_parquet
 from ..data import render_prompts
-from ..drafts import kind_of, saved_draft
+from ..drafts import kind_named, kind_of, saved_draft
 from ..errors import require
 from ..evaluate import expected_acceptance
 from ..drafts import load_draft
@@ -64,6 +64,8 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
         path = drafts[name]
         require(path is None or path.is_dir(),
                 f"Draft '{name}' has no trained student at {path}: train it first (`python -m distillspec train`).")
+    if cfg.speed and todo:
+        _check_pilot_size(cfg, paths, todo)
     decoding = cfg.for_decoding()  # eval_precision, e.g. bf16 on a CPU with bf16 instructions
     if not todo and not reference:
         return _write_speed_table(cfg, paths)
@@ -103,6 +105,17 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
     if reference:
         _time_reference(cfg, paths, target, tok, prompts)
     return _write_speed_table(cfg, paths)
+
+
+def _check_pilot_size(cfg: StudyConfig, paths: RunPaths, names: list[str]) -> None:
+    """Refuse, before any decoding, speed pilots larger than the run's training prompts (a slice would quietly read
+    fewer prompts than the preset says)."""
+    n_train = len(load_prompt_file(paths.train_prompts))
+    for name in names:
+        n_pilot = cfg.pilot_prompts(kind_named(_run_config(cfg, name).draft_kind).copies_context)
+        require(n_train >= n_pilot, f"The speed pilot of draft '{name}' reads {n_pilot} training prompts but the run "
+                                    f"has {n_train}: lower speed_pilot_prompts / speed_copy_pilot_prompts, or prepare "
+                                    "more training prompts (n_train).")
 
 
 def _write_speed_table(cfg: StudyConfig, paths: RunPaths) -> pd.DataFrame:
@@ -231,10 +244,7 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
     chosen."""
     timed = prompts[: cfg.speed_prompts]
     train = render_prompts(tok, load_prompt_file(paths.train_prompts))
-    n_pilot = cfg.pilot_prompts(kind_of(draft).copies_context)
-    require(len(train) >= n_pilot, f"The speed pilot of {name} reads {n_pilot} training prompts but the run has "
-                                   f"{len(train)}: lower speed_pilot_prompts / speed_copy_pilot_prompts, or prepare "
-                                   "more training prompts.")
+    n_pilot = cfg.pilot_prompts(kind_of(draft).copies_context)  # evaluate_drafts checked the run has as many
     pilot = train[:n_pilot]
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):

@@ -26,9 +26,8 @@ def speed_summary(timing: dict[str, pd.DataFrame], timed: dict[str, list[dict]],
     for draft, frame in timing.items():
         chosen = {t["setting"]: t for t in timed.get(draft, [])}
         for setting, f in frame.groupby("setting", sort=False):
-            cols = {k: f[k].to_numpy(float) for k in SPEED_COLUMNS}
-            measured, lo, hi = bootstrap(lambda i: speed_ratio(*(cols[k][i].sum(-1) for k in SPEED_COLUMNS)), len(f),
-                                         seed=seed)
+            cols = _speed_columns(f)
+            measured, lo, hi = bootstrap(lambda i: _speedup(cols, i), len(f), seed=seed)
             paired = _against(f, timing.get(reference), setting, seed) if draft != reference else (np.nan,) * 3
             alpha = f["accepted"].sum() / f["verified"].sum() if f["verified"].sum() else float("nan")
             info = chosen.get(setting, {})
@@ -58,12 +57,17 @@ def _against(frame: pd.DataFrame, reference: pd.DataFrame | None, setting: str, 
     other = None if reference is None else reference[reference["setting"] == setting]
     if other is None or len(other) != len(frame) or (other["prompts"].to_numpy() != frame["prompts"].to_numpy()).any():
         return (np.nan,) * 3
-    mine, theirs = ({k: f[k].to_numpy(float) for k in SPEED_COLUMNS} for f in (frame, other))
+    mine, theirs = _speed_columns(frame), _speed_columns(other)
+    return bootstrap(lambda i: _speedup(mine, i) / _speedup(theirs, i), len(frame), seed=seed)
 
-    def ratio(i):
-        return (speed_ratio(*(mine[k][i].sum(-1) for k in SPEED_COLUMNS))
-                / speed_ratio(*(theirs[k][i].sum(-1) for k in SPEED_COLUMNS)))
-    return bootstrap(ratio, len(frame), seed=seed)
+
+def _speed_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {k: frame[k].to_numpy(float) for k in SPEED_COLUMNS}
+
+
+def _speedup(cols: dict[str, np.ndarray], i) -> np.ndarray:
+    """SD tokens/s over target tokens/s on the batches indexed by i ([n] or [n_boot, n])."""
+    return speed_ratio(*(cols[k][i].sum(-1) for k in SPEED_COLUMNS))
 
 
 def _predicted(costs: StepCosts | None, info: dict, alpha: float, gamma: int) -> float:
