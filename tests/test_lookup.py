@@ -37,14 +37,32 @@ def _repetitive_prompts(n_rows=6, seed=0):
     return prompts + [list(range(100, 107))]
 
 
-@pytest.mark.parametrize("gamma", [1, 4, 10])
-def test_greedy_lookup_is_token_identical_to_target_generate(tiny_pair, gamma):
+def test_the_most_recent_occurrence_is_copied_when_asked():
+    """recent=True: the continuation of the latest earlier occurrence of the longest suffix that recurs (brute force)."""
+    rng = np.random.default_rng(1)
+    differs = 0
+    for _ in range(300):
+        text = rng.integers(0, 8, size=int(rng.integers(2, 40)))
+        expected = []
+        for n in range(min(3, len(text) - 1), 0, -1):
+            starts = [s for s in range(len(text) - n) if (text[s: s + n] == text[-n:]).all()]
+            if starts:
+                found = text[starts[-1] + n: starts[-1] + n + 4].tolist()
+                expected = found[: found.index(7)] if 7 in found else found
+                break
+        assert continuation(text, 3, 4, {7}, recent=True) == expected, text
+        differs += expected != continuation(text, 3, 4, {7})
+    assert differs > 20
+
+
+@pytest.mark.parametrize("gamma,recent", [(1, False), (4, False), (10, False), (4, True)])
+def test_greedy_lookup_is_token_identical_to_target_generate(tiny_pair, gamma, recent):
     target, _ = tiny_pair
     prompts = _repetitive_prompts()
     eos = _greedy_reference(target, prompts[:1], 40, None)[0][9]
     refs = _greedy_reference(target, prompts, 40, eos)
-    res = speculative_generate(target, PromptLookup(max_ngram=2), prompts, gamma=gamma, max_new_tokens=40,
-                               eos_token_id=eos)
+    res = speculative_generate(target, PromptLookup(max_ngram=2, recent=recent), prompts, gamma=gamma,
+                               max_new_tokens=40, eos_token_id=eos)
     assert res.sequences == refs
     m = res.metrics
     assert m.draft_forwards == 0 and m.proposed > 0 and 0 < m.drafted_share < 1  # some steps had no match
@@ -249,6 +267,7 @@ def test_the_lookup_and_hybrid_kinds_load_cut_and_refuse_export(tiny_pair, token
     ({"name": "hybrid", "draft_kind": "hybrid", "hybrid_of": "hybrid"}, "set hybrid_of to the run"),
     ({"name": "copy", "draft_kind": "model", "hybrid_of": "fkl"}, "draft_kind is 'model'"),
     ({"name": "copy", "draft_kind": "lookup", "lookup_ngram": 0}, "lookup_ngram=0"),
+    ({"name": "copy", "draft_kind": "lookup", "lookup_recent": "yes"}, "lookup_recent='yes' must be true or false"),
 ])
 def test_a_study_refuses_a_hybrid_run_without_a_trained_run_to_fall_back_on(tmp_path, run, message):
     import yaml

@@ -82,6 +82,7 @@ class CopyKeys:
     """What prompt lookup and the hybrid read (draft_kind lookup or hybrid; lookup.py)."""
 
     lookup_ngram: int = 3  # the longest n-gram of a row's latest text matched against its earlier text
+    lookup_recent: bool = False  # copy after the n-gram's most recent earlier occurrence (False: its first)
     hybrid_of: str | None = None  # draft_kind hybrid in a study: the run whose trained draft it uses where no match
 
 
@@ -209,6 +210,8 @@ def validate_run(cfg) -> None:
     validate_validation(cfg)
     require(isinstance(cfg.lookup_ngram, int) and cfg.lookup_ngram >= 1,
             f"lookup_ngram={cfg.lookup_ngram!r} must be an integer >= 1 (the longest n-gram prompt lookup matches).")
+    require(isinstance(cfg.lookup_recent, bool), f"lookup_recent={cfg.lookup_recent!r} must be true or false (copy "
+            "after the n-gram's most recent earlier occurrence, or after its first).")
     require(cfg.hybrid_of is None or cfg.draft_kind == "hybrid",
             f"hybrid_of='{cfg.hybrid_of}' names the trained run a hybrid falls back on; this run's draft_kind is "
             f"'{cfg.draft_kind}' (use draft_kind: hybrid, or drop hybrid_of).")

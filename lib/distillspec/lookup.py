@@ -22,12 +22,15 @@ class PromptLookup:
     """The draft: its one setting. The block length is the decoder's gamma (at most that many tokens per step)."""
 
     max_ngram: int = 3  # longest suffix of the text matched against its earlier tokens
+    recent: bool = False  # copy after the suffix's most recent earlier occurrence (False: its first, as transformers)
 
     reads_target_features = False
 
     def __post_init__(self):
         require(isinstance(self.max_ngram, int) and self.max_ngram >= 1,
                 f"lookup max_ngram={self.max_ngram} must be an int >= 1 (the longest n-gram matched).")
+        require(isinstance(self.recent, bool), f"lookup recent={self.recent!r} must be True or False (copy after the "
+                "most recent earlier occurrence, or after the first).")
 
     def drafter(self, width: int, timed: bool, eos: set[int]):
         return LookupDrafter(self, eos)
@@ -69,16 +72,18 @@ class Hybrid:
 SOURCES = {"draft": 0, "lookup": 1}  # the per-step `source` of a hybrid's records
 
 
-def continuation(text: np.ndarray, max_ngram: int, length: int, eos: set[int] = frozenset()) -> list[int]:
+def continuation(text: np.ndarray, max_ngram: int, length: int, eos: set[int] = frozenset(),
+                 recent: bool = False) -> list[int]:
     """Up to `length` tokens that followed the first earlier occurrence of text's longest matching suffix (n-grams
-    from max_ngram down to 1), cut before any EOS (the first match decides, as in transformers: one whose
-    continuation starts with EOS proposes nothing); [] without a match. text: [L] token ids, prompt then output."""
+    from max_ngram down to 1; recent=True: its most recent occurrence), cut before any EOS (that occurrence decides,
+    as in transformers: one whose continuation starts with EOS proposes nothing); [] without a match. text: [L] token
+    ids, prompt then output."""
     n_tokens = len(text)
     for n in range(min(max_ngram, n_tokens - 1), 0, -1):
         windows = np.lib.stride_tricks.sliding_window_view(text[:-1], n)  # starts 0..L-1-n: a token follows each
         hits = np.flatnonzero((windows == text[-n:]).all(1))
         if hits.size:
-            start = int(hits[0]) + n
+            start = int(hits[-1 if recent else 0]) + n
             found = text[start: start + length].tolist()
             return found[: next((i for i, t in enumerate(found) if t in eos), len(found))]  # may be [] at EOS
     return []
@@ -113,9 +118,10 @@ class LookupDrafter:
         self.prompts, self.pad = [np.asarray(p, dtype=np.int64) for p in prompts], pad
 
     def matches(self, rows: _Rows, gamma: int) -> list[list[int]]:
-        """Each row's proposal: up to gamma tokens after the first earlier occurrence of its text's longest suffix."""
+        """Each row's proposal: up to gamma tokens after the first (or most recent) earlier occurrence of its text's
+        longest suffix."""
         return [continuation(np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)]),
-                             self.lookup.max_ngram, gamma, self.eos) for r in rows.index.tolist()]
+                             self.lookup.max_ngram, gamma, self.eos, self.lookup.recent) for r in rows.index.tolist()]
 
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
                 confidence: float | None, found: list[list[int]] | None = None) -> _Proposal:

@@ -29,12 +29,13 @@ class HybridDraft:
         return isinstance(draft, Hybrid)
 
     def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
-        """The hybrid over the draft saved at path (any kind that saves one), matching n-grams up to lookup_ngram."""
+        """The hybrid over the draft saved at path (any kind that saves one), matching n-grams up to lookup_ngram
+        (after their most recent occurrence with lookup_recent)."""
         if path is None:
             raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder (in a "
                                    "study, name its run with hybrid_of).")
         inner = HEAD if (Path(path) / HEAD.marker).is_file() else MODEL
-        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training), PromptLookup(cfg.lookup_ngram))
+        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training), PromptLookup(cfg.lookup_ngram, cfg.lookup_recent))
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         inner = HEAD if HEAD.is_instance(draft.draft) else MODEL

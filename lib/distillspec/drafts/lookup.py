@@ -25,7 +25,7 @@ class LookupDraft:
         return isinstance(draft, PromptLookup)
 
     def load(self, path: str | os.PathLike | None, cfg, target, tokenizer, *, training: bool = False):
-        return PromptLookup(cfg.lookup_ngram)
+        return PromptLookup(cfg.lookup_ngram, cfg.lookup_recent)
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         return draft  # it proposes token ids from the text itself: a reduced vocabulary changes nothing
