@@ -9,7 +9,9 @@ spells it), so it needs no timing: it runs in fp32 on the first `speed_prompts` 
 of a tree costs a verification of nodes + 1 tokens (the records' target_s) and one draft forward per depth (draft_s:
 a forward over the few nodes of one depth priced as a one-token forward, a lower bound). Prompt lookup's tree merges
 the continuations of every earlier occurrence of the matched suffix (first or most recent first, each cut at a
-length); its chain is the decoder's (the first occurrence), or the most recent occurrence's.
+length); its chain is the decoder's (the first occurrence), or the most recent occurrence's. A hybrid (lookup where
+the text matches, its trained draft elsewhere) is replayed with each pair of blocks, copying on every match (the
+decoder's) or only where the matched suffix is at least m tokens long.
 
 Each shape is chosen on half of the prompts (even / odd) and its speedup read on the other half, then pooled: the
 best chain against the best tree, each chosen the same way, with 95% bootstrap CIs over prompts (paired for the
@@ -19,6 +21,7 @@ ratio). Prints a Markdown table; --out writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from tqdm import tqdm
 from distillspec.atomic import write_json
 from distillspec.data import render_prompts
 from distillspec.drafts import kind_of
-from distillspec.lookup import PromptLookup
+from distillspec.lookup import Hybrid, PromptLookup
 from distillspec.pair import load_target
 from distillspec.sampling import SamplingConfig
 from distillspec.speed import StepCosts, target_decode
@@ -37,7 +40,8 @@ from distillspec.study.preset import StudyConfig
 from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file
 from distillspec.study.stages import decoding_draft
 from distillspec.study.stats import bootstrap
-from distillspec.trees import best_tree, chain, depth, head_ranks, lookup_replay, model_ranks, replay_steps
+from distillspec.trees import (best_tree, chain, depth, head_ranks, hybrid_replay, lookup_replay, model_ranks,
+                               replay_steps)
 
 
 def _costs(records: Path, name: str) -> StepCosts:
@@ -91,6 +95,25 @@ def _shapes_lookup(prompts, outs, lookup: PromptLookup, eos, nodes: int, max_dep
     return {name: (play(s), s) for name, s in shapes.items()}
 
 
+def _shapes_hybrid(prompts, outs, hybrid: Hybrid, ranks, eos, max_depth: int) -> dict:
+    """A hybrid's blocks (lookup's, the trained draft's; 0: a plain step where nothing matches), with lookup on every
+    match (the decoder's), only on matches of at least m tokens, or copying after the most recent occurrence."""
+    shapes, recent = {}, dataclasses.replace(hybrid.lookup, recent=True)
+    families = [(f"hybrid, match >= {m}" if m > 1 else "hybrid, any match", m, hybrid.lookup)
+                for m in range(1, hybrid.lookup.max_ngram + 1)] + [("hybrid, most recent", 1, recent)]
+    for family, m, lookup in families:
+        for copy in range(2, max_depth + 1):
+            for own in range(0, 5):
+                shapes[f"{family}, blocks {copy}/{own}"] = dict(copy_block=copy, own_block=own, min_match=m,
+                                                                lookup=lookup)
+
+    def play(setting):
+        def one(i):
+            return hybrid_replay(prompts[i], outs[i], ranks=ranks[i], eos=eos, **setting)
+        return one
+    return {name: (play(s), s) for name, s in shapes.items()}
+
+
 def _cross_fit(make_shapes, n_prompts: int, costs: StepCosts, family_of) -> dict:
     """Per family of shapes (family_of(name): e.g. chain, tree): the shape chosen on each half of the prompts, read on
     the other; pooled tokens and seconds per prompt."""
@@ -112,7 +135,8 @@ def _cross_fit(make_shapes, n_prompts: int, costs: StepCosts, family_of) -> dict
 
 
 def _family(shape: str) -> str:
-    """chain / tree, and for prompt lookup which occurrence leads: 'chain, first' is the decoder's lookup."""
+    """chain / tree, and for prompt lookup which occurrence leads ('chain, first' is the decoder's lookup); a
+    hybrid's: which matches it copies on ('hybrid, any match' is the decoder's)."""
     return shape.split(",")[0].split()[0] + ("" if "," not in shape else ", " + shape.split(", ")[1])
 
 
@@ -150,12 +174,15 @@ def main():
             def make(fit, draft=draft):
                 return _shapes_lookup(prompts, outs, draft, eos, args.nodes, args.max_depth)
         else:
-            reads = getattr(draft, "reads_target_features", False)
-            ranks = [head_ranks(draft, target, p, o, args.max_depth) if reads else model_ranks(draft, p, o,
+            model = draft.draft if isinstance(draft, Hybrid) else draft
+            reads = getattr(model, "reads_target_features", False)
+            ranks = [head_ranks(model, target, p, o, args.max_depth) if reads else model_ranks(model, p, o,
                                                                                                args.max_depth)
                      for p, o in tqdm(list(zip(prompts, outs)), desc=f"{name}: ranks")]
 
-            def make(fit, ranks=ranks):
+            def make(fit, ranks=ranks, draft=draft):
+                if isinstance(draft, Hybrid):
+                    return _shapes_hybrid(prompts, outs, draft, ranks, eos, args.max_depth)
                 return _shapes_ranked(ranks, fit, args.nodes, args.max_depth)
         fams = _cross_fit(make, len(prompts), costs, _family)
         first = next(iter(fams.values()))  # the decoder's own: the chain (prompt lookup's: first occurrence)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from distillspec.eagle import EagleHead
-from distillspec.lookup import PromptLookup, continuation
+from distillspec.lookup import Hybrid, PromptLookup, continuation
 from distillspec.specdec import speculative_generate
-from distillspec.trees import (MISSED, best_tree, chain, head_ranks, kept, lookup_candidates, lookup_replay,
-                               model_ranks, replay_steps)
+from distillspec.trees import (MISSED, best_tree, chain, head_ranks, hybrid_replay, kept, lookup_candidates,
+                               lookup_replay, model_ranks, replay_steps)
 from test_lookup import _repetitive_prompts
 from test_specdec import _greedy_reference, _prompts
 
@@ -70,6 +70,21 @@ def test_a_replayed_lookup_chain_keeps_what_the_decoder_kept(tiny_pair, gamma):
                 for p, o in zip(prompts, outs)]
     _same_but_last(replayed, _decoder_steps(target, lookup, prompts, gamma, eos))
     assert sum(r.sum() for r in replayed) > 0
+
+
+def test_a_replayed_hybrid_keeps_what_the_decoder_kept(tiny_pair):
+    target, draft = tiny_pair
+    prompts = _repetitive_prompts()
+    eos, outs = _greedy_case(target, prompts, 9)
+    hybrid = Hybrid(draft, PromptLookup(max_ngram=2), lookup_block=5, draft_block=2)
+    replayed = [hybrid_replay(p, o, hybrid.lookup, model_ranks(draft, p, o, 8), copy_block=5, own_block=2,
+                              eos={eos}) for p, o in zip(prompts, outs)]
+    _same_but_last([r[0] for r in replayed], _decoder_steps(target, hybrid, prompts, 5, eos))
+    forwards = np.concatenate([r[2] for r in replayed])
+    assert (forwards == 0).any() and (forwards == 2).any()  # both sources drafted
+    fewer = [hybrid_replay(p, o, hybrid.lookup, model_ranks(draft, p, o, 8), copy_block=5, own_block=2, eos={eos},
+                           min_match=2)[2] for p, o in zip(prompts, outs)]
+    assert sum((f == 0).sum() for f in fewer) <= (forwards == 0).sum()  # longer matches only: lookup copies less
 
 
 def test_lookup_candidates_start_with_the_decoders_proposal_and_a_tree_keeps_at_least_as_much():

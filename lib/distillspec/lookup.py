@@ -78,15 +78,23 @@ def continuation(text: np.ndarray, max_ngram: int, length: int, eos: set[int] = 
     from max_ngram down to 1; recent=True: its most recent occurrence), cut before any EOS (that occurrence decides,
     as in transformers: one whose continuation starts with EOS proposes nothing); [] without a match. text: [L] token
     ids, prompt then output."""
-    n_tokens = len(text)
-    for n in range(min(max_ngram, n_tokens - 1), 0, -1):
+    n, hits = longest_match(text, max_ngram)
+    if not n:
+        return []
+    start = int(hits[-1 if recent else 0]) + n
+    found = text[start: start + length].tolist()
+    return found[: next((i for i, t in enumerate(found) if t in eos), len(found))]  # may be [] at EOS
+
+
+def longest_match(text: np.ndarray, max_ngram: int) -> tuple[int, np.ndarray]:
+    """(n, where): the longest suffix of text, n tokens from max_ngram down to 1, that occurred earlier, and the start
+    of each earlier occurrence in order; (0, []) without one."""
+    for n in range(min(max_ngram, len(text) - 1), 0, -1):
         windows = np.lib.stride_tricks.sliding_window_view(text[:-1], n)  # starts 0..L-1-n: a token follows each
         hits = np.flatnonzero((windows == text[-n:]).all(1))
         if hits.size:
-            start = int(hits[-1 if recent else 0]) + n
-            found = text[start: start + length].tolist()
-            return found[: next((i for i, t in enumerate(found) if t in eos), len(found))]  # may be [] at EOS
-    return []
+            return n, hits
+    return 0, np.zeros(0, dtype=np.int64)
 
 
 def one_hot_proposal(found: list[list[int]], width: int, pad: int, device):
@@ -200,4 +208,5 @@ def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:
     return x if x.shape[1] == block else torch.cat([x, x.new_zeros(x.shape[0], block - x.shape[1], *x.shape[2:])], 1)
 
 
-__all__ = ["Hybrid", "HybridDrafter", "LookupDrafter", "PromptLookup", "SOURCES", "continuation", "one_hot_proposal"]
+__all__ = ["Hybrid", "HybridDrafter", "LookupDrafter", "PromptLookup", "SOURCES", "continuation", "longest_match",
+           "one_hot_proposal"]

@@ -23,7 +23,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .lookup import PromptLookup, continuation
+from .lookup import PromptLookup, continuation, longest_match
 from .specdec import HeadDrafter, RaggedKV, _Rows, left_pad
 
 MISSED = 10**6  # the rank of a true token a draft cannot propose (outside its reduced vocabulary, or past the text)
@@ -143,19 +143,15 @@ def lookup_candidates(text: np.ndarray, max_ngram: int, length: int, eos: set[in
     """Prompt lookup's candidates, best first: the continuations (up to `length` tokens, cut before EOS) of every
     earlier occurrence of the longest suffix of text that occurs earlier, the first occurrence first (as the
     decoder's lookup) or the most recent; duplicates and empty ones dropped."""
-    for n in range(min(max_ngram, len(text) - 1), 0, -1):
-        windows = np.lib.stride_tricks.sliding_window_view(text[:-1], n)
-        hits = np.flatnonzero((windows == text[-n:]).all(1))
-        if hits.size:
-            found, seen = [], set()
-            for hit in hits[::-1] if recent else hits:
-                cont = text[hit + n: hit + n + length].tolist()
-                cont = cont[: next((i for i, t in enumerate(cont) if t in eos), len(cont))]
-                if cont and tuple(cont) not in seen:
-                    seen.add(tuple(cont))
-                    found.append(cont)
-            return found
-    return []
+    n, hits = longest_match(text, max_ngram)
+    found, seen = [], set()
+    for hit in hits[::-1] if recent else hits:
+        cont = text[hit + n: hit + n + length].tolist()
+        cont = cont[: next((i for i, t in enumerate(cont) if t in eos), len(cont))]
+        if cont and tuple(cont) not in seen:
+            seen.add(tuple(cont))
+            found.append(cont)
+    return found
 
 
 def trie(candidates: list[list[int]], nodes: int) -> dict:
@@ -198,5 +194,31 @@ def lookup_replay(prompt: list[int], out: list[int], lookup: PromptLookup, *, no
     return np.asarray(steps), np.asarray(sizes)
 
 
-__all__ = ["MISSED", "Tree", "best_tree", "chain", "depth", "head_ranks", "kept", "lookup_candidates",
+def hybrid_replay(prompt: list[int], out: list[int], lookup: PromptLookup, ranks: np.ndarray, *, copy_block: int,
+                  own_block: int, eos: set[int], min_match: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hybrid replayed over one output: (drafts kept, nodes proposed, draft forwards) per step. Lookup's chain (up
+    to copy_block tokens) where the text's longest recurring suffix is at least min_match tokens long and has a
+    continuation, as the decoder's Hybrid does with min_match 1; elsewhere the trained draft's chain of own_block
+    (its ranks [T, max_depth]; 0: a plain decoding step)."""
+    text = np.asarray(prompt + out, dtype=np.int64)
+    j, steps, sizes, forwards = 0, [], [], []
+    while j < len(out):
+        seen = text[: len(prompt) + j]
+        found = continuation(seen, lookup.max_ngram, copy_block, eos, lookup.recent) if copy_block else []
+        if found and longest_match(seen, lookup.max_ngram)[0] >= min_match:
+            k = 0
+            while k < len(found) and j + k < len(out) - 1 and out[j + k] == found[k]:
+                k += 1
+            size, ran = len(found), 0
+        else:
+            k = min(kept(ranks[j], chain(own_block)), len(out) - j - 1) if own_block else 0
+            size, ran = own_block, own_block
+        steps.append(k)
+        sizes.append(size)
+        forwards.append(ran)
+        j += k + 1
+    return np.asarray(steps), np.asarray(sizes), np.asarray(forwards)
+
+
+__all__ = ["MISSED", "Tree", "best_tree", "chain", "depth", "head_ranks", "hybrid_replay", "kept", "lookup_candidates",
            "lookup_replay", "model_ranks", "replay_steps", "trie"]
