@@ -84,7 +84,7 @@ def test_every_other_published_table_rebuilds_from_its_records(preset, tmp_path,
     from distillspec.study import stages
     from distillspec.study.handoff import import_records
     from distillspec.study.preset import StudyConfig
-    from distillspec.study.rundir import RunPaths, bind_config, draft_names
+    from distillspec.study.rundir import RunPaths, bind_config, draft_names, timed_names
 
     monkeypatch.setenv("DISTILLSPEC_DATA_DIR", str(shared_data))
     cfg = StudyConfig.from_yaml(REPO / "configs" / f"{preset}.yaml")
@@ -92,7 +92,7 @@ def test_every_other_published_table_rebuilds_from_its_records(preset, tmp_path,
     run_dir.mkdir()
     bind_config(cfg, run_dir)
     stages.prepare_data(cfg, run_dir)
-    imported = import_records(cfg, run_dir, REPO / "figures" / preset / "records", draft_names(cfg))
+    imported = import_records(cfg, run_dir, REPO / "figures" / preset / "records", timed_names(cfg))  # + the reference
     assert set(draft_names(cfg)) <= set(imported), imported
     stages.analyze(cfg, run_dir)
     assert RunPaths(run_dir).results.read_text() == (REPO / "figures" / preset / "results.md").read_text(), preset
