@@ -80,16 +80,16 @@ def _shapes_ranked(ranks: list[np.ndarray], fit: list[int], nodes: int, max_dept
 def _shapes_lookup(prompts, outs, lookup: PromptLookup, eos, nodes: int, max_depth: int) -> dict:
     shapes = {}
     for recent in (False, True):
-        order = "most recent" if recent else "first"
+        order, copy = "most recent" if recent else "first", dataclasses.replace(lookup, recent=recent)
         for k in range(1, max_depth + 1):
-            shapes[f"chain {k}, {order}"] = dict(nodes=k, length=k, tree=False, recent=recent)
+            shapes[f"chain {k}, {order}"] = dict(lookup=copy, nodes=k, length=k, tree=False)
         for n in range(2, nodes + 1):
             for length in range(1, n + 1):
-                shapes[f"tree {n}, {order}, length {length}"] = dict(nodes=n, length=length, tree=True, recent=recent)
+                shapes[f"tree {n}, {order}, length {length}"] = dict(lookup=copy, nodes=n, length=length, tree=True)
 
     def play(setting):
         def one(i):
-            steps, sizes = lookup_replay(prompts[i], outs[i], lookup, eos=eos, **setting)
+            steps, sizes = lookup_replay(prompts[i], outs[i], eos=eos, **setting)
             return steps, sizes, np.zeros(len(steps))  # no draft forwards
         return one
     return {name: (play(s), s) for name, s in shapes.items()}
@@ -127,9 +127,10 @@ def _cross_fit(make_shapes, n_prompts: int, costs: StepCosts, family_of) -> dict
             def score(shape, units):
                 t, s = _per_prompt(*zip(*[shape[0](i) for i in units]), costs)
                 return _speedup(t, s, costs)
-            name = max(shapes, key=lambda k: score(shapes[k], fit))
+            scores = {k: score(v, fit) for k, v in shapes.items()}
+            name = max(scores, key=scores.get)
             tokens[held], seconds[held] = _per_prompt(*zip(*[shapes[name][0](i) for i in held]), costs)
-            chosen.append({"shape": name, "detail": str(shapes[name][1]), "fit_speedup": score(shapes[name], fit)})
+            chosen.append({"shape": name, "detail": str(shapes[name][1]), "fit_speedup": scores[name]})
         result[family] = {"tokens": tokens, "seconds": seconds, "chosen": chosen}
     return result
 

@@ -66,7 +66,7 @@ def test_a_replayed_lookup_chain_keeps_what_the_decoder_kept(tiny_pair, gamma):
     prompts = _repetitive_prompts()
     eos, outs = _greedy_case(target, prompts, 9)
     lookup = PromptLookup(max_ngram=2)
-    replayed = [lookup_replay(p, o, lookup, nodes=gamma, length=gamma, eos={eos}, tree=False, recent=False)[0]
+    replayed = [lookup_replay(p, o, lookup, nodes=gamma, length=gamma, eos={eos}, tree=False)[0]
                 for p, o in zip(prompts, outs)]
     _same_but_last(replayed, _decoder_steps(target, lookup, prompts, gamma, eos))
     assert sum(r.sum() for r in replayed) > 0
@@ -87,7 +87,7 @@ def test_a_replayed_hybrid_keeps_what_the_decoder_kept(tiny_pair):
     assert sum((f == 0).sum() for f in fewer) <= (forwards == 0).sum()  # longer matches only: lookup copies less
 
 
-def test_lookup_candidates_start_with_the_decoders_proposal_and_a_tree_keeps_at_least_as_much():
+def test_lookup_candidates_start_with_the_decoders_proposal_and_a_tree_finds_what_the_first_occurrence_misses():
     rng = np.random.default_rng(0)
     differs = 0
     for _ in range(200):
@@ -101,9 +101,10 @@ def test_lookup_candidates_start_with_the_decoders_proposal_and_a_tree_keeps_at_
     assert differs > 0
     prompt, out = [1, 2, 3, 9, 1, 2, 4, 8, 5, 1, 2], [4, 8, 7]  # "1 2" went on "3 9" first, then "4 8"
     steps = {}
-    for name, setting in {"first": dict(tree=False, recent=False), "recent": dict(tree=False, recent=True),
-                          "tree": dict(tree=True, recent=False)}.items():
-        steps[name], sizes = lookup_replay(prompt, out, PromptLookup(2), nodes=6, length=3, eos=set(), **setting)
+    for name, setting in {"first": dict(tree=False, lookup=PromptLookup(2)),
+                          "recent": dict(tree=False, lookup=PromptLookup(2, recent=True)),
+                          "tree": dict(tree=True, lookup=PromptLookup(2))}.items():
+        steps[name], sizes = lookup_replay(prompt, out, nodes=6, length=3, eos=set(), **setting)
         assert (sizes <= 6).all() and (steps[name] + 1).sum() == len(out)
     assert steps["first"].tolist() == [0, 1] and steps["recent"].tolist() == steps["tree"].tolist() == [2]
 
@@ -114,7 +115,7 @@ def test_the_best_tree_holds_the_most_frequent_rank_paths_closed_under_prefixes(
     for nodes in (1, 3, 8):
         tree = best_tree(ranks, nodes)
         assert len(tree) == nodes and all(path[:-1] in tree for path in tree if len(path) > 1)
-        # no other tree of as many nodes keeps more drafts from every starting position than the chain does
+        # from every starting position together, the best tree keeps at least as many drafts as a chain of as many nodes
         total = sum(kept(row, tree) for r in ranks for row in r)
         assert total >= sum(kept(row, chain(nodes)) for r in ranks for row in r)
     assert (1,) in best_tree(ranks, 3)  # the second choice at depth 1 is more often right than two first choices

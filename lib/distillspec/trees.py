@@ -51,7 +51,7 @@ def _ranks_of(logits: torch.Tensor, true: torch.Tensor, vocab_ids: torch.Tensor 
         columns = lookup[true.cpu()].to(logits.device)
         present = columns >= 0
     chosen = logits.gather(1, columns.clamp(min=0)[:, None])  # [n, 1]
-    ranks = (logits > chosen).sum(1)  # ties rank first, as argmax picks the first of equals only by chance
+    ranks = (logits > chosen).sum(1)  # columns strictly above it: a tie ranks the true token first
     return torch.where(present, ranks, MISSED).cpu().numpy()
 
 
@@ -173,24 +173,29 @@ def _size(node: dict) -> int:
     return sum(1 + _size(child) for child in node.values())
 
 
+def _walk(node: dict, out: list[int], j: int) -> int:
+    """Drafts a token tree keeps for the step that starts at out[j] (the step's last token is always the target's)."""
+    k = 0
+    while j + k < len(out) - 1 and out[j + k] in node:
+        node, k = node[out[j + k]], k + 1
+    return k
+
+
 def lookup_replay(prompt: list[int], out: list[int], lookup: PromptLookup, *, nodes: int, length: int, eos: set[int],
-                  tree: bool, recent: bool) -> tuple[np.ndarray, np.ndarray]:
+                  tree: bool) -> tuple[np.ndarray, np.ndarray]:
     """Prompt lookup replayed over one output: (drafts kept, nodes proposed) per step. tree=False is the decoder's
-    chain (the first occurrence's continuation, `nodes` tokens at most; recent=True: the most recent occurrence's);
-    tree=True merges every occurrence's continuation (`length` tokens each at most) into a tree of `nodes`."""
+    chain (the continuation of the occurrence lookup.recent picks, `nodes` tokens at most); tree=True merges every
+    occurrence's continuation (`length` tokens each at most, lookup.recent's first) into a tree of `nodes`."""
     text = np.asarray(prompt + out, dtype=np.int64)
     j, steps, sizes = 0, [], []
     while j < len(out):
         seen = text[: len(prompt) + j]
-        found = (lookup_candidates(seen, lookup.max_ngram, length, eos, recent) if tree
-                 else [continuation(seen, lookup.max_ngram, nodes, eos, recent)])
-        node, k = trie([f for f in found if f], nodes), 0
-        size = _size(node)
-        while j + k < len(out) - 1 and out[j + k] in node:
-            node, k = node[out[j + k]], k + 1
-        steps.append(k)
-        sizes.append(size)
-        j += k + 1
+        found = (lookup_candidates(seen, lookup.max_ngram, length, eos, lookup.recent) if tree
+                 else [continuation(seen, lookup.max_ngram, nodes, eos, lookup.recent)])
+        node = trie([f for f in found if f], nodes)
+        steps.append(_walk(node, out, j))
+        sizes.append(_size(node))
+        j += steps[-1] + 1
     return np.asarray(steps), np.asarray(sizes)
 
 
@@ -205,11 +210,8 @@ def hybrid_replay(prompt: list[int], out: list[int], lookup: PromptLookup, ranks
     while j < len(out):
         seen = text[: len(prompt) + j]
         found = continuation(seen, lookup.max_ngram, copy_block, eos, lookup.recent) if copy_block else []
-        if found and longest_match(seen, lookup.max_ngram)[0] >= min_match:
-            k = 0
-            while k < len(found) and j + k < len(out) - 1 and out[j + k] == found[k]:
-                k += 1
-            size, ran = len(found), 0
+        if found and (min_match == 1 or longest_match(seen, lookup.max_ngram)[0] >= min_match):
+            k, size, ran = _walk(trie([found], len(found)), out, j), len(found), 0
         else:
             k = min(kept(ranks[j], chain(own_block)), len(out) - j - 1) if own_block else 0
             size, ran = own_block, own_block

@@ -35,7 +35,8 @@ class HybridDraft:
             raise DistillSpecError("A hybrid draft needs the trained draft it falls back to: give its folder (in a "
                                    "study, name its run with hybrid_of).")
         inner = HEAD if (Path(path) / HEAD.marker).is_file() else MODEL
-        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training), PromptLookup(cfg.lookup_ngram, cfg.lookup_recent))
+        return Hybrid(inner.load(path, cfg, target, tokenizer, training=training),
+                      PromptLookup(cfg.lookup_ngram, cfg.lookup_recent))
 
     def cut_vocab(self, draft, ids: list[int], eos_token_id):
         inner = HEAD if HEAD.is_instance(draft.draft) else MODEL
