@@ -6,6 +6,11 @@ of them in turn (the order rotates), batch 1, greedy.
 
     python benchmarks/prompt_lookup.py --task cnndm --block 10 --ngram 3 --dtype float32
     python benchmarks/prompt_lookup.py --task gsm8k --block 3 --ngram 2 --draft DIR   # and the hybrid with DIR
+    python benchmarks/prompt_lookup.py --task gsm8k --block 7 --ngram 2 --recent --skip transformers,decoder_cost_model
+
+With --recent, the decoder's lookup also runs copying after the most recent occurrence of the longest match
+(`PromptLookup(n, recent=True)`, the `lookup_recent` key) at the same block, paired with the default (the earliest);
+with a draft too, the hybrid copying after the most recent occurrence at the hybrid's blocks (hybrid_recent).
 
 With --draft, the hybrid's two blocks (lookup's and the trained draft's, 0..--block each) are chosen by the cost model
 from a pilot of the hybrid on the same 4 training prompts (acceptance per depth of each source, the share of steps
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--skip", default="", help="methods not to time, e.g. transformers,decoder_cost_model")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--recent", action="store_true", help="also time lookup copying after the most recent "
+                        "occurrence (decoder_recent) at --block")
     args = parser.parse_args()
     cfg = pair_config(args.config)
     target, tok = load_model(cfg.teacher, dtype=getattr(torch, args.dtype))
@@ -98,6 +105,9 @@ def main() -> None:
                                             max_matching_ngram_size=args.ngram),
         "decoder": lambda p: _decoder(target, lookup, tok, p, args.max_new_tokens, args.block),
     }
+    if args.recent:
+        recent = PromptLookup(args.ngram, recent=True)
+        runners["decoder_recent"] = lambda p: _decoder(target, recent, tok, p, args.max_new_tokens, args.block)
     if best not in (0, args.block):
         runners["decoder_cost_model"] = lambda p: _decoder(target, lookup, tok, p, args.max_new_tokens, best)
     hybrid_model = None
@@ -120,6 +130,10 @@ def main() -> None:
                         "pilot_draft_accept_per_depth": by_source[1].accept, "c": hybrid_costs.c,
                         "predicted_speedup": hybrid_costs.hybrid_speedup(*by_source, float(copies.mean()), *blocks)}
         runners["hybrid"] = lambda p: _decoder(target, hybrid, tok, p, args.max_new_tokens, max(max(blocks), 1))
+        if args.recent:
+            hybrid_recent = Hybrid(draft, recent, *blocks)
+            runners["hybrid_recent"] = lambda p: _decoder(target, hybrid_recent, tok, p, args.max_new_tokens,
+                                                          max(max(blocks), 1))
     runners = {k: v for k, v in runners.items() if k not in args.skip.split(",")}
     for run in runners.values():  # warm-up
         run(prompts[0][:64])
@@ -147,13 +161,15 @@ def main() -> None:
               "tokens_per_s": {k: float(t[k].sum() / s[k].sum()) for k in runners},
               "speedup_over_target": {k: ratio(k, "target") for k in runners if k != "target"},
               "decoder_over_transformers": ratio("decoder", "transformers") if "transformers" in runners else None,
+              "recent_over_earliest": {f"{k}_recent": ratio(f"{k}_recent", k) for k in ("decoder", "hybrid")
+                                       if f"{k}_recent" in runners},
               "cost_model": {"chosen_block": best, "pilot_accept_per_depth": acceptance.accept,
                              "pilot_offered": acceptance.offered,
                              "predicted_speedup": {"decoder": costs.speedup(acceptance, args.block),
                                                    "decoder_cost_model": costs.speedup(acceptance, best)},
                              "verify_steps": {k: costs.verify_ratio(k) for k in range(1, args.block + 1)}},
               "same_text_as_target": float(np.mean(same))}
-    for key in ("decoder", "decoder_cost_model", "hybrid"):
+    for key in ("decoder", "decoder_recent", "decoder_cost_model", "hybrid", "hybrid_recent"):
         if key in runners:
             c = {f: sum(x[f] for x in counts[key]) for f in ("verified", "accepted", "drafted", "steps")}
             report[f"{key}_alpha_pos"] = c["accepted"] / max(c["verified"], 1)
