@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="methods not to time, e.g. transformers,decoder_cost_model")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--recent", action="store_true", help="also time lookup copying after the most recent "
-                        "occurrence (decoder_recent) at --block")
+                        "occurrence (decoder_recent, at --block) and, with a draft, its hybrid (hybrid_recent)")
     args = parser.parse_args()
     cfg = pair_config(args.config)
     target, tok = load_model(cfg.teacher, dtype=getattr(torch, args.dtype))
@@ -162,7 +162,7 @@ def main() -> None:
               "speedup_over_target": {k: ratio(k, "target") for k in runners if k != "target"},
               "decoder_over_transformers": ratio("decoder", "transformers") if "transformers" in runners else None,
               "recent_over_earliest": {f"{k}_recent": ratio(f"{k}_recent", k) for k in ("decoder", "hybrid")
-                                       if f"{k}_recent" in runners},
+                                       if {k, f"{k}_recent"} <= runners.keys()},
               "cost_model": {"chosen_block": best, "pilot_accept_per_depth": acceptance.accept,
                              "pilot_offered": acceptance.offered,
                              "predicted_speedup": {"decoder": costs.speedup(acceptance, args.block),
