@@ -12,7 +12,8 @@ prompts; the target's own `generate` is the reference row. Speed: time_decoding 
 prompts (SD and target-only `generate` interleaved), the speedup with its CI over prompts.
 
 Writes under --out: settings.json (what the rows are made with: a rerun with other settings is refused), rows.jsonl
-(one row per finished setting, rewritten atomically after each: a rerun skips what is done),
+(one row per finished setting, rewritten atomically after each: a rerun skips what is done; at the end in the
+table's order, so that quality_table(rows) rebuilds results.md),
 <draft>_<setting>_judged.parquet and _timing.parquet, results.md (the table) and quality_latency.png.
 """
 
@@ -164,6 +165,7 @@ def main() -> None:
     rows.sort(key=lambda r: (order.index(r["draft"]) if r["draft"] in order else len(order),
                              (["generate", *settings].index(r["setting"]) if r["setting"] in ["generate", *settings]
                               else 99)))
+    write_text("".join(json.dumps(r) + "\n" for r in rows), rows_file)  # in the table's order: it rebuilds from them
     write_text(quality_table(rows, task), out / "results.md")
     plot_quality_latency(rows, task, out / "quality_latency.png")
     print(f"table: {out / 'results.md'}\nfigure: {out / 'quality_latency.png'}")

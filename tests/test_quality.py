@@ -1,5 +1,7 @@
 """Quality of decoded text (quality.py) and the greedy-lenience acceptance rule."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -173,6 +175,8 @@ def test_the_benchmark_judges_each_setting_once_and_resumes(tmp_path, shared_dat
     assert all(0 <= r["score"][0] <= 1 and r["nll_per_token"][0] > 0 for r in rows.values())
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n| baseline |") == 3 and (tmp_path / "out" / "quality_latency.png").is_file()
+    from distillspec.study.quality_latency import quality_table
+    assert quality_table(list(rows.values()), "gsm8k") == table  # the rows rebuild the table
     other = subprocess.run(command[:-1] + ["--top-p", "0.9", "--settings", "lossless"], capture_output=True,
                            text=True, timeout=600)  # other work into the same folder
     assert other.returncode != 0 and "top_p: 1.0 -> 0.9" in other.stderr and "pass a new --out" in other.stderr
@@ -184,3 +188,18 @@ def test_an_unknown_setting_is_named():
     with pytest.raises(DistillSpecError, match="'x' is not a number"):
         acceptance_rule("lin:x", 0.7)
     assert acceptance_rule("lossless", 0.7) is None and acceptance_rule("greedy:0.5", 0.6).temperature == 0.6
+
+
+@pytest.mark.parametrize("folder", sorted((Path(__file__).parents[1] / "figures").glob("quality_latency_*")),
+                         ids=lambda p: p.name)
+def test_each_published_quality_latency_table_rebuilds_from_its_rows(folder):
+    """A published quality-latency folder holds the benchmark's rows.jsonl, its results.md and its figure; the table
+    is quality_table of those rows, in their order, byte for byte (nothing edited by hand)."""
+    import json
+
+    from distillspec.study.quality_latency import quality_table
+
+    task = next(t for t in ("gsm8k", "cnndm") if t in folder.name)
+    rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines()]
+    assert (folder / "quality_latency.png").is_file()
+    assert quality_table(rows, task) == (folder / "results.md").read_text()

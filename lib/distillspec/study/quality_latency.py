@@ -51,30 +51,54 @@ def quality_table(rows: list[dict], task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+RULE_STYLES = {"lin": "-", "exp": "--", "greedy": ":"}  # one line per draft and rule family
+
+
+def _curve(rows: list[dict], draft: str, family: str) -> list[dict]:
+    """A draft's timed rows along one rule family, from strict to lenient: lossless first for 'lin' and 'exp' (eps
+    = 1 is lossless), then eps or l falling; greedy lenience starts at l = 1, which is not lossless."""
+    mine = [r for r in rows if r["draft"] == draft and r.get("speedup") is not None]
+    lenient = sorted((r for r in mine if r["setting"].partition(":")[0] == family),
+                     key=lambda r: -float(r["setting"].partition(":")[2]))
+    lossless = [r for r in mine if r["setting"] == "lossless"] if family != "greedy" else []
+    return lossless + lenient
+
+
 def plot_quality_latency(rows: list[dict], task: str, path=None):
-    """Quality against batch-1 speedup: one line per draft through its settings (lossless first), 95% CIs as bars;
-    the target alone as a dashed line at speedup 1."""
+    """Quality against batch-1 speedup: a colour per draft, a line per rule family (solid lin, dashed exp, dotted
+    greedy lenience) from lossless (a star) to the most lenient setting, each point labelled with its eps or l; 95%
+    CIs as bars; the target alone as a grey dashed line."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    drafts = list(dict.fromkeys(r["draft"] for r in rows if r.get("speedup") is not None))
+    colours = {d: f"C{i}" for i, d in enumerate(drafts)}
     for ax, key, label, scale in [(axes[0], "score", SCORE_NAMES[task], 100),
                                   (axes[1], "nll_per_token", "target NLL per output token (nats)", 1)]:
-        for draft in dict.fromkeys(r["draft"] for r in rows if r.get("speedup") is not None):
-            mine = [r for r in rows if r["draft"] == draft and r.get("speedup") is not None]
-            x = np.array([r["speedup"][0] for r in mine])
-            y = np.array([r[key][0] for r in mine]) * scale
-            yerr = np.abs(np.array([[r[key][1], r[key][2]] for r in mine]).T * scale - y)
-            xerr = np.abs(np.array([[r["speedup"][1], r["speedup"][2]] for r in mine]).T - x)
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=draft, alpha=0.8)
-            for r, xi, yi in zip(mine, x, y):
-                ax.annotate(r["setting"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for r in rows:
             if r.get("speedup") is None:
                 ax.axhline(r[key][0] * scale, ls="--", color="grey", label=f"{r['draft']} ({r['setting']})")
+        for draft in drafts:
+            for family, style in RULE_STYLES.items():
+                curve = _curve(rows, draft, family)
+                if not curve:
+                    continue
+                x = np.array([r["speedup"][0] for r in curve])
+                y = np.array([r[key][0] for r in curve]) * scale
+                yerr = np.abs(np.array([[r[key][1], r[key][2]] for r in curve]).T * scale - y)
+                xerr = np.abs(np.array([[r["speedup"][1], r["speedup"][2]] for r in curve]).T - x)
+                ax.errorbar(x, y, xerr=xerr, yerr=yerr, ls=style, marker="o", ms=4, capsize=2, alpha=0.75,
+                            color=colours[draft], label=f"{draft}, {family}")
+                for r, xi, yi in zip(curve, x, y):
+                    if r["setting"] == "lossless":
+                        ax.plot([xi], [yi], marker="*", ms=12, color=colours[draft], ls="none")
+                    else:
+                        ax.annotate(r["setting"].partition(":")[2], (xi, yi), fontsize=6, xytext=(3, 2),
+                                    textcoords="offset points", color=colours[draft])
         ax.set_xlabel("speedup over the target alone (batch 1)")
         ax.set_ylabel(label + (" (%)" if scale == 100 else ""))
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{task}: quality against speed, per draft and acceptance rule")
+    axes[1].legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle(f"{task}: quality against speed per draft and acceptance rule (star: lossless; labels: eps or l)")
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
