@@ -134,13 +134,16 @@ def main() -> None:
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
     done = {(r["draft"], r["setting"]) for r in rows}
 
+    def save_rows() -> None:
+        write_text("".join(json.dumps(r) + "\n" for r in rows), rows_file)
+
     def finish(row: dict, judged: pd.DataFrame, timing: pd.DataFrame | None) -> None:
         stem = f"{row['draft']}_{row['setting'].replace(':', '')}"
         write_parquet(judged, out / f"{stem}_judged.parquet")
         if timing is not None:
             write_parquet(timing, out / f"{stem}_timing.parquet")
         rows.append(row)
-        write_text("".join(json.dumps(r) + "\n" for r in rows), rows_file)
+        save_rows()
         print(json.dumps(row), flush=True)
 
     common = dict(temperature=temperature, batch_size=args.batch_size)
@@ -165,7 +168,7 @@ def main() -> None:
     rows.sort(key=lambda r: (order.index(r["draft"]) if r["draft"] in order else len(order),
                              (["generate", *settings].index(r["setting"]) if r["setting"] in ["generate", *settings]
                               else 99)))
-    write_text("".join(json.dumps(r) + "\n" for r in rows), rows_file)  # in the table's order: it rebuilds from them
+    save_rows()  # in the table's order: the table rebuilds from them
     write_text(quality_table(rows, task), out / "results.md")
     plot_quality_latency(rows, task, out / "quality_latency.png")
     print(f"table: {out / 'results.md'}\nfigure: {out / 'quality_latency.png'}")

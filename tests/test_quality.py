@@ -1,10 +1,9 @@
 """Quality of decoded text (quality.py) and the greedy-lenience acceptance rule."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import REPO
 from distillspec import DistillSpecError
 from distillspec.acceptance import GreedyLenience
 from distillspec.data import load_raw
@@ -154,8 +153,6 @@ def test_the_benchmark_judges_each_setting_once_and_resumes(tmp_path, shared_dat
 
     import yaml
 
-    from conftest import REPO
-
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg.update(data_source=str(shared_data), draft_vocab=None)
     config = tmp_path / "tiny.yaml"
@@ -190,7 +187,7 @@ def test_an_unknown_setting_is_named():
     assert acceptance_rule("lossless", 0.7) is None and acceptance_rule("greedy:0.5", 0.6).temperature == 0.6
 
 
-@pytest.mark.parametrize("folder", sorted((Path(__file__).parents[1] / "figures").glob("quality_latency_*")),
+@pytest.mark.parametrize("folder", sorted((REPO / "figures").glob("quality_latency_*")),
                          ids=lambda p: p.name)
 def test_each_published_quality_latency_table_rebuilds_from_its_rows(folder):
     """A published quality-latency folder holds the benchmark's rows.jsonl, its results.md and its figure; the table
