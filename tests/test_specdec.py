@@ -126,11 +126,12 @@ def test_draft_equal_to_target_accepts_everything(tiny_pair):
         assert [len(s) for s in res.sequences] == [23, 23]
 
 
-def _first_tokens_sd(target, draft, rule, n, temperature=0.9, top_k=0, top_p=1.0, seed=0, prompt=(1, 5, 3), gamma=2):
+def _first_tokens_sd(target, draft, rule, n, temperature=0.9, top_k=0, top_p=1.0, seed=0, prompt=(1, 5, 3), gamma=2,
+                     draft_tree=None):
     prompts = [list(prompt)] * n
     res = speculative_generate(target, draft, prompts, gamma=gamma, max_new_tokens=3, eos_token_id=[], seed=seed,
                                sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
-                               acceptance=rule, record=False)
+                               acceptance=rule, record=False, draft_tree=draft_tree)
     return np.array(res.sequences)
 
 

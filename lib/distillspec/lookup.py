@@ -14,6 +14,7 @@ import torch
 
 from .errors import require
 from .sampling import SamplingConfig
+from .draft_tree import as_tree, merge_candidates
 from .specdec import RaggedKV, _Proposal, _Rows, _Verdict, drafter_for
 
 
@@ -23,6 +24,8 @@ class PromptLookup:
 
     max_ngram: int = 3  # longest suffix of the text matched against its earlier tokens
     recent: bool = False  # copy after the suffix's most recent earlier occurrence (False: its first, as transformers)
+    tree_nodes: int = 0  # > 0: the continuations of every earlier occurrence (gamma tokens each, `recent` decides
+    # which first) merged into a draft tree of at most this many nodes, verified in one pass (draft_tree.py)
 
     reads_target_features = False
 
@@ -31,6 +34,8 @@ class PromptLookup:
                 f"lookup max_ngram={self.max_ngram} must be an int >= 1 (the longest n-gram matched).")
         require(isinstance(self.recent, bool), f"lookup recent={self.recent!r} must be True or False (copy after the "
                 "most recent earlier occurrence, or after the first).")
+        require(isinstance(self.tree_nodes, int) and self.tree_nodes >= 0,
+                f"lookup tree_nodes={self.tree_nodes} must be an int >= 0 (0: one continuation, a chain).")
 
     def drafter(self, width: int, timed: bool, eos: set[int]):
         return LookupDrafter(self, eos)
@@ -86,6 +91,21 @@ def continuation(text: np.ndarray, max_ngram: int, length: int, eos: set[int] = 
     return found[: next((i for i, t in enumerate(found) if t in eos), len(found))]  # may be [] at EOS
 
 
+def lookup_candidates(text: np.ndarray, max_ngram: int, length: int, eos: set[int], recent: bool) -> list[list[int]]:
+    """Prompt lookup's candidates, best first: the continuations (up to `length` tokens, cut before EOS) of every
+    earlier occurrence of the longest suffix of text that occurs earlier, the first occurrence first (recent=False)
+    or the most recent; duplicates and empty ones dropped."""
+    n, hits = longest_match(text, max_ngram)
+    found, seen = [], set()
+    for hit in hits[::-1] if recent else hits:
+        cont = text[hit + n: hit + n + length].tolist()
+        cont = cont[: next((i for i, t in enumerate(cont) if t in eos), len(cont))]
+        if cont and tuple(cont) not in seen:
+            seen.add(tuple(cont))
+            found.append(cont)
+    return found
+
+
 def longest_match(text: np.ndarray, max_ngram: int) -> tuple[int, np.ndarray]:
     """(n, where): the longest suffix of text, n tokens from max_ngram down to 1, that occurred earlier, and the start
     of each earlier occurrence in order; (0, []) without one."""
@@ -127,15 +147,28 @@ class LookupDrafter:
 
     def matches(self, rows: _Rows, gamma: int) -> list[list[int]]:
         """Each row's proposal: up to gamma tokens after the first (or most recent) earlier occurrence of its text's
-        longest suffix."""
-        return [continuation(np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)]),
-                             self.lookup.max_ngram, gamma, self.eos, self.lookup.recent) for r in rows.index.tolist()]
+        longest suffix; with tree_nodes, the trie of every occurrence's continuation as (tokens, parents) nodes."""
+        texts = [np.concatenate([self.prompts[r], np.asarray(rows.outputs[r], dtype=np.int64)])
+                 for r in rows.index.tolist()]
+        lookup = self.lookup
+        if lookup.tree_nodes:
+            return [merge_candidates(lookup_candidates(text, lookup.max_ngram, gamma, self.eos, lookup.recent),
+                                     lookup.tree_nodes) for text in texts]
+        return [continuation(text, lookup.max_ngram, gamma, self.eos, lookup.recent) for text in texts]
 
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
-                confidence: float | None, found: list[list[int]] | None = None) -> _Proposal:
+                confidence: float | None, found: list | None = None) -> _Proposal:
         found = self.matches(rows, gamma) if found is None else found
-        tokens, q, logits, limit = one_hot_proposal(found, width, self.pad, rows.index.device)
-        return _Proposal(tokens, q, logits, None, limit)
+        if not self.lookup.tree_nodes:
+            tokens, q, logits, limit = one_hot_proposal(found, width, self.pad, rows.index.device)
+            return _Proposal(tokens, q, logits, None, limit)
+        tokens, q, logits, limit = one_hot_proposal([t for t, _ in found], width, self.pad, rows.index.device)
+        if tokens.shape[1] == 0:  # no row has a match: a plain decoding step
+            return _Proposal(tokens, q, logits, None, limit)
+        parents = torch.full(tokens.shape, -1, dtype=torch.long)
+        for b, (_, up) in enumerate(found):
+            parents[b, : len(up)] = torch.tensor(up, dtype=torch.long)
+        return _Proposal(tokens, q, logits, None, limit, parents=parents.to(tokens.device))
 
     def advance(self, tgt, rows, proposal, verdict, *, gamma: int, bonus: bool, pad: int) -> None:
         """Nothing to bring in line: the next proposals read the rows' outputs."""
@@ -170,8 +203,11 @@ class HybridDrafter:
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
                 confidence: float | None) -> _Proposal:
         copy_block, own_block = (min(gamma, b) if b is not None else gamma for b in self.blocks)
-        found = self.lookup.matches(rows, copy_block) if copy_block else [[] for _ in range(len(rows.index))]
-        self.copied = torch.tensor([bool(f) for f in found], device=rows.index.device)  # [B] lookup's rows
+        found = self.lookup.matches(rows, copy_block) if copy_block else None
+        if found is None:
+            found = [([], []) if self.lookup.lookup.tree_nodes else [] for _ in range(len(rows.index))]
+        has = [bool(f[0]) if self.lookup.lookup.tree_nodes else bool(f) for f in found]
+        self.copied = torch.tensor(has, device=rows.index.device)  # [B] lookup's rows
         copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
         copy.source = torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"])
         self.ran = own_block > 0 and not bool(self.copied.all())
@@ -181,12 +217,16 @@ class HybridDrafter:
         block = max(own.tokens.shape[1], copy.tokens.shape[1])
         own_t1, copy_t1 = (_pad_block(x.q_t1(width), block) for x in (own, copy))  # [B, block, V]
         pick = self.copied[:, None]
+        parents = None
+        if copy.parents is not None or own.parents is not None:  # a tree on either side: both as trees
+            parents = torch.where(pick, *(_pad_block(as_tree(x.tokens, x.limit, x.parents), block, -1)
+                                          for x in (copy, own)))
         return _Proposal(
             tokens=torch.where(pick, _pad_block(copy.tokens, block), _pad_block(own.tokens, block)),
             q=torch.where(pick[..., None], _pad_block(copy.q, block), _pad_block(own.q, block)),
             logits=torch.where(pick[..., None], copy_t1, own_t1).log(),  # softmax gives back q at T=1
             vocab_ids=None, limit=torch.where(self.copied, copy.limit, own.limit),
-            source=copy.source)
+            source=copy.source, parents=parents)
 
     def advance(self, tgt: RaggedKV, rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int,
                 bonus: bool, pad: int) -> None:
@@ -203,10 +243,12 @@ class HybridDrafter:
             self.inner.compact(fraction)
 
 
-def _pad_block(x: torch.Tensor, block: int) -> torch.Tensor:
-    """x [B, k, ...] with zeros appended along dim 1 up to `block` (tokens beyond a row's limit are never used)."""
-    return x if x.shape[1] == block else torch.cat([x, x.new_zeros(x.shape[0], block - x.shape[1], *x.shape[2:])], 1)
+def _pad_block(x: torch.Tensor, block: int, value=0) -> torch.Tensor:
+    """x [B, k, ...] with `value` appended along dim 1 up to `block` (tokens beyond a row's limit are never used)."""
+    if x.shape[1] == block:
+        return x
+    return torch.cat([x, x.new_full((x.shape[0], block - x.shape[1], *x.shape[2:]), value)], 1)
 
 
 __all__ = ["Hybrid", "HybridDrafter", "LookupDrafter", "PromptLookup", "SOURCES", "continuation", "longest_match",
-           "one_hot_proposal"]
+           "lookup_candidates", "one_hot_proposal"]

@@ -18,6 +18,9 @@ Design (one cache per model, stock transformers DynamicCache):
   ModelDrafter for a standalone model, HeadDrafter for a feature head that reads the target's features, and the
   one a draft without weights brings (lookup.py: prompt lookup, a one-hot block whose length varies per row and
   step, none where the row's text has no match; the hybrid of lookup and a trained draft).
+- A drafter may propose a tree instead of a chain (draft_tree.py: `draft_tree=` for drafts with weights, prompt
+  lookup's `tree_nodes`): the target verifies every node in one pass with tree attention (a 4-D mask), the walk
+  through the tree draws the target's token at each node, and the accepted path is handed on as a chain.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from transformers import DynamicCache
 
 from .acceptance import ACCEPTANCE_RULES, RejectionSampling
 from .atomic import write_json
+from .draft_tree import TreeShape, chain_nodes, draft_tree_forward, verification_layout, walk
 from .eagle import target_features
 from .forward import position_ids
 from .errors import DistillSpecError, require
@@ -60,28 +64,37 @@ class RaggedKV:
     hidden: torch.Tensor = None  # [B, k, H] features of the last forward (feature roles only)
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor, prefill: bool = False,
-                features: torch.Tensor | None = None) -> torch.Tensor:
+                features: torch.Tensor | None = None, tree: tuple | None = None) -> torch.Tensor:
         """Feed ids [B, k] (valid [B, k] bool marks real slots; callers never feed an all-hole column, so k is the
         most real slots of a row) and, for a feature head, the features [B, k, H] paired with them; return float
-        logits [B, k, width] (the last slot's only after a prefill). No host sync unless `timed`."""
+        logits [B, k, width] (the last slot's only after a prefill). No host sync unless `timed`. A draft tree's
+        slots (draft_tree.py) come with tree=(attend [B, k, T + k] bool over the step's T tree slots already in the
+        cache and these, positions [B, k]): they see the text before the tree and what `attend` allows."""
         valid = valid.long()
         if self.cache is None:
             self.cache = DynamicCache(config=self.model.config)
             self.mask = valid.new_zeros(ids.shape[0], 0)
             self.n_real = valid.new_zeros(ids.shape[0])
         mask = torch.cat([self.mask, valid], dim=1)
-        positions = position_ids(valid, self.n_real)
+        attention = mask
+        if tree is None:
+            positions = position_ids(valid, self.n_real)
+        else:
+            attend, positions = tree
+            before = self.mask.shape[1] - (attend.shape[-1] - ids.shape[1])  # slots before the tree
+            seen = self.mask[:, None, :before].bool().expand(-1, ids.shape[1], -1)  # [B, k, before]
+            attention = torch.cat([seen, attend], -1)[:, None]  # [B, 1, k, L + k]
         start = _now(ids.device) if self.timed else 0.0
         keep = 1 if prefill else 0  # the prefill's logits are never used: skip most of the vocab projection
         if features is not None:  # a feature head: each token beside its feature
-            out = self.model(ids, features, attention_mask=mask, position_ids=positions,
+            out = self.model(ids, features, attention_mask=attention, position_ids=positions,
                              past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
             logits, self.hidden = out.logits, out.hidden
         elif self.features:
-            logits, self.hidden = target_features(self.model, ids, mask, positions, self.cache, True, keep,
+            logits, self.hidden = target_features(self.model, ids, attention, positions, self.cache, True, keep,
                                                   self.feature_layers)
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+            logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
                                 past_key_values=self.cache, use_cache=True, logits_to_keep=keep).logits
         if self.timed:
             elapsed = _now(ids.device) - start
@@ -110,6 +123,18 @@ class RaggedKV:
         kept = (torch.arange(k, device=keep.device)[None, :] < keep[:, None]).long()  # [B, k]
         self.n_real -= self.mask[:, -k:].sum(1) - kept.sum(1)
         self.mask[:, -k:] = kept
+
+    def keep_tree(self, kept: torch.Tensor) -> None:
+        """A verified tree's slots (the last k) keep only kept [B, k] (the token before the tree and the accepted
+        path): those move to the front of the k slots, in order, and the rest leave as rejected drafts do."""
+        k = kept.shape[1]
+        order = torch.argsort((~kept).long(), dim=1, stable=True)  # [B, k] kept slots first
+        for layer in self.cache.layers:
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys[:, :, -k:] = layer.keys[:, :, -k:].gather(2, index)
+            layer.values[:, :, -k:] = layer.values[:, :, -k:].gather(2, index)
+        self.mask[:, -k:] = self.mask[:, -k:].gather(1, order)
+        self.drop_tail(k, kept.sum(1))
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows leave)."""
@@ -262,6 +287,7 @@ class _Proposal:
     vocab_ids: torch.Tensor | None  # [N] token id of each draft logit column (a reduced vocabulary), or None
     limit: torch.Tensor  # [B] drafts each row proposes (fewer than the block where the draft stopped early)
     source: torch.Tensor | None = None  # [B] which draft proposed each row's block (a hybrid's SOURCES), or None
+    parents: torch.Tensor | None = None  # [B, gamma] a draft tree's parent of each node (draft_tree.py); None: a chain
 
     def q_t1(self, width: int) -> torch.Tensor:
         """[B, gamma, V] the draft's distributions at T=1 (for the records)."""
@@ -315,6 +341,59 @@ def _propose(drf: RaggedKV, rows: _Rows, gamma: int, sampling: SamplingConfig, g
                      limit.clamp(max=len(tokens)))
 
 
+def _propose_tree(drf: RaggedKV, rows: _Rows, shape: TreeShape, width: int) -> tuple[_Proposal, int]:
+    """A drafter with weights proposes a static draft tree (draft_tree.py): its pending slots first, then one
+    tree-attention forward per depth for the nodes with children. Returns the proposal (q one-hot: the candidates
+    are deterministic) and the tree slots left in its cache."""
+    ids, valid, features = rows.pending, rows.pending_valid, rows.pending_features
+    if features is None and not bool(valid[:, 0].any()):
+        ids, valid = ids[:, 1:], valid[:, 1:]
+    first = drf.forward(ids, valid, features=features)[:, -1]  # [B, N]
+    hidden = drf.hidden[:, -1:] if features is not None else None
+    columns, ranked_from, fed = draft_tree_forward(drf, rows, shape, first, hidden)
+    vocab_ids = getattr(drf.model, "draft_vocab_ids", None)
+    tokens = columns if vocab_ids is None else vocab_ids[columns]  # [B, n]
+    q = torch.nn.functional.one_hot(tokens, width).float()  # [B, n, V]
+    limit = torch.full((tokens.shape[0],), tokens.shape[1], device=tokens.device)
+    parents = torch.tensor(shape.parents, device=tokens.device)[None, :].expand(tokens.shape[0], -1)
+    return _Proposal(tokens, q, ranked_from, vocab_ids, limit, parents=parents), fed
+
+
+def _verify_tree(tgt: RaggedKV, rows: _Rows, proposal: _Proposal, sampling: SamplingConfig, generator, width: int
+                 ) -> tuple[_Proposal, _Verdict, torch.Tensor]:
+    """The target scores its unconsumed token and every node of a draft tree in one pass (tree attention) and walks
+    each row's tree (draft_tree.walk); its cache keeps that token and the accepted path. Returns the walk as a chain
+    (the path, then the rejected first child), its verdict and the target's logits along it [B, k+1, V], so the
+    records, the output and the drafter's hand-over read it as any chain."""
+    tokens, parents = proposal.tokens, proposal.parents
+    batch, n = tokens.shape
+    slots = torch.arange(n, device=tokens.device)[None, :]
+    valid = slots < proposal.limit[:, None]  # [B, n]
+    attend, offsets = verification_layout(parents, valid)
+    ids = torch.cat([rows.last_target[:, None], tokens], 1)  # [B, n+1]
+    p_logits = tgt.forward(ids, torch.cat([valid.new_ones(batch, 1), valid], 1),
+                           tree=(attend, tgt.n_real[:, None] + offsets))  # [B, n+1, V]
+    p = sampling.probs(p_logits)
+    result = walk(p, tokens, parents, valid, generator)
+    nodes, limit = chain_nodes(result)  # [B, k], [B]
+    at = nodes.clamp(min=0)
+    path_slots = (result.path + 1).clamp(min=0)  # [B, D] each accepted node's slot (0 beyond the path)
+    zero = nodes.new_zeros(batch, 1)
+    judged_at = torch.cat([zero, path_slots, zero], 1)  # [B, k+1] the slot each chain token was judged after
+    kept = torch.zeros(batch, n + 1, dtype=torch.bool, device=tokens.device)
+    kept[:, 0] = True
+    kept.scatter_(1, path_slots, (result.path >= 0) | kept.gather(1, path_slots))
+    if tgt.hidden is not None:  # a feature head reads the target's features along the accepted text
+        tgt.hidden = tgt.hidden.gather(1, judged_at[..., None].expand(-1, -1, tgt.hidden.shape[-1]))
+    tgt.keep_tree(kept)
+    rows_ = torch.arange(batch, device=tokens.device)[:, None]
+    chain = _Proposal(tokens.gather(1, at), proposal.q[rows_, at], proposal.logits[rows_, at], proposal.vocab_ids,
+                      limit, proposal.source)
+    accept = torch.arange(nodes.shape[1], device=tokens.device)[None, :] < result.n_acc[:, None]
+    verdict = _Verdict(accept, result.n_acc, result.next_token, p[rows_, judged_at])
+    return chain, verdict, p_logits[rows_, judged_at]
+
+
 def _verify(tgt: RaggedKV, rows: _Rows, proposal: _Proposal) -> torch.Tensor:
     """The target scores its unconsumed token and every draft in one pass: logits of p_1..p_{gamma+1}."""
     ids = torch.cat([rows.last_target[:, None], proposal.tokens], 1)  # [B, gamma+1]
@@ -359,12 +438,14 @@ def _emit(rows: _Rows, proposal: _Proposal, verdict: _Verdict, *, gamma: int, bo
 
 
 def _advance(tgt: RaggedKV, drafter, rows: _Rows, proposal: _Proposal, verdict: _Verdict, finished, *,
-             gamma: int, bonus: bool, pad: int, compact_fraction: float) -> None:
+             gamma: int, bonus: bool, pad: int, compact_fraction: float, tree: bool = False) -> None:
     """Bring the target's cache and the drafter's state in line with the accepted prefix, set what the target
-    consumes next, drop finished rows and compact the caches when that pays."""
+    consumes next, drop finished rows and compact the caches when that pays. (After a tree the target's cache
+    already holds just the accepted path: _verify_tree.)"""
     n_acc, full = verdict.n_acc, verdict.n_acc == gamma
     held = full & (not bonus)  # a full block without a bonus ends on d_gamma, which the target has not consumed
-    tgt.drop_tail(gamma + 1, 1 + n_acc - held.long())  # keeps the consumed token + the accepted drafts
+    if not tree:
+        tgt.drop_tail(gamma + 1, 1 + n_acc - held.long())  # keeps the consumed token + the accepted drafts
     if bool(held.any()):  # (never with bonus; a block of 0 drafts has no d_gamma)
         rows.last_target = torch.where(held, proposal.tokens[:, -1], verdict.next_token)
     else:
@@ -410,14 +491,20 @@ def _catch_up(rows: _Rows, text: torch.Tensor, count: torch.Tensor, *, start: to
 
 
 class _CachedDrafter:
-    """What the drafters with a KV cache (`kv`) share: they propose autoregressively through it, finished rows leave
-    it, and it is compacted with the target's."""
+    """What the drafters with a KV cache (`kv`) share: they propose autoregressively through it (or a static draft
+    tree, `tree`), finished rows leave it, and it is compacted with the target's."""
 
     kv: RaggedKV
     ragged = False  # proposes the whole block in every row unless draft_confidence stops a row early
+    tree: TreeShape | None = None  # set by speculative_generate(draft_tree=...)
+    fed_tree = False  # the last proposal's slots in the cache are a tree's: none of them stays
 
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
                 confidence: float | None) -> _Proposal:
+        self.fed_tree = self.tree is not None
+        if self.fed_tree:
+            proposal, self.fed = _propose_tree(self.kv, rows, self.tree, width)
+            return proposal
         proposal = _propose(self.kv, rows, gamma, sampling, generator, width, confidence)
         self.fed = proposal.tokens.shape[1] - 1  # d_1..d_{k-1} went through the cache one at a time; d_k did not
         return proposal
@@ -452,6 +539,8 @@ class ModelDrafter(_CachedDrafter):
         (its pending tokens wait, the step's text joins them)."""
         fed = self.fed if ran else 0
         keep = verdict.n_acc.clamp(max=fed)  # [B] its accepted drafts already in the cache
+        if self.fed_tree and ran:  # a tree's slots: the accepted path goes through the cache again
+            keep = torch.zeros_like(keep)
         if drafted is not None:
             keep = torch.where(drafted, keep, 0)
         self.kv.drop_tail(fed, keep)
@@ -526,6 +615,7 @@ def speculative_generate(
     bonus: bool = True,
     timed: bool = False,
     draft_confidence: float | None = None,
+    draft_tree=None,
 ) -> SpecDecResult:
     """Speculative decoding of a ragged batch of token-id prompts; see the module docstring for the design.
 
@@ -536,6 +626,9 @@ def speculative_generate(
     accepted block (SKD rollouts: every token is then a draft proposal or a target correction). timed=True times
     every model forward (the metrics' cost_ratio_c, forward_s and overhead; NaN otherwise): on a GPU that syncs the
     host with the device twice per forward, so leave it off when the decoding itself is what is measured.
+    draft_tree: a static tree of rank paths (draft_tree.py; e.g. {(0,), (1,)}: the draft's first two choices) that
+    a standalone draft or a feature head (alone or inside a hybrid) drafts instead of its chain of gamma tokens;
+    prompt lookup's tree is its own setting (PromptLookup(tree_nodes=...)). Trees take lossless acceptance only.
     """
     sampling = as_sampling(sampling)
     rule = RejectionSampling() if acceptance is None else acceptance
@@ -549,7 +642,15 @@ def speculative_generate(
         require(draft.target is target, "This feature head is attached to another model than the target passed: "
                 "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
                 "distillspec.eagle.load_head(path, target).")
-    width = _validate(prompts, gamma, max_new_tokens, target, getattr(draft, "draft", draft), target_tokenizer,
+    shape = None if draft_tree is None else TreeShape.of(draft_tree)
+    if shape is not None or getattr(getattr(draft, "lookup", draft), "tree_nodes", 0) > 0:
+        lossless = isinstance(rule, RejectionSampling) and (rule.lenience is None or rule.eps == 1)
+        require(lossless, f"acceptance={acceptance!r} with a draft tree: a tree's candidates are deterministic and "
+                "are verified losslessly only (pass acceptance=None), or decode with a chain.")
+        require(bonus and draft_confidence is None, "A draft tree needs bonus=True and no draft_confidence: each "
+                "step ends with the target's own token, and the tree's shape fixes what is drafted.")
+    width = _validate(prompts, max(gamma, 0 if shape is None else shape.depth), max_new_tokens, target,
+                      getattr(draft, "draft", draft), target_tokenizer,
                       draft_tokenizer)  # a hybrid's trained draft, checked as any draft
     eos = _eos_set(eos_token_id, target)
     device = next(target.parameters()).device
@@ -558,6 +659,11 @@ def speculative_generate(
     started = _now(device)
 
     drafter = drafter_for(draft, width, timed, eos)  # the draft's side of the loop: its cache, proposals, hand-over
+    if shape is not None:
+        inner = getattr(drafter, "inner", drafter)  # a hybrid's trained draft
+        require(hasattr(inner, "tree"), "draft_tree is for a draft with weights (a standalone draft or a feature "
+                "head, alone or in a hybrid); prompt lookup merges its candidates with PromptLookup(tree_nodes=...).")
+        inner.tree = shape
     require(bonus or not drafter.ragged, "This draft proposes nothing in a step where a row's text has no match: "
             "it needs bonus=True, so that the target's token advances the row.")
     tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features,
@@ -570,9 +676,14 @@ def speculative_generate(
     step = 0
     while rows.index.numel() > 0:
         proposal = drafter.propose(rows, gamma, sampling, generator, width, draft_confidence)
+        proposed = proposal.limit  # [B] drafts (a tree's nodes) the target verifies for each row
+        tree = proposal.parents is not None
+        if tree:  # the walk through the tree, as a chain
+            proposal, verdict, p_logits = _verify_tree(tgt, rows, proposal, sampling, generator, width)
+        else:
+            p_logits = _verify(tgt, rows, proposal)
+            verdict = _accept(rule, sampling, proposal, p_logits, generator)
         block = proposal.tokens.shape[1]  # gamma, or fewer where every row's draft stopped early
-        p_logits = _verify(tgt, rows, proposal)
-        verdict = _accept(rule, sampling, proposal, p_logits, generator)
         if record:  # every verified position: the accepted drafts and the first rejected one
             slots = torch.arange(block, device=device)[None, :]
             verified = (slots <= verdict.n_acc[:, None]) & (slots < proposal.limit[:, None])  # [B, block]
@@ -581,10 +692,10 @@ def speculative_generate(
                                p_t1=torch.softmax(p_logits[:, :block], -1), q_t1=proposal.q_t1(width))
         emitted, finished = _emit(rows, proposal, verdict, gamma=block, bonus=bonus, eos=eos,
                                   max_new_tokens=max_new_tokens)
-        records.add_steps(rows=rows.index, step=step, gamma=proposal.limit, n_acc=verdict.n_acc, emitted=emitted,
+        records.add_steps(rows=rows.index, step=step, gamma=proposed, n_acc=verdict.n_acc, emitted=emitted,
                           source=proposal.source)
         _advance(tgt, drafter, rows, proposal, verdict, finished, gamma=block, bonus=bonus, pad=pad_token_id,
-                 compact_fraction=compact_fraction)
+                 compact_fraction=compact_fraction, tree=tree)
         step += 1
 
     metrics = compute_metrics(records=records, sequences=rows.outputs, gamma=gamma, wall_s=_now(device) - started,

@@ -23,21 +23,11 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .lookup import PromptLookup, continuation, longest_match
+from .draft_tree import Tree, chain, depth, merge_candidates, walk_kept
+from .lookup import PromptLookup, continuation, longest_match, lookup_candidates
 from .specdec import HeadDrafter, RaggedKV, _Rows, left_pad
 
 MISSED = 10**6  # the rank of a true token a draft cannot propose (outside its reduced vocabulary, or past the text)
-
-Tree = frozenset  # of rank paths (tuples of ints), closed under prefixes
-
-
-def chain(length: int) -> Tree:
-    """The decoder's chain of `length` drafts: the first choice at every depth."""
-    return frozenset((0,) * d for d in range(1, length + 1))
-
-
-def depth(tree: Tree) -> int:
-    return max((len(path) for path in tree), default=0)
 
 
 def _ranks_of(logits: torch.Tensor, true: torch.Tensor, vocab_ids: torch.Tensor | None) -> np.ndarray:
@@ -139,46 +129,13 @@ def best_tree(ranks: list[np.ndarray], nodes: int) -> Tree:
     return frozenset(ordered[:nodes])
 
 
-def lookup_candidates(text: np.ndarray, max_ngram: int, length: int, eos: set[int], recent: bool) -> list[list[int]]:
-    """Prompt lookup's candidates, best first: the continuations (up to `length` tokens, cut before EOS) of every
-    earlier occurrence of the longest suffix of text that occurs earlier, the first occurrence first (as the
-    decoder's lookup) or the most recent; duplicates and empty ones dropped."""
-    n, hits = longest_match(text, max_ngram)
-    found, seen = [], set()
-    for hit in hits[::-1] if recent else hits:
-        cont = text[hit + n: hit + n + length].tolist()
-        cont = cont[: next((i for i, t in enumerate(cont) if t in eos), len(cont))]
-        if cont and tuple(cont) not in seen:
-            seen.add(tuple(cont))
-            found.append(cont)
-    return found
+def _size(trie: tuple[list[int], list[int]]) -> int:
+    return len(trie[0])
 
 
-def trie(candidates: list[list[int]], nodes: int) -> dict:
-    """The candidates merged into a token tree of at most `nodes` nodes, in their order (a later one adds only the
-    tokens where it leaves the earlier ones, as far as the budget goes)."""
-    root, used = {}, 0
-    for cand in candidates:
-        node = root
-        for token in cand:
-            if token not in node:
-                if used == nodes:
-                    return root
-                node[token], used = {}, used + 1
-            node = node[token]
-    return root
-
-
-def _size(node: dict) -> int:
-    return sum(1 + _size(child) for child in node.values())
-
-
-def _walk(node: dict, out: list[int], j: int) -> int:
-    """Drafts a token tree keeps for the step that starts at out[j] (the step's last token is always the target's)."""
-    k = 0
-    while j + k < len(out) - 1 and out[j + k] in node:
-        node, k = node[out[j + k]], k + 1
-    return k
+def _walk(trie: tuple[list[int], list[int]], out: list[int], j: int) -> int:
+    """Drafts a token trie keeps for the step that starts at out[j] (the step's last token is always the target's)."""
+    return walk_kept(*trie, out[j: len(out) - 1])
 
 
 def lookup_replay(prompt: list[int], out: list[int], lookup: PromptLookup, *, nodes: int, length: int, eos: set[int],
@@ -192,7 +149,7 @@ def lookup_replay(prompt: list[int], out: list[int], lookup: PromptLookup, *, no
         seen = text[: len(prompt) + j]
         found = (lookup_candidates(seen, lookup.max_ngram, length, eos, lookup.recent) if tree
                  else [continuation(seen, lookup.max_ngram, nodes, eos, lookup.recent)])
-        node = trie([f for f in found if f], nodes)
+        node = merge_candidates([f for f in found if f], nodes)
         steps.append(_walk(node, out, j))
         sizes.append(_size(node))
         j += steps[-1] + 1
@@ -211,7 +168,7 @@ def hybrid_replay(prompt: list[int], out: list[int], lookup: PromptLookup, ranks
         seen = text[: len(prompt) + j]
         found = continuation(seen, lookup.max_ngram, copy_block, eos, lookup.recent) if copy_block else []
         if found and (min_match == 1 or longest_match(seen, lookup.max_ngram)[0] >= min_match):
-            k, size, ran = _walk(trie([found], len(found)), out, j), len(found), 0
+            k, size, ran = _walk(merge_candidates([found], len(found)), out, j), len(found), 0
         else:
             k = min(kept(ranks[j], chain(own_block)), len(out) - j - 1) if own_block else 0
             size, ran = own_block, own_block
@@ -223,4 +180,4 @@ def hybrid_replay(prompt: list[int], out: list[int], lookup: PromptLookup, ranks
 
 
 __all__ = ["MISSED", "Tree", "best_tree", "chain", "depth", "head_ranks", "hybrid_replay", "kept", "lookup_candidates",
-           "lookup_replay", "model_ranks", "replay_steps", "trie"]
+           "lookup_replay", "model_ranks", "replay_steps"]
