@@ -11,8 +11,9 @@ choices, then its first choice after the first), nodes=N (prompt lookup's tree: 
 gamma tokens merged into N nodes; in a hybrid, its lookup side), blocks=L/D (a hybrid's two blocks), recent (lookup
 copies after the most recent occurrence). Prints one JSON object: tokens/s, speedup over the target alone [95% CI
 over prompts], each method against the first method of the same run (paired), alpha_pos, the nodes and the tokens
-per step, the share of prompts whose text equals the target's, and the other processes' share of the CPU while
-timing (above runtime.BUSY_SHARE the times are not the decoder's alone).
+per step, the share of prompts whose text equals the target's, each prompt's tokens and seconds (for other
+pairings), and the other processes' share of the CPU while timing (above runtime.BUSY_SHARE the times are not the
+decoder's alone).
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def main() -> None:
             "against_first": ratio(spec, first[spec.split(":")[0]]),
             "alpha_pos": c["accepted"] / max(c["verified"], 1), "nodes_per_step": c["nodes"] / max(c["steps"], 1),
             "tokens_per_step": float(t[spec].sum() / max(c["steps"], 1)),
-            "same_text_as_target": float(np.mean(same[spec]))}
+            "same_text_as_target": float(np.mean(same[spec])),
+            "per_prompt": {"tokens": t[spec].tolist(), "seconds": s[spec].tolist()}}  # for other pairings
+    report["target_per_prompt"] = {"tokens": t["target"].tolist(), "seconds": s["target"].tolist()}
     print(json.dumps(report, indent=1))
     if args.out:
         write_json(report, args.out)
