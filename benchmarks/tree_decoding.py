@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from distillspec.atomic import write_json  # noqa: E402
 from distillspec.data import render_prompts  # noqa: E402
+from distillspec.draft_tree import parse_tree  # noqa: E402
 from distillspec.errors import require  # noqa: E402
 from distillspec.evaluate import count_new_tokens  # noqa: E402
 from distillspec.lookup import Hybrid, PromptLookup  # noqa: E402
@@ -54,7 +55,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
         require(key in ("gamma", "tree", "nodes", "blocks", "recent"), f"Method {spec!r}: unknown setting {key!r} "
                 "(use gamma=K, tree=P|P, nodes=N, blocks=L/D, recent).")
         if key == "tree":
-            settings[key] = frozenset(tuple(int(r) for r in path.split(".")) for path in value.split("|"))
+            settings[key] = parse_tree(value)
         elif key == "blocks":
             settings[key] = tuple(int(b) for b in value.split("/"))
         elif key == "recent":

@@ -7,7 +7,7 @@ import torch
 
 from distillspec import DistillSpecError
 from distillspec.acceptance import RejectionSampling
-from distillspec.draft_tree import TreeShape, ancestry, merge_candidates, walk_kept
+from distillspec.draft_tree import TreeShape, ancestry, merge_candidates, parse_tree, walk_kept
 from distillspec.lookup import Hybrid, PromptLookup
 from distillspec.sampling import SamplingConfig
 from distillspec.specdec import RaggedKV, speculative_generate
@@ -27,6 +27,9 @@ def test_a_static_tree_orders_its_nodes_and_refuses_a_broken_shape():
         TreeShape.of({(0,), (1, 0)})
     with pytest.raises(DistillSpecError, match="non-empty set of rank paths"):
         TreeShape.of({(0,), (-1,)})
+    assert parse_tree("0|1|0.0") == {(0,), (1,), (0, 0)}
+    with pytest.raises(DistillSpecError, match=r"\(1, 0\) has no parent"):
+        parse_tree("0|1.0")
 
 
 def test_candidates_merge_into_a_trie_within_its_budget():

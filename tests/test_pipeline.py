@@ -139,6 +139,13 @@ def test_eval_command_writes_records(tmp_path, shared_data, capsys):
     assert '"alpha_tok"' in capsys.readouterr().out
     assert main(["eval", "--teacher", "tiny-qwen3", "--gamma", "0", "--data", str(shared_data),
                  "--out", str(out)]) == 2
+    assert main(["eval", "--teacher", "tiny-qwen3", "--keep-layers", "1", "--n", "2", "--max-new-tokens", "6",
+                 "--data", str(shared_data), "--out", str(out), "--draft-tree", "0|1|0.0"]) == 0
+    assert set(pd.read_parquet(out / "steps.parquet")["proposed"]) == {3}  # every step verified the tree's 3 nodes
+    capsys.readouterr()
+    assert main(["eval", "--teacher", "tiny-qwen3", "--draft-tree", "0|x", "--data", str(shared_data),
+                 "--out", str(out)]) == 2
+    assert "write rank paths separated by '|'" in capsys.readouterr().err
 
 
 def test_eval_with_a_config_decodes_its_own_prompts(tmp_path, shared_data, monkeypatch, capsys):

@@ -15,6 +15,7 @@ from .threads import set_threads
 def _cmd_eval(args) -> None:
     """Batched SD of the teacher with a draft on task prompts; writes records and metrics under --out."""
     from .data import load_prompts, render_prompts
+    from .draft_tree import parse_tree
     from .drafts import load_pair
     from .specdec import speculative_generate
     from .study.preset import pair_config
@@ -24,13 +25,15 @@ def _cmd_eval(args) -> None:
     if task != cfg.task:  # another task than the preset's: that task's sampling defaults
         cfg = cfg.replace(task=task)
     sampling, max_new_tokens = eval_sampling(cfg, args)  # bad flags refused before any model loads
+    tree = None if args.draft_tree is None else parse_tree(args.draft_tree)
     target, draft, tok = load_pair(cfg, args.draft)
     source = args.data if args.data is not None else cfg.data_source  # a preset's own data, as the data stage reads it
     prompts = load_prompts(task, args.split, args.n, source=source, seed=args.seed, tokenizer=tok)
     ids = render_prompts(tok, prompts)
     started = time.perf_counter()
     res = speculative_generate(target, draft, ids, gamma=args.gamma, max_new_tokens=max_new_tokens, sampling=sampling,
-                               eos_token_id=tok.eos_token_id, seed=args.seed, target_tokenizer=tok, draft_tokenizer=tok)
+                               eos_token_id=tok.eos_token_id, seed=args.seed, target_tokenizer=tok, draft_tokenizer=tok,
+                               draft_tree=tree)
     paths = res.save(args.out)
     print(json.dumps({"seconds": time.perf_counter() - started, **res.metrics.as_dict()}, indent=2))
     print(f"records: {', '.join(str(p) for p in paths.values())}")
@@ -153,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", default=None, help="'hub' or a directory of jsonl files (default: the config's "
                                                  "data_source, else $DISTILLSPEC_DATA_DIR)")
     ev.add_argument("--gamma", type=int, default=5)
+    ev.add_argument("--draft-tree", default=None, help="draft a static tree instead of a chain of gamma: rank paths "
+                    "separated by '|', depths by '.', e.g. '0|1|0.0' (docs/decoder.md, 'Draft trees')")
     ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the preset's (else the task's)")
     ev.add_argument("--temperature", type=float, default=None,
                     help="default: the preset's (else the task's); 0 decodes greedily")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import require
+from .errors import DistillSpecError, require
 from .sampling import sample
 
 Tree = frozenset  # of rank paths (tuples of ints), closed under prefixes: (0,) the first choice at depth 1, (1, 0)
@@ -34,6 +34,17 @@ def chain(length: int) -> Tree:
 
 def depth(tree: Tree) -> int:
     return max((len(path) for path in tree), default=0)
+
+
+def parse_tree(text: str) -> Tree:
+    """'0|1|0.0' -> {(0,), (1,), (0, 0)}: rank paths separated by '|', depths by '.' (the command line's form)."""
+    try:
+        tree = frozenset(tuple(int(r) for r in path.split(".")) for path in text.split("|"))
+    except ValueError:
+        raise DistillSpecError(f"Draft tree {text!r}: write rank paths separated by '|', depths by '.', e.g. "
+                               "'0|1|0.0' (the first two choices, then the first choice after the first).") from None
+    TreeShape.of(tree)  # refuses a broken shape with its reason
+    return tree
 
 
 @dataclass(frozen=True)
@@ -222,4 +233,4 @@ def as_tree(tokens: torch.Tensor, limit: torch.Tensor, parents: torch.Tensor | N
 
 
 __all__ = ["Tree", "TreeShape", "TreeWalk", "ancestry", "as_tree", "chain", "chain_nodes", "depth",
-           "draft_tree_forward", "merge_candidates", "verification_layout", "walk", "walk_kept"]
+           "draft_tree_forward", "merge_candidates", "parse_tree", "verification_layout", "walk", "walk_kept"]
