@@ -15,11 +15,12 @@ from test_lookup import _repetitive_prompts
 from test_specdec import _greedy_reference, _prompts
 
 
-def _decoder_steps(target, draft, prompts, gamma, eos):
+def _decoder_steps(target, draft, prompts, gamma, eos, draft_tree=None):
     """Drafts the decoder kept in each step of each prompt (greedy, fp32), one prompt at a time."""
     kept_steps = []
     for p in prompts:
-        steps = speculative_generate(target, draft, [p], gamma=gamma, max_new_tokens=40, eos_token_id=eos).steps_df()
+        steps = speculative_generate(target, draft, [p], gamma=gamma, max_new_tokens=40, eos_token_id=eos,
+                                     draft_tree=draft_tree).steps_df()
         kept_steps.append(steps.sort_values("step")["accepted"].to_numpy())
     return kept_steps
 
@@ -85,6 +86,29 @@ def test_a_replayed_hybrid_keeps_what_the_decoder_kept(tiny_pair):
     fewer = [hybrid_replay(p, o, hybrid.lookup, model_ranks(draft, p, o, 8), copy_block=5, own_block=2, eos={eos},
                            min_match=2)[2] for p, o in zip(prompts, outs)]
     assert sum((f == 0).sum() for f in fewer) <= (forwards == 0).sum()  # longer matches only: lookup copies less
+
+
+@pytest.mark.parametrize("tree", [{(0,), (1,)}, {(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)}])
+def test_a_replayed_tree_keeps_what_the_decoders_tree_kept(tiny_pair, tree):
+    """The replay's account of a static tree is what the decoder's tree verification keeps, step for step."""
+    target, draft = tiny_pair
+    prompts = _prompts()
+    eos, outs = _greedy_case(target, prompts, 7)
+    replayed = [replay_steps(model_ranks(draft, p, o, 8), frozenset(tree)) for p, o in zip(prompts, outs)]
+    _same_but_last(replayed, _decoder_steps(target, draft, prompts, 1, eos, draft_tree=tree))
+    assert sum(r.sum() for r in replayed) > sum(replay_steps(model_ranks(draft, p, o, 8), chain(1)).sum()
+                                                for p, o in zip(prompts, outs))  # the tree kept more than a chain
+
+
+@pytest.mark.parametrize("recent", [False, True])
+def test_a_replayed_lookup_tree_keeps_what_the_decoders_trie_kept(tiny_pair, recent):
+    target, _ = tiny_pair
+    prompts = _repetitive_prompts()
+    eos, outs = _greedy_case(target, prompts, 9)
+    lookup = PromptLookup(max_ngram=2, recent=recent, tree_nodes=6)
+    replayed = [lookup_replay(p, o, lookup, nodes=6, length=4, eos={eos}, tree=True)[0] for p, o in zip(prompts, outs)]
+    _same_but_last(replayed, _decoder_steps(target, lookup, prompts, 4, eos))
+    assert sum(r.sum() for r in replayed) > 0
 
 
 def test_lookup_candidates_start_with_the_decoders_proposal_and_a_tree_finds_what_the_first_occurrence_misses():

@@ -371,8 +371,9 @@ def _verify_tree(tgt: RaggedKV, rows: _Rows, proposal: _Proposal, sampling: Samp
     valid = slots < proposal.limit[:, None]  # [B, n]
     attend, offsets = verification_layout(parents, valid)
     ids = torch.cat([rows.last_target[:, None], tokens], 1)  # [B, n+1]
+    before = tgt.n_real if tgt.n_real is not None else offsets.new_zeros(batch)  # no cache yet: one-token prompts
     p_logits = tgt.forward(ids, torch.cat([valid.new_ones(batch, 1), valid], 1),
-                           tree=(attend, tgt.n_real[:, None] + offsets))  # [B, n+1, V]
+                           tree=(attend, before[:, None] + offsets))  # [B, n+1, V]
     p = sampling.probs(p_logits)
     result = walk(p, tokens, parents, valid, generator)
     nodes, limit = chain_nodes(result)  # [B, k], [B]
