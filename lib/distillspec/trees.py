@@ -13,7 +13,7 @@ The ranks come from one replay of the draft along the true text, as the decoder 
 draft teacher-forced (along the true path its context is the true text at every depth), a feature head unrolled on
 its own features from every position (as HeadDrafter drafts), and prompt lookup's candidates (every earlier
 occurrence of the matched suffix). In fp32 the decoder's greedy output is the target's greedy text, so a chain's
-replay keeps, step for step, what the decoder kept (tests/test_trees.py).
+or a tree's replay keeps, step for step, what the decoder kept (tests/test_trees.py).
 """
 
 from __future__ import annotations
