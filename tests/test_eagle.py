@@ -104,6 +104,18 @@ def test_a_trained_head_that_reads_features_stays_exact(target, any_head, greedy
                                 ).sequences == refs
 
 
+def test_a_trained_heads_draft_tree_stays_exact_and_keeps_more_per_step(target, any_head, greedy_case):
+    """A static tree drafted on the head's own features (top or fused) verifies to the target's greedy text, and
+    keeps at least as many drafts per step as the head's chain of its first choices."""
+    head, _ = any_head
+    prompts, eos, refs = greedy_case
+    tree = {(0,), (1,), (0, 0), (0, 1), (0, 0, 0)}
+    chain = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=40, eos_token_id=eos)
+    grown = speculative_generate(target, head, prompts, gamma=3, max_new_tokens=40, eos_token_id=eos, draft_tree=tree)
+    assert grown.sequences == chain.sequences == refs
+    assert grown.metrics.accepted / grown.metrics.steps >= chain.metrics.accepted / chain.metrics.steps
+
+
 def test_a_fused_head_reads_three_layers_of_its_target(target, fused_head):
     """The fused head's features are the inputs of EAGLE-3's low, middle and high layer (kept inside a 2-layer
     target), projected by its own weights; they differ from the top state, and the projection is trained."""
