@@ -2,7 +2,8 @@
 `max_ngram` down to 1) occurred earlier in the prompt or the output so far, it proposes the tokens that followed
 their first occurrence, as transformers' prompt-lookup decoding does; a row without a match proposes nothing that
 step (the verification is then a plain decoding step for it). Its proposals are deterministic (q one-hot), so the
-acceptance rules keep the target's distribution exactly as for any draft."""
+acceptance rules keep the target's distribution exactly as for any draft. With `tree_nodes` it proposes the
+continuations of every earlier occurrence at once, merged into a draft tree (draft_tree.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .draft_tree import as_tree, merge_candidates
 from .errors import require
 from .sampling import SamplingConfig
-from .draft_tree import as_tree, merge_candidates
 from .specdec import RaggedKV, _Proposal, _Rows, _Verdict, drafter_for
 
 
