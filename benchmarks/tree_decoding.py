@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from distillspec.threads import set_threads
@@ -35,11 +34,12 @@ from distillspec.atomic import write_json  # noqa: E402
 from distillspec.data import render_prompts  # noqa: E402
 from distillspec.draft_tree import parse_tree  # noqa: E402
 from distillspec.errors import require  # noqa: E402
-from distillspec.evaluate import count_new_tokens  # noqa: E402
 from distillspec.lookup import Hybrid, PromptLookup  # noqa: E402
 from distillspec.pair import load_target  # noqa: E402
 from distillspec.runtime import BUSY_SHARE, OtherLoad  # noqa: E402
+from distillspec.sampling import GREEDY  # noqa: E402
 from distillspec.specdec import speculative_generate  # noqa: E402
+from distillspec.speed import target_decode  # noqa: E402
 from distillspec.study.preset import StudyConfig  # noqa: E402
 from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file  # noqa: E402
 from distillspec.study.stages import decoding_draft  # noqa: E402
@@ -81,13 +81,8 @@ def shaped(draft, settings: dict):
 
 
 def _target(target, tok, prompt, max_new):
-    ids = torch.tensor([prompt])
-    start = time.perf_counter()
-    out = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    seconds = time.perf_counter() - start
-    new = out[0, ids.shape[1]:]
-    return seconds, new[: count_new_tokens(new[None], tok.eos_token_id)].tolist(), {}
+    seconds, (out,) = target_decode(target, tok, [prompt], sampling=GREEDY, max_new_tokens=max_new)
+    return seconds, out, {}
 
 
 def _decoder(target, draft, tok, prompt, max_new, settings):

@@ -18,6 +18,7 @@ accepted token) and a parent index below its own; a row's first `limit` nodes ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -64,7 +65,7 @@ class TreeShape:
                 f"{(missing or (0,))[:-1]}. Add every prefix of each path.")
         return cls(tuple(paths))
 
-    @property
+    @cached_property
     def parents(self) -> list[int]:
         index = {path: i for i, path in enumerate(self.paths)}
         return [index.get(path[:-1], -1) for path in self.paths]
@@ -178,33 +179,36 @@ def chain_nodes(result: TreeWalk) -> tuple[torch.Tensor, torch.Tensor]:
     return nodes, result.n_acc + (result.rejected >= 0).long()
 
 
-def draft_tree_forward(kv, rows, shape: TreeShape, first_logits: torch.Tensor, first_hidden: torch.Tensor | None):
+def draft_tree_forward(kv, shape: TreeShape, first_logits: torch.Tensor, first_hidden: torch.Tensor | None):
     """A drafter with weights drafts a static tree from its pending slots' forward (first_logits [B, N] and, for a
     feature head, its feature there [B, 1, H]): the nodes of each depth are the top-ranked tokens after their
     parents, and the nodes with children go through its cache in one tree-attention forward per depth. Returns the
     nodes' columns of the draft's vocabulary [B, n], the draft logits each was ranked from [B, n, N] and the number
     of tree slots now in its cache (the drafter drops them after the verification)."""
     parents, n = shape.parents, len(shape.paths)
+    sees, _ = ancestry(torch.tensor([parents]), torch.ones(1, n, dtype=torch.bool))  # [1, n, n]
     logits_of = {-1: first_logits}  # node -> its draft logits [B, N] (-1: the root)
     hidden_of = {-1: first_hidden}
+    top_of = {}  # node -> its children's columns [B, widest rank + 1], one topk per parent
     columns, ranked_from = [None] * n, [None] * n
     fed, fed_nodes, base = 0, [], kv.n_real.clone()
+    vocab_ids = getattr(kv.model, "draft_vocab_ids", None)
     for level in range(1, shape.depth + 1):
         nodes = [i for i, path in enumerate(shape.paths) if len(path) == level]
         for i in nodes:
-            scores = logits_of[parents[i]]
-            rank = shape.paths[i][-1]
-            columns[i] = scores.topk(min(rank + 1, scores.shape[-1]), -1).indices[:, -1]
+            up, scores = parents[i], logits_of[parents[i]]
+            if up not in top_of:
+                widest = max(shape.paths[j][-1] for j in nodes if parents[j] == up) + 1
+                top_of[up] = scores.topk(min(widest, scores.shape[-1]), -1).indices
+            columns[i] = top_of[up][:, min(shape.paths[i][-1], top_of[up].shape[1] - 1)]
             ranked_from[i] = scores
         feed = [i for i in nodes if i in parents]  # nodes with children
         if not feed or level == shape.depth:
             break
-        ids = torch.stack([columns[i] for i in feed], 1)  # [B, m] columns, mapped below
-        vocab_ids = getattr(kv.model, "draft_vocab_ids", None)
+        ids = torch.stack([columns[i] for i in feed], 1)  # [B, m] columns
         ids = ids if vocab_ids is None else vocab_ids[ids]
         every = fed_nodes + feed
-        attend = torch.tensor([[_is_ancestor_or_self(j, i, parents) for j in every] for i in feed],
-                              device=ids.device)[None].expand(ids.shape[0], -1, -1)  # [B, m, fed + m]
+        attend = sees[0][feed][:, every].to(ids.device)[None].expand(ids.shape[0], -1, -1)  # [B, m, fed + m]
         positions = base[:, None] + level - 1 + torch.zeros_like(ids)
         features = None if first_hidden is None else torch.cat([hidden_of[parents[i]] for i in feed], 1)
         out = kv.forward(ids, torch.ones_like(ids, dtype=torch.bool), features=features, tree=(attend, positions))
@@ -216,15 +220,7 @@ def draft_tree_forward(kv, rows, shape: TreeShape, first_logits: torch.Tensor, f
     return torch.stack(columns, 1), torch.stack(ranked_from, 1), fed
 
 
-def _is_ancestor_or_self(j: int, i: int, parents: list[int]) -> bool:
-    while i >= 0:
-        if i == j:
-            return True
-        i = parents[i]
-    return False
-
-
-def as_tree(tokens: torch.Tensor, limit: torch.Tensor, parents: torch.Tensor | None) -> torch.Tensor:
+def as_tree(tokens: torch.Tensor, parents: torch.Tensor | None) -> torch.Tensor:
     """A proposal's parents [B, n]: its own, or a chain's (each node the child of the one before)."""
     if parents is not None:
         return parents

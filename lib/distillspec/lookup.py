@@ -143,6 +143,10 @@ class LookupDrafter:
     def __init__(self, lookup, eos: set[int]):
         self.lookup, self.eos, self.prompts = lookup, eos, None
 
+    @property
+    def proposes_trees(self) -> bool:
+        return self.lookup.tree_nodes > 0
+
     def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
         self.prompts, self.pad = [np.asarray(p, dtype=np.int64) for p in prompts], pad
 
@@ -196,6 +200,10 @@ class HybridDrafter:
         self.feature_layers = getattr(self.inner, "feature_layers", ())
         self.uses_draft = hybrid.draft_block != 0  # else the trained draft never runs: no prefill, no catching up
 
+    @property
+    def proposes_trees(self) -> bool:
+        return self.lookup.proposes_trees or self.inner.proposes_trees
+
     def prefill(self, tgt: RaggedKV, rows: _Rows, prefix_ids, prefix_valid, prompts, pad: int) -> None:
         if self.uses_draft:
             self.inner.prefill(tgt, rows, prefix_ids, prefix_valid, prompts, pad)
@@ -206,8 +214,8 @@ class HybridDrafter:
         copy_block, own_block = (min(gamma, b) if b is not None else gamma for b in self.blocks)
         found = self.lookup.matches(rows, copy_block) if copy_block else None
         if found is None:
-            found = [([], []) if self.lookup.lookup.tree_nodes else [] for _ in range(len(rows.index))]
-        has = [bool(f[0]) if self.lookup.lookup.tree_nodes else bool(f) for f in found]
+            found = [([], []) if self.lookup.proposes_trees else [] for _ in range(len(rows.index))]
+        has = [bool(f[0]) if self.lookup.proposes_trees else bool(f) for f in found]
         self.copied = torch.tensor(has, device=rows.index.device)  # [B] lookup's rows
         copy = self.lookup.propose(rows, gamma, sampling, generator, width, confidence, found)
         copy.source = torch.where(self.copied, SOURCES["lookup"], SOURCES["draft"])
@@ -220,7 +228,7 @@ class HybridDrafter:
         pick = self.copied[:, None]
         parents = None
         if copy.parents is not None or own.parents is not None:  # a tree on either side: both as trees
-            parents = torch.where(pick, *(_pad_block(as_tree(x.tokens, x.limit, x.parents), block, -1)
+            parents = torch.where(pick, *(_pad_block(as_tree(x.tokens, x.parents), block, -1)
                                           for x in (copy, own)))
         return _Proposal(
             tokens=torch.where(pick, _pad_block(copy.tokens, block), _pad_block(own.tokens, block)),

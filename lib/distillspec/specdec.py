@@ -350,7 +350,7 @@ def _propose_tree(drf: RaggedKV, rows: _Rows, shape: TreeShape, width: int) -> t
         ids, valid = ids[:, 1:], valid[:, 1:]
     first = drf.forward(ids, valid, features=features)[:, -1]  # [B, N]
     hidden = drf.hidden[:, -1:] if features is not None else None
-    columns, ranked_from, fed = draft_tree_forward(drf, rows, shape, first, hidden)
+    columns, ranked_from, fed = draft_tree_forward(drf, shape, first, hidden)
     vocab_ids = getattr(drf.model, "draft_vocab_ids", None)
     tokens = columns if vocab_ids is None else vocab_ids[columns]  # [B, n]
     q = torch.nn.functional.one_hot(tokens, width).float()  # [B, n, V]
@@ -359,7 +359,7 @@ def _propose_tree(drf: RaggedKV, rows: _Rows, shape: TreeShape, width: int) -> t
     return _Proposal(tokens, q, ranked_from, vocab_ids, limit, parents=parents), fed
 
 
-def _verify_tree(tgt: RaggedKV, rows: _Rows, proposal: _Proposal, sampling: SamplingConfig, generator, width: int
+def _verify_tree(tgt: RaggedKV, rows: _Rows, proposal: _Proposal, sampling: SamplingConfig, generator
                  ) -> tuple[_Proposal, _Verdict, torch.Tensor]:
     """The target scores its unconsumed token and every node of a draft tree in one pass (tree attention) and walks
     each row's tree (draft_tree.walk); its cache keeps that token and the accepted path. Returns the walk as a chain
@@ -499,6 +499,10 @@ class _CachedDrafter:
     ragged = False  # proposes the whole block in every row unless draft_confidence stops a row early
     tree: TreeShape | None = None  # set by speculative_generate(draft_tree=...)
     fed_tree = False  # the last proposal's slots in the cache are a tree's: none of them stays
+
+    @property
+    def proposes_trees(self) -> bool:
+        return self.tree is not None
 
     def propose(self, rows: _Rows, gamma: int, sampling: SamplingConfig, generator, width: int,
                 confidence: float | None) -> _Proposal:
@@ -644,12 +648,6 @@ def speculative_generate(
                 "it drafts from its target's hidden states. Attach it with head.attach(target) or load it with "
                 "distillspec.eagle.load_head(path, target).")
     shape = None if draft_tree is None else TreeShape.of(draft_tree)
-    if shape is not None or getattr(getattr(draft, "lookup", draft), "tree_nodes", 0) > 0:
-        lossless = isinstance(rule, RejectionSampling) and (rule.lenience is None or rule.eps == 1)
-        require(lossless, f"acceptance={acceptance!r} with a draft tree: a tree's candidates are deterministic and "
-                "are verified losslessly only (pass acceptance=None), or decode with a chain.")
-        require(bonus and draft_confidence is None, "A draft tree needs bonus=True and no draft_confidence: each "
-                "step ends with the target's own token, and the tree's shape fixes what is drafted.")
     width = _validate(prompts, max(gamma, 0 if shape is None else shape.depth), max_new_tokens, target,
                       getattr(draft, "draft", draft), target_tokenizer,
                       draft_tokenizer)  # a hybrid's trained draft, checked as any draft
@@ -665,6 +663,12 @@ def speculative_generate(
         require(hasattr(inner, "tree"), "draft_tree is for a draft with weights (a standalone draft or a feature "
                 "head, alone or in a hybrid); prompt lookup merges its candidates with PromptLookup(tree_nodes=...).")
         inner.tree = shape
+    if drafter.proposes_trees:
+        lossless = isinstance(rule, RejectionSampling) and (rule.lenience is None or rule.eps == 1)
+        require(lossless, f"acceptance={acceptance!r} with a draft tree: a tree's candidates are deterministic and "
+                "are verified losslessly only (pass acceptance=None), or decode with a chain.")
+        require(bonus and draft_confidence is None, "A draft tree needs bonus=True and no draft_confidence: each "
+                "step ends with the target's own token, and the tree's shape fixes what is drafted.")
     require(bonus or not drafter.ragged, "This draft proposes nothing in a step where a row's text has no match: "
             "it needs bonus=True, so that the target's token advances the row.")
     tgt = RaggedKV(target, width, timed, features=drafter.reads_target_features,
@@ -680,7 +684,7 @@ def speculative_generate(
         proposed = proposal.limit  # [B] drafts (a tree's nodes) the target verifies for each row
         tree = proposal.parents is not None
         if tree:  # the walk through the tree, as a chain
-            proposal, verdict, p_logits = _verify_tree(tgt, rows, proposal, sampling, generator, width)
+            proposal, verdict, p_logits = _verify_tree(tgt, rows, proposal, sampling, generator)
         else:
             p_logits = _verify(tgt, rows, proposal)
             verdict = _accept(rule, sampling, proposal, p_logits, generator)
