@@ -92,6 +92,36 @@ def test_an_imported_draft_damaged_in_the_run_is_imported_again(tiny_run, tmp_pa
     assert run_damage(paths, "fkl") == [] and run_damage(paths, "baseline") == []
 
 
+def test_records_stay_importable_when_the_study_gains_or_drops_other_runs(tiny_run, tmp_path):
+    """A draft's fingerprint covers the study-wide settings and its own run: a preset that adds a run or drops
+    another still imports its published records; one that changes what made the draft refuses them; a record
+    carrying the whole study's fingerprint (version 3) is still taken."""
+    from distillspec.study.manifest import write_manifest
+    from distillspec.study.rundir import fingerprint
+
+    config, run_dir, root = tiny_run
+    published = tmp_path / "records"
+    shutil.copytree(next((root / "pub").glob("*/records")), published)
+    cfg = StudyConfig.from_yaml(config)
+
+    def fresh(name: str) -> Path:  # a run directory holding the study's prompt sets only
+        shutil.copytree(RunPaths(run_dir).root / "data", tmp_path / name / "data")
+        return tmp_path / name
+
+    grown = cfg.replace(divergences=["fkl"], extra_runs=[*cfg.extra_runs, {"name": "lookup", "draft_kind": "lookup"}])
+    assert import_records(grown, fresh("grown"), published, ["baseline", "fkl"]) == ["baseline", "fkl"]
+    with pytest.raises(DistillSpecError, match=r"fkl_speed.json was made with another config"):
+        import_records(cfg.replace(learning_rate=cfg.learning_rate / 2), fresh("changed"), published, ["fkl"])
+    older = fresh("older")
+    row = json.loads((published / "fkl_speed.json").read_text())
+    (published / "fkl_speed.json").write_text(json.dumps({**row, "fingerprint": fingerprint(cfg, older)}))
+    listed = json.loads((published / "fkl_manifest.json").read_text())["files"]
+    write_manifest({name: published / name for name in listed}, published / "fkl_manifest.json")
+    assert import_records(cfg, older, published, ["fkl"]) == ["fkl"]
+    with pytest.raises(DistillSpecError, match=r"fkl_speed.json was made with another config"):
+        import_records(grown, fresh("grown_older"), published, ["fkl"])  # version 3 covers every run
+
+
 @pytest.mark.parametrize("text, message", [
     ("", r"empty.yaml is empty: a preset needs"),
     ("- fkl\n- rkl\n", r"must hold a YAML mapping of config keys, not a list"),

@@ -11,9 +11,11 @@ import torch
 
 from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
-from distillspec.metrics import ideal_speedup
+from distillspec.metrics import expected_tokens_per_step, ideal_speedup
 from distillspec.sampling import SamplingConfig
-from distillspec.speed import BlockAcceptance, StepCosts, decoding_shape, forward_steps, measure_step_costs, time_decoding
+from distillspec.lookup import PromptLookup
+from distillspec.speed import (BlockAcceptance, StepCosts, forward_steps, measure_step_costs, text_logits,
+                               time_decoding)
 from distillspec.study.tables import speed_summary
 
 
@@ -92,6 +94,28 @@ def test_the_policy_drafts_nothing_where_no_draft_length_pays():
     assert all(compute_bound.speedup(0.6, g) < 1.0 for g in range(1, 9))
 
 
+def test_what_sampling_costs_each_side_enters_the_prediction():
+    """Target-only generate pays its sampling per token, the decoder per step (its verification's draws) and per
+    drafted token: with those costs the formula is the forwards' with each term widened, and costs saved before
+    these fields existed (no sampling costs) predict as they did."""
+    base = _cpu_like_costs()
+    sampled = StepCosts({**base.target_s}, base.draft_s, 1, 150, sample_s={k: 0.001 * k for k in range(1, 10)},
+                        draft_sample_s=0.0005, generate_sample_s=0.008)
+    for alpha, gamma in ((0.3, 1), (0.6, 4), (0.8, 8)):
+        seconds = gamma * (0.006 + 0.0005) + base.target_s[gamma + 1] + 0.001 * (gamma + 1)
+        assert sampled.speedup(alpha, gamma) == pytest.approx(
+            expected_tokens_per_step(alpha, gamma) * (base.target_s[1] + 0.008) / seconds)
+    # generate's sampling is dearer than the decoder's per token: the same draft is predicted faster
+    assert sampled.speedup(0.5, 4) > base.speedup(0.5, 4)
+    lookup = BlockAcceptance.from_steps([3, 0] * 10, [2, 0] * 10)
+    copy_tokens, copy_s = sampled.per_step(lookup, 3, draft_s=0.0)  # copies cost nothing to draft, nor to draw
+    assert copy_s == pytest.approx(0.5 * sampled.verify_s(4) + 0.5 * sampled.verify_s(1))
+    assert sampled.hybrid_speedup(lookup, 0.4, 1.0, 3, 2) == pytest.approx(copy_tokens * sampled.token_s / copy_s)
+    old = {k: v for k, v in base.as_dict().items() if k not in ("sample_s", "draft_sample_s", "generate_sample_s")}
+    assert StepCosts.from_dict(old) == base
+    assert StepCosts.from_dict(json.loads(json.dumps(sampled.as_dict()))) == sampled
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher_and_draft():
     from distillspec.models import draft_from_teacher, load_model
@@ -107,6 +131,26 @@ def test_step_costs_are_measured_for_every_verification_size(tiny_teacher_and_dr
     assert all(s > 0 for s in costs.target_s.values()) and costs.draft_s > 0
     with pytest.raises(DistillSpecError, match="max_gamma=0"):
         measure_step_costs(teacher, draft, batch_size=1, context=20, max_gamma=0)
+    assert costs.sample_s == {} and costs.generate_sample_s == costs.draft_sample_s == 0.0  # forwards only
+
+
+def test_sampling_costs_are_measured_on_the_logits_given(tiny_teacher_and_draft):
+    """With a sampling, every verification size, the draft's draw and generate's draw are timed, on real text's
+    logits when given; bad logits are refused."""
+    teacher, draft, tok = tiny_teacher_and_draft
+    logits = text_logits(teacher, [tok("The cat sat on the mat and looked")["input_ids"]], positions=6)
+    assert logits.shape == (6, teacher.config.vocab_size) and logits.dtype == torch.float32
+    for sampling in (SamplingConfig(temperature=0.7, top_p=0.9), SamplingConfig(greedy=True)):
+        costs = measure_step_costs(teacher, draft, batch_size=2, context=20, max_gamma=3, reps=2, sampling=sampling,
+                                   logits=logits)
+        assert sorted(costs.sample_s) == [1, 2, 3, 4] and all(s > 0 for s in costs.sample_s.values())
+        assert costs.draft_sample_s > 0 and costs.generate_sample_s > 0
+    lookup_costs = measure_step_costs(teacher, PromptLookup(2), batch_size=1, context=20, max_gamma=2, reps=2,
+                                      sampling=SamplingConfig(temperature=0.7))
+    assert lookup_costs.draft_s == lookup_costs.draft_sample_s == 0.0 and sorted(lookup_costs.sample_s) == [1, 2, 3]
+    with pytest.raises(DistillSpecError, match=r"give \[N, V\]"):
+        measure_step_costs(teacher, draft, batch_size=1, context=20, max_gamma=1, sampling=SamplingConfig(),
+                           logits=logits[0])
 
 
 def test_timed_forwards_with_left_padding_score_each_row_as_if_it_were_alone(tiny_teacher_and_draft):

@@ -3,21 +3,24 @@ of SD against target-only `generate` on the same prompts.
 
 Leviathan et al. assume verifying gamma + 1 tokens costs one decoding step; on a CPU it need not (in fp32 a 5-token
 forward of SmolLM2-135M costs 1.3 steps, a 3-token one 2.0: small-matrix GEMM kernels; in bf16 1.0-1.1), so the
-prediction here uses the measured cost of each verification size:
+prediction here uses the measured cost of each verification size, and, when sampling, what turning logits into
+tokens costs each side (transformers' `generate` sorts the whole vocabulary for top-p at every token, 3.3 ms here
+against a 25 ms forward; the decoder finds the nucleus among the top candidates once per step, 0.2-0.9 ms):
 
-    speedup(alpha, gamma) = E[tokens per step] * T_target(1) / (gamma * T_draft(1) + T_target(gamma + 1))
+    speedup(alpha, gamma) = E[tokens per step] * (T_target(1) + S_generate)
+                            / (gamma * (T_draft(1) + S_draft) + T_target(gamma + 1) + S_verify(gamma + 1))
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList
 
 from .errors import require
 from .evaluate import sample_completions
@@ -26,7 +29,7 @@ from .lookup import SOURCES
 from .metrics import expected_tokens_per_step
 from .records import SOURCE_COLUMN
 from .runtime import BUSY_SHARE, OtherLoad
-from .sampling import SamplingConfig
+from .sampling import SamplingConfig, sample
 from .specdec import speculative_generate
 
 MAX_GAMMA = 16  # longest draft block the cost model measures (a verification of 17 tokens)
@@ -173,13 +176,28 @@ class SourceAcceptance:
 @dataclass
 class StepCosts:
     """Measured seconds of one forward at one batch size and context: the target with k new tokens per row
-    (k = 1 is a target-only decoding step, k = gamma + 1 a verification) and the draft with one."""
+    (k = 1 is a target-only decoding step, k = gamma + 1 a verification) and the draft with one; and, where a
+    sampling was measured (`measure_step_costs(sampling=...)`), the seconds each side spends turning logits into
+    tokens (0 where not measured: the forwards alone, as records made before these fields were)."""
 
     target_s: dict[int, float]
     draft_s: float
     batch_size: int
     context: int
     left_pad: list[int] | None = None  # the ragged batch's padding per row the forwards ran with (None: none)
+    sample_s: dict[int, float] = field(default_factory=dict)  # the decoder: distributions and draws of k target
+    # positions per row (a verification of k - 1 drafts), per step
+    draft_sample_s: float = 0.0  # the decoder: the draft's distribution and draw of one drafted token
+    generate_sample_s: float = 0.0  # target-only `generate`: its logits processors and draw, per token
+
+    @property
+    def token_s(self) -> float:
+        """Seconds per token of target-only decoding: its forward and its sampling."""
+        return self.target_s[1] + self.generate_sample_s
+
+    def verify_s(self, k: int) -> float:
+        """Seconds of the decoder's target step over k tokens per row: the forward and its sampling."""
+        return self.target_s[k] + self.sample_s.get(k, 0.0)
 
     @property
     def c(self) -> float:
@@ -203,23 +221,24 @@ class StepCosts:
         if gamma == 0:
             return 1.0
         tokens, seconds = self.per_step(alpha, gamma)
-        return tokens * self.target_s[1] / seconds
+        return tokens * self.token_s / seconds
 
     def per_step(self, alpha: float | BlockAcceptance, gamma: int, draft_s: float | None = None
                  ) -> tuple[float, float]:
-        """(tokens emitted, seconds) of an average step at this acceptance and block length, each draft forward at
-        draft_s (default: this draft's; 0 for prompt lookup's copies); gamma 0: a target-only step."""
-        draft_s = self.draft_s if draft_s is None else draft_s
+        """(tokens emitted, seconds) of an average step of the decoder at this acceptance and block length, each
+        drafted token at draft_s (default: this draft's forward and draw; 0 for prompt lookup's copies); gamma 0: a
+        step of one target token."""
+        draft_s = self.draft_s + self.draft_sample_s if draft_s is None else draft_s
         if gamma == 0:
-            return 1.0, self.target_s[1]
+            return 1.0, self.verify_s(1)
         if isinstance(alpha, BlockAcceptance):
             tokens = seconds = 0.0
             for offered, share in alpha.offered.items():  # a step that could propose `offered` proposes n
                 n = min(gamma, offered)
                 tokens += share * alpha.expected_tokens(n)
-                seconds += share * (n * draft_s + self.target_s[n + 1])
+                seconds += share * (n * draft_s + self.verify_s(n + 1))
             return tokens, seconds
-        return expected_tokens_per_step(alpha, gamma), gamma * draft_s + self.target_s[gamma + 1]
+        return expected_tokens_per_step(alpha, gamma), gamma * draft_s + self.verify_s(gamma + 1)
 
     def hybrid_speedup(self, lookup: BlockAcceptance, draft: float | BlockAcceptance, lookup_share: float,
                        lookup_block: int, draft_block: int) -> float:
@@ -231,7 +250,7 @@ class StepCosts:
         copy_tokens, copy_s = self.per_step(lookup, lookup_block, draft_s=0.0)
         own_tokens, own_s = self.per_step(draft, draft_block)
         tokens = lookup_share * copy_tokens + (1 - lookup_share) * own_tokens
-        return tokens * self.target_s[1] / (lookup_share * copy_s + (1 - lookup_share) * own_s)
+        return tokens * self.token_s / (lookup_share * copy_s + (1 - lookup_share) * own_s)
 
     def best_hybrid_blocks(self, lookup: BlockAcceptance, draft: float | BlockAcceptance,
                            lookup_share: float) -> tuple[int, int]:
@@ -257,7 +276,8 @@ class StepCosts:
 
     @classmethod
     def from_dict(cls, data: dict) -> StepCosts:
-        return cls(**{**data, "target_s": {int(k): v for k, v in data["target_s"].items()}})
+        return cls(**{**data, "target_s": {int(k): v for k, v in data["target_s"].items()},
+                      "sample_s": {int(k): v for k, v in data.get("sample_s", {}).items()}})
 
 
 def decoding_shape(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> tuple[int, list[int]]:
@@ -277,23 +297,77 @@ def decoding_shape(prompts: list[list[int]], batch_size: int, max_new_tokens: in
 
 @torch.inference_mode()
 def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamma: int, reps: int = 10,
-                       left_pad: list[int] | None = None) -> StepCosts:
+                       left_pad: list[int] | None = None, sampling: SamplingConfig | None = None,
+                       logits: torch.Tensor | None = None) -> StepCosts:
     """Time the target's forward for 1..max_gamma+1 new tokens per row and the draft's one-token step (its whole
     forward: body and, possibly reduced, LM head; none for prompt lookup) on this machine, interleaved
     (`median_seconds_each`): the ratios between them, which choose gamma, are what must not drift. left_pad: the ragged
     batch's padding per row (`decoding_shape`), so the forwards take the attention path that decoding takes
-    (`forward_steps`)."""
+    (`forward_steps`). sampling: also time what each side does with the logits under it (`sampling_steps`), on
+    `logits` [N, V], the target's logits on real text (`text_logits`; how wide a nucleus is decides the cost), or
+    None: the forwards' own, on random tokens."""
     require(1 <= max_gamma <= MAX_GAMMA, f"max_gamma={max_gamma} must be in [1, {MAX_GAMMA}].")
     require(batch_size >= 1 and context >= 1, f"batch_size={batch_size} and context={context} must be >= 1.")
     steps = forward_steps(target, batch_size=batch_size, context=context, new_tokens=list(range(1, max_gamma + 2)),
                           left_pad=left_pad)
     model = getattr(draft, "draft", draft)  # a hybrid's trained draft; prompt lookup runs no model (cost 0)
+    draft_vocab = 0
     if isinstance(model, torch.nn.Module):
         steps["draft"] = forward_steps(model, batch_size=batch_size, context=context, new_tokens=[1],
                                        left_pad=left_pad)[1]
-    target_s = median_seconds_each(steps, reps)
-    draft_s = target_s.pop("draft", 0.0)
-    return StepCosts(target_s, draft_s, batch_size, context, None if left_pad is None else list(left_pad))
+        draft_vocab = steps["draft"]().logits.shape[-1]
+    if sampling is not None:
+        logits = steps[max_gamma + 1]().logits[0].float() if logits is None else logits.float()
+        steps.update(sampling_steps(sampling, logits, batch_size=batch_size, max_k=max_gamma + 1,
+                                    draft_vocab=draft_vocab))
+    seconds = median_seconds_each(steps, reps)
+    draft_s, generate_sample_s, draft_sample_s = (seconds.pop(k, 0.0) for k in ("draft", "generate", "draft_draw"))
+    sample_s = {int(k[len("draw"):]): seconds.pop(k) for k in list(seconds) if str(k).startswith("draw")}
+    return StepCosts(seconds, draft_s, batch_size, context, None if left_pad is None else list(left_pad),
+                     sample_s, draft_sample_s, generate_sample_s)
+
+
+def sampling_steps(sampling: SamplingConfig, logits: torch.Tensor, *, batch_size: int, max_k: int,
+                   draft_vocab: int = 0) -> dict:
+    """Callables, each doing once what a step does with logits under this sampling, batch_size rows at a time on
+    logits [N, V] (rows taken in turn, so each call sees other distributions): 'generate', target-only `generate`'s
+    per token (its logits processors in float32, softmax, multinomial; greedy: argmax); 'draw<k>', the decoder's over
+    k target positions per row (SamplingConfig.probs and a draw each); 'draft_draw', its draft's over one position of
+    draft_vocab ids (absent when 0: no model drafts)."""
+    require(logits.dim() == 2 and len(logits) >= 1, f"logits of shape {tuple(logits.shape)}: give [N, V].")
+    processors = LogitsProcessorList(sampling.warpers())
+    ids = torch.zeros(batch_size, 1, dtype=torch.long, device=logits.device)
+    turn = iter(range(10**9))
+
+    def rows(n: int, width: int | None = None) -> torch.Tensor:  # the next n rows of logits, cycling
+        start = next(turn) * n % len(logits)
+        picked = logits[(torch.arange(n, device=logits.device) + start) % len(logits)]
+        return picked[:, :width] if width else picked
+
+    def generate_draw():
+        x = rows(batch_size)
+        if sampling.greedy:
+            return x.argmax(-1)
+        return torch.multinomial(torch.softmax(processors(ids, x), dim=-1), 1)
+
+    def draw(k: int, width: int | None = None):
+        return lambda: sample(sampling.probs(rows(batch_size * k, width)))
+
+    steps = {"generate": generate_draw, **{f"draw{k}": draw(k) for k in range(1, max_k + 1)}}
+    if draft_vocab:
+        steps["draft_draw"] = draw(1, draft_vocab)
+    return steps
+
+
+@torch.inference_mode()
+def text_logits(target, prompts: list[list[int]], positions: int = 64) -> torch.Tensor:
+    """The target's logits [N, V] (float32) at the last `positions` positions of each prompt: distributions of real
+    text for timing what sampling costs (`measure_step_costs`)."""
+    require(len(prompts) > 0, "No prompts to take the target's logits from.")
+    device = next(target.parameters()).device
+    out = [target(input_ids=torch.tensor([p], device=device), logits_to_keep=positions).logits[0].float()
+           for p in prompts]
+    return torch.cat(out)
 
 
 def target_decode(target, tokenizer, prompts: list[list[int]], *, sampling: SamplingConfig, max_new_tokens: int,
@@ -449,5 +523,5 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
 
 __all__ = ["BlockAcceptance", "LOOKUP_GRID", "MAX_GAMMA", "SPEED_COLUMNS", "SourceAcceptance", "StepCosts",
            "best_transformers_lookup", "busy_note", "decoding_shape", "forward_seconds", "forward_steps",
-           "measure_step_costs", "never_slower_gamma", "pilot_acceptance", "speed_ratio", "target_decode",
-           "target_tokens_per_s", "time_decoding"]
+           "measure_step_costs", "never_slower_gamma", "pilot_acceptance", "sampling_steps", "speed_ratio",
+           "target_decode", "target_tokens_per_s", "text_logits", "time_decoding"]

@@ -21,7 +21,8 @@ from ..pair import load_target
 from ..runtime import machine
 from ..specdec import speculative_generate
 from ..speed import (BlockAcceptance, SourceAcceptance, best_transformers_lookup, busy_note, decoding_shape,
-                     measure_step_costs, never_slower_gamma, pilot_acceptance, target_tokens_per_s, time_decoding)
+                     measure_step_costs, never_slower_gamma, pilot_acceptance, target_tokens_per_s, text_logits,
+                     time_decoding)
 from .manifest import intact, run_damage, seal
 from .preset import StudyConfig
 from .tables import speed_summary
@@ -98,7 +99,7 @@ def evaluate_drafts(cfg: StudyConfig, run_dir: str | Path, names: list[str] | No
             write_parquet(timing, paths.timing(name))
         row["eval_s"] = time.perf_counter() - started  # this draft's evaluation on this machine (wall seconds)
         row["machine"] = machine()
-        row["fingerprint"] = fingerprint(cfg, run_dir)  # config + prompt sets: checked when results are imported
+        row["fingerprint"] = fingerprint(cfg, run_dir, name)  # its settings + prompt sets: checked on import
         write_json(row, paths.speed_row(name))
         seal(paths, name)  # the manifest, written last: marks this draft as done
         paths.results.unlink(missing_ok=True)  # the analysis ran without this draft's new records
@@ -146,7 +147,7 @@ def _time_reference(cfg: StudyConfig, paths: RunPaths, target, tok, prompts) -> 
                       "pilot_tokens_per_s": grid})
     write_parquet(pd.concat(frames, ignore_index=True), paths.timing(REFERENCE))
     write_json({"draft": REFERENCE, "timed": timed, "eval_s": time.perf_counter() - started, "machine": machine(),
-                "fingerprint": fingerprint(cfg, paths.root)}, paths.speed_row(REFERENCE))
+                "fingerprint": fingerprint(cfg, paths.root, REFERENCE)}, paths.speed_row(REFERENCE))
     seal(paths, REFERENCE)
     paths.results.unlink(missing_ok=True)
 
@@ -246,13 +247,14 @@ def _time_against_target(cfg: StudyConfig, paths: RunPaths, target, draft, tok, 
     train = render_prompts(tok, load_prompt_file(paths.train_prompts))
     n_pilot = cfg.pilot_prompts(kind_of(draft).copies_context)  # evaluate_drafts checked the run has as many
     pilot = train[:n_pilot]
+    logits = text_logits(target, train[:4])  # [N, V] what sampling costs depends on the distributions' shapes
     frames, chosen, pilot_alphas = [], [], {}
     for setting, sampling in zip(cfg.speed, cfg.speed_settings()):
         batch = setting.get("batch_size", 1)
         label = _setting_label(sampling, batch)
         context, left_pad = decoding_shape(timed, batch, cfg.max_new_tokens)
         costs = measure_step_costs(target, draft, batch_size=batch, context=context, max_gamma=cfg.speed_max_gamma,
-                                   left_pad=left_pad)
+                                   left_pad=left_pad, sampling=sampling, logits=logits)
         pilot_alpha = pilot_speedup = blocks = sources = None
         gamma, decoded = cfg.speed_gamma, draft
         if gamma == "auto":  # the pilot's acceptance depends on the sampling, not the batch size: run it once

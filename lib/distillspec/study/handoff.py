@@ -37,7 +37,7 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     paths, source = RunPaths(Path(run_dir)), Path(source)
     require(source.is_dir(), f"--results-from {source}: no such directory (a published records folder, e.g. "
                              f"figures/{cfg.name}/records).")
-    expected = fingerprint(cfg, run_dir)
+    study_wide = fingerprint(cfg, run_dir)  # version 3 records: the whole config
     imported = []
     for name in names:
         row_file = source / paths.speed_row(name).name
@@ -49,8 +49,8 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
         damaged = folder_damage(source, paths, name)
         require(not damaged, f"--results-from {source}: draft '{name}' cannot be imported: {'; '.join(damaged)}. "
                 "Publish it again from the run that made it, or leave it out and evaluate it here.")
-        recorded = json.loads(row_file.read_text()).get("fingerprint")
-        if recorded != expected:
+        recorded, expected = json.loads(row_file.read_text()).get("fingerprint"), fingerprint(cfg, run_dir, name)
+        if recorded not in (expected, study_wide):
             raise DistillSpecError(
                 f"{row_file} was made with another config or prompt set (fingerprint {str(recorded)[:12]} vs this "
                 f"run's {expected[:12]}); its results cannot be mixed with this run's. Use the config that made it, "

@@ -239,6 +239,18 @@ def default_run_dir(cfg: StudyConfig) -> Path:
     return (REPO / cfg.run_dir / cfg.name).resolve()
 
 
+def made_from(cfg: StudyConfig, name: str) -> dict[str, dict]:
+    """The training runs a draft's records depend on, by name, with the settings each changes: its own run and, for a
+    hybrid, the run whose trained draft it decodes with (`fallback_run`); none for the baseline or the reference."""
+    runs, out, todo = cfg.run_overrides(), {}, [name]
+    while todo:
+        run = todo.pop()
+        if run in runs and run not in out:
+            out[run] = runs[run]
+            todo.extend(filter(None, [cfg.fallback_run(run)]))
+    return out
+
+
 def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False) -> None:
     """A run directory holds the work of one preset: its config.yaml is written when the directory is new, and a
     preset with other settings is refused, naming the keys (what the directory holds would not be what the preset
@@ -302,8 +314,11 @@ def load_prompt_file(path: Path) -> datasets.Dataset:
 
 
 # Raised whenever what the fingerprint covers changes meaning, so that records of the earlier meaning are refused
-# rather than mixed (the published records were carried over to each version once, when it changed).
+# rather than mixed (the published records were carried over to each version once, when it changed). Version 4 is a
+# draft's own (`fingerprint(cfg, run_dir, draft)`); version 3, the whole study's, is still accepted on import.
 FINGERPRINT_VERSION = 3
+DRAFT_FINGERPRINT_VERSION = 4
+RUN_LISTS = ("divergences", "extra_runs", "seeds")  # which runs a study has, not what any one of its drafts is
 
 
 # Keys added after version 3, with their defaults: they enter the fingerprint only when set otherwise, so records
@@ -311,13 +326,18 @@ FINGERPRINT_VERSION = 3
 ADDED_SINCE_V3 = {**ADDED_KEYS, "reference_lookup": False, "speed_copy_pilot_prompts": None}
 
 
-def fingerprint(cfg: StudyConfig, run_dir: str | Path) -> str:
+def fingerprint(cfg: StudyConfig, run_dir: str | Path, draft: str | None = None) -> str:
     """sha256 of the experiment's config (paths left out) and both prompt sets of the run (the prepare stage's output).
-    """
+    With draft: of what that draft's records depend on, the study-wide settings and the training runs it is made from
+    (`made_from`) in place of the study's run lists, so a study that gains or drops other runs keeps its records;
+    without: of the whole config (version 3, as records made before version 4 carry)."""
     paths = RunPaths(Path(run_dir))
     settings = {k: v for k, v in cfg.to_dict().items()
                 if k not in WHERE_NOT_WHAT and not (k in ADDED_SINCE_V3 and v == ADDED_SINCE_V3[k])}
     settings["fingerprint_version"] = FINGERPRINT_VERSION
+    if draft is not None:
+        settings = {k: v for k, v in settings.items() if k not in RUN_LISTS}
+        settings.update(fingerprint_version=DRAFT_FINGERPRINT_VERSION, runs=made_from(cfg, draft))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for prompts in (paths.train_prompts, paths.eval_prompts):
         require(prompts.is_file(), f"{prompts} is missing: run the prepare stage (01_data, or the pipeline) first.")
