@@ -122,6 +122,29 @@ def test_records_stay_importable_when_the_study_gains_or_drops_other_runs(tiny_r
         import_records(grown, fresh("grown_older"), published, ["fkl"])  # version 3 covers every run
 
 
+def test_a_run_directory_takes_a_preset_that_gains_runs_but_not_one_that_drops_its_work(tiny_run, tmp_path):
+    """Runs added to a preset join its run directory; a run with work there that the preset drops, or any other
+    setting changed, is refused with the way out named; the directory keeps the settings it had."""
+    from distillspec.study.rundir import bind_config
+
+    config, run_dir, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cfg = StudyConfig.from_yaml(config)
+    saved = (run / "config.yaml").read_text()
+    for other, message in ((cfg.replace(divergences=["fkl"]), r"work of runs this preset drops or changes \(rkl\)"),
+                           (cfg.replace(learning_rate=0.001), r"other settings than this preset's \(learning_rate")):
+        with pytest.raises(DistillSpecError, match=message):
+            bind_config(other, run)
+        assert (run / "config.yaml").read_text() == saved
+    grown = cfg.replace(extra_runs=[*cfg.extra_runs, {"name": "lookup", "draft_kind": "lookup"}])
+    bind_config(grown, run)
+    assert "name: lookup" in (run / "config.yaml").read_text()
+    bind_config(grown, run)  # and is the directory's preset from then on
+    with pytest.raises(DistillSpecError, match=r"drops or changes \(skd\)"):
+        bind_config(grown.replace(extra_runs=[r for r in grown.extra_runs if r["name"] != "skd"]), run)
+
+
 @pytest.mark.parametrize("text, message", [
     ("", r"empty.yaml is empty: a preset needs"),
     ("- fkl\n- rkl\n", r"must hold a YAML mapping of config keys, not a list"),

@@ -254,10 +254,21 @@ def made_from(cfg: StudyConfig, name: str) -> dict[str, dict]:
 def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False) -> None:
     """A run directory holds the work of one preset: its config.yaml is written when the directory is new, and a
     preset with other settings is refused, naming the keys (what the directory holds would not be what the preset
-    says), unless replace (run --force), which empties the directory first."""
+    says), unless replace (run --force), which empties the directory first. A preset whose runs alone differ (more
+    runs, or fewer or other ones without work here) takes the directory over: every draft there is still described
+    by its settings."""
     paths = RunPaths(Path(run_dir))
     saved = read_settings(paths.root)
     diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3) if saved is not None else []
+    runs_only = bool(diff) and not replace and {d.split(":")[0] for d in diff} <= set(RUN_LISTS)
+    if runs_only and (before := _study_of(saved, cfg)) is not None:
+        changed = runs_changed_here(before, cfg, paths)
+        require(not changed, f"{paths.root} holds work of runs this preset drops or changes ({', '.join(changed)}): "
+                "the preset may gain runs, and drop or change only runs with no work here. Delete their "
+                f"folders under {paths.root / 'drafts'} and their files in {paths.records}, use a new --run-dir, "
+                "or put those runs back.")
+        cfg.to_yaml(paths.config)
+        return
     if diff and replace:
         for child in paths.root.iterdir():
             if child != paths.lock:  # held by this command
@@ -270,6 +281,24 @@ def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False)
             "or put the preset back.")
     if saved is None or diff:
         cfg.to_yaml(paths.config)
+
+
+def _study_of(saved: dict, cfg: StudyConfig) -> StudyConfig | None:
+    """The study a run directory's saved settings describe (its paths taken from cfg: they say where, not what), or
+    None where they no longer make one (keys of an older version)."""
+    try:
+        return StudyConfig.from_dict({**saved, **{k: getattr(cfg, k) for k in WHERE_NOT_WHAT if k in saved}})
+    except (DistillSpecError, TypeError):
+        return None
+
+
+def runs_changed_here(saved: StudyConfig, cfg: StudyConfig, paths: RunPaths) -> list[str]:
+    """The drafts with work in the run directory (a training folder or records) that cfg drops or makes from other
+    settings than `saved` did (`made_from`)."""
+    here = {p.name for p in (paths.root / "drafts").glob("*") if p.is_dir()}
+    here |= {p.name[: -len("_manifest.json")] for p in paths.records.glob("*_manifest.json")}
+    names = set(draft_names(cfg)) | {REFERENCE}
+    return sorted(n for n in here if n not in names or made_from(saved, n) != made_from(cfg, n))
 
 
 @contextmanager
