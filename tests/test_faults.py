@@ -119,7 +119,12 @@ def test_records_stay_importable_when_the_study_gains_or_drops_other_runs(tiny_r
     write_manifest({name: published / name for name in listed}, published / "fkl_manifest.json")
     assert import_records(cfg, older, published, ["fkl"]) == ["fkl"]
     with pytest.raises(DistillSpecError, match=r"fkl_speed.json was made with another config"):
-        import_records(grown, fresh("grown_older"), published, ["fkl"])  # version 3 covers every run
+        import_records(grown, fresh("grown_older"), published, ["fkl"])  # version 3 covers every run...
+    cfg.to_yaml(tmp_path / "config.yaml")  # ...of the preset published beside the records, which had other runs
+    assert import_records(grown, fresh("grown_beside"), published, ["fkl"]) == ["fkl"]
+    with pytest.raises(DistillSpecError, match=r"fkl_speed.json was made with another config"):
+        import_records(grown.replace(learning_rate=cfg.learning_rate / 2), fresh("changed_beside"), published,
+                       ["fkl"])
 
 
 def test_a_run_directory_takes_a_preset_that_gains_runs_but_not_one_that_drops_its_work(tiny_run, tmp_path):
@@ -127,10 +132,17 @@ def test_a_run_directory_takes_a_preset_that_gains_runs_but_not_one_that_drops_i
     setting changed, is refused with the way out named; the directory keeps the settings it had."""
     from distillspec.study.rundir import bind_config
 
+    from distillspec.atomic import write_json
+    from distillspec.study.manifest import seal
+    from distillspec.study.rundir import fingerprint
+
     config, run_dir, _ = tiny_run
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    cfg = StudyConfig.from_yaml(config)
+    cfg, paths = StudyConfig.from_yaml(config), RunPaths(run)
+    row = json.loads(paths.speed_row("fkl").read_text())
+    write_json({**row, "fingerprint": fingerprint(cfg, run)}, paths.speed_row("fkl"))  # as version 3 wrote it
+    seal(paths, "fkl")
     saved = (run / "config.yaml").read_text()
     for other, message in ((cfg.replace(divergences=["fkl"]), r"work of runs this preset drops or changes \(rkl\)"),
                            (cfg.replace(learning_rate=0.001), r"other settings than this preset's \(learning_rate")):
@@ -140,6 +152,9 @@ def test_a_run_directory_takes_a_preset_that_gains_runs_but_not_one_that_drops_i
     grown = cfg.replace(extra_runs=[*cfg.extra_runs, {"name": "lookup", "draft_kind": "lookup"}])
     bind_config(grown, run)
     assert "name: lookup" in (run / "config.yaml").read_text()
+    # the version-3 record now carries the draft's own fingerprint, sealed again
+    assert json.loads(paths.speed_row("fkl").read_text())["fingerprint"] == fingerprint(grown, run, "fkl")
+    assert run_damage(paths, "fkl") == []
     bind_config(grown, run)  # and is the directory's preset from then on
     with pytest.raises(DistillSpecError, match=r"drops or changes \(skd\)"):
         bind_config(grown.replace(extra_runs=[r for r in grown.extra_runs if r["name"] != "skd"]), run)

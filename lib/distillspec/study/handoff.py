@@ -14,7 +14,8 @@ from .preset import StudyConfig
 from ..drafts import saved_draft
 from ..errors import DistillSpecError, require
 from .manifest import folder_damage, run_damage
-from .rundir import BASELINE, RunPaths, fingerprint, published_records
+from ..training_settings import read_settings
+from .rundir import BASELINE, RunPaths, fingerprint, made_from, published_records, runs_alone_differ
 
 
 def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
@@ -38,6 +39,8 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
     require(source.is_dir(), f"--results-from {source}: no such directory (a published records folder, e.g. "
                              f"figures/{cfg.name}/records).")
     study_wide = fingerprint(cfg, run_dir)  # version 3 records: the whole config
+    published = read_settings(source.parent)  # the preset the folder was published with, where it is beside it
+    before = runs_alone_differ(published, cfg) if published is not None else None  # other runs alone
     imported = []
     for name in names:
         row_file = source / paths.speed_row(name).name
@@ -50,7 +53,10 @@ def import_records(cfg: StudyConfig, run_dir: str | Path, source: str | Path, na
         require(not damaged, f"--results-from {source}: draft '{name}' cannot be imported: {'; '.join(damaged)}. "
                 "Publish it again from the run that made it, or leave it out and evaluate it here.")
         recorded, expected = json.loads(row_file.read_text()).get("fingerprint"), fingerprint(cfg, run_dir, name)
-        if recorded not in (expected, study_wide):
+        accepted = {expected, study_wide}  # its own (version 4), or the whole preset's (version 3)
+        if before is not None and made_from(before, name) == made_from(cfg, name):
+            accepted.add(fingerprint(before, run_dir))  # the publishing preset's, which had other runs alone
+        if recorded not in accepted:
             raise DistillSpecError(
                 f"{row_file} was made with another config or prompt set (fingerprint {str(recorded)[:12]} vs this "
                 f"run's {expected[:12]}); its results cannot be mixed with this run's. Use the config that made it, "

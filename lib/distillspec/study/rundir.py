@@ -260,13 +260,13 @@ def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False)
     paths = RunPaths(Path(run_dir))
     saved = read_settings(paths.root)
     diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3) if saved is not None else []
-    runs_only = bool(diff) and not replace and {d.split(":")[0] for d in diff} <= set(RUN_LISTS)
-    if runs_only and (before := _study_of(saved, cfg)) is not None:
+    if diff and not replace and (before := runs_alone_differ(saved, cfg)) is not None:
         changed = runs_changed_here(before, cfg, paths)
         require(not changed, f"{paths.root} holds work of runs this preset drops or changes ({', '.join(changed)}): "
                 "the preset may gain runs, and drop or change only runs with no work here. Delete their "
                 f"folders under {paths.root / 'drafts'} and their files in {paths.records}, use a new --run-dir, "
                 "or put those runs back.")
+        carry_fingerprints(before, cfg, paths)
         cfg.to_yaml(paths.config)
         return
     if diff and replace:
@@ -283,13 +283,37 @@ def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False)
         cfg.to_yaml(paths.config)
 
 
-def _study_of(saved: dict, cfg: StudyConfig) -> StudyConfig | None:
-    """The study a run directory's saved settings describe (its paths taken from cfg: they say where, not what), or
-    None where they no longer make one (keys of an older version)."""
+def runs_alone_differ(saved: dict, cfg: StudyConfig) -> StudyConfig | None:
+    """The study that saved settings (a run directory's or a published folder's config.yaml) describe, where it
+    differs from cfg in its lists of runs alone; None where other settings differ too, or where the settings no longer
+    make a study (keys of an older version). Paths are taken from cfg: they say where, not what."""
+    diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3)
+    if not {d.split(":")[0] for d in diff} <= set(RUN_LISTS):
+        return None
     try:
         return StudyConfig.from_dict({**saved, **{k: getattr(cfg, k) for k in WHERE_NOT_WHAT if k in saved}})
     except (DistillSpecError, TypeError):
         return None
+
+
+def carry_fingerprints(before: StudyConfig, cfg: StudyConfig, paths: RunPaths) -> list[str]:
+    """Finished, intact drafts of the run directory whose speed rows carry the whole-study fingerprint (version 3) of
+    `before`, a study with other runs alone, get their own (version 4) under cfg and their manifests written again:
+    what made them did not change (runs_changed_here), so their records stay importable once published."""
+    from ..atomic import write_json
+    from .manifest import run_damage, seal
+
+    if not paths.records.is_dir() or not paths.train_prompts.is_file():
+        return []
+    whole, carried = fingerprint(before, paths.root), []
+    for manifest in sorted(paths.records.glob("*_manifest.json")):
+        name = manifest.name[: -len("_manifest.json")]
+        row = json.loads(paths.speed_row(name).read_text()) if paths.speed_row(name).is_file() else {}
+        if row.get("fingerprint") == whole and not run_damage(paths, name):
+            write_json({**row, "fingerprint": fingerprint(cfg, paths.root, name)}, paths.speed_row(name))
+            seal(paths, name)
+            carried.append(name)
+    return carried
 
 
 def runs_changed_here(saved: StudyConfig, cfg: StudyConfig, paths: RunPaths) -> list[str]:
