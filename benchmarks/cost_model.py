@@ -72,7 +72,7 @@ def main():
               f"oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}\n")
         print("target forward, ms by new tokens per row: " + ", ".join(
             f"{t}: {1e3 * s:.1f}" for t, s in t_verify.items()))
-        print(f"verify(gamma+1) / decode(1): " + ", ".join(
+        print("verify(gamma+1) / decode(1): " + ", ".join(
             f"g{g}: {t_verify[g + 1] / t_verify[1]:.2f}" for g in range(1, args.max_new)))
         print("LM head, ms: " + ", ".join(f"{rows} rows: {1e3 * s:.2f}" for rows, s in heads.items()))
         print("\n| draft | c = draft / target step | alpha for 1.0x (gamma) | alpha for 1.3x (gamma) |")

@@ -10,7 +10,7 @@ import pytest
 from distillspec.study.preset import StudyConfig
 from distillspec.errors import DistillSpecError
 from distillspec.runtime import machine
-from distillspec.study.rundir import draft_groups, draft_names, expand_drafts
+from distillspec.study.rundir import draft_names
 from distillspec.study.results import collapse_text, ranking_text
 from distillspec.study.seeds import (bins_over_seeds, format_region_differences, pairwise_differences,
                                      region_differences, region_gains, speed_over_seeds)
