@@ -130,7 +130,7 @@ def test_records_stay_importable_when_the_study_gains_or_drops_other_runs(tiny_r
 def test_a_run_directory_takes_a_preset_that_gains_runs_but_not_one_that_drops_its_work(tiny_run, tmp_path):
     """Runs added to a preset join its run directory; a run with work there that the preset drops, or any other
     setting changed, is refused with the way out named; the directory keeps the settings it had."""
-    from distillspec.study.rundir import bind_config
+    from distillspec.study.handoff import bind_config
 
     from distillspec.atomic import write_json
     from distillspec.study.manifest import seal

@@ -84,7 +84,8 @@ def test_every_other_published_table_rebuilds_from_its_records(preset, tmp_path,
     from distillspec.study import stages
     from distillspec.study.handoff import import_records
     from distillspec.study.preset import StudyConfig
-    from distillspec.study.rundir import RunPaths, bind_config, draft_names, timed_names
+    from distillspec.study.handoff import bind_config
+    from distillspec.study.rundir import RunPaths, draft_names, timed_names
 
     monkeypatch.setenv("DISTILLSPEC_DATA_DIR", str(shared_data))
     cfg = StudyConfig.from_yaml(REPO / "configs" / f"{preset}.yaml")

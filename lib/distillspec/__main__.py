@@ -65,7 +65,8 @@ def _cmd_train(args) -> None:
     from accelerate import PartialState
 
     from .study.preset import StudyConfig
-    from .study.rundir import RunPaths, bind_config, default_run_dir, run_dir_lock
+    from .study.handoff import bind_config
+    from .study.rundir import RunPaths, default_run_dir, run_dir_lock
     from .study.stages import forget_draft, prepare_data, train_draft
 
     cfg = StudyConfig.from_yaml(args.config)
@@ -118,7 +119,8 @@ def _cmd_retime(args) -> None:
     when asked."""
     from .study.pipeline import publish
     from .study.preset import StudyConfig
-    from .study.rundir import bind_config, default_run_dir, expand_drafts, run_dir_lock
+    from .study.handoff import bind_config
+    from .study.rundir import default_run_dir, expand_drafts, run_dir_lock
     from .study.stages import retime_drafts
 
     cfg = StudyConfig.from_yaml(args.config)

@@ -1,7 +1,8 @@
 """Finished drafts' results carried to another machine: a study run in parts runs a subset of its
 drafts at a time (`run --drafts`), publishes each finished draft's records, and a later run elsewhere imports them
 (`run --results-from`) instead of retraining that draft. Imports are refused unless the recorded fingerprint
-(config and prompt sets) matches the run's, so results of different setups never mix.
+(config and prompt sets) matches the run's, so results of different setups never mix. A run directory is bound to
+one preset (`bind_config`), which may gain runs: the records it holds keep their drafts' fingerprints.
 """
 
 from __future__ import annotations
@@ -13,9 +14,82 @@ from pathlib import Path
 from .preset import StudyConfig
 from ..drafts import saved_draft
 from ..errors import DistillSpecError, require
-from .manifest import folder_damage, run_damage
-from ..training_settings import read_settings
-from .rundir import BASELINE, RunPaths, fingerprint, made_from, published_records, runs_alone_differ
+from .manifest import folder_damage, run_damage, seal
+from ..atomic import write_json
+from ..training_settings import WHERE_NOT_WHAT, differences, read_settings
+from .rundir import (ADDED_SINCE_V3, BASELINE, REFERENCE, RUN_LISTS, RunPaths, draft_names, fingerprint, made_from,
+                     published_records)
+
+
+def bind_config(cfg: StudyConfig, run_dir: str | Path, *, replace: bool = False) -> None:
+    """A run directory holds the work of one preset: its config.yaml is written when the directory is new, and a
+    preset with other settings is refused, naming the keys (what the directory holds would not be what the preset
+    says), unless replace (run --force), which empties the directory first. A preset whose runs alone differ (more
+    runs, or fewer or other ones without work here) takes the directory over: every draft there is still described
+    by its settings."""
+    paths = RunPaths(Path(run_dir))
+    saved = read_settings(paths.root)
+    diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3) if saved is not None else []
+    if diff and not replace and (before := runs_alone_differ(saved, cfg)) is not None:
+        changed = runs_changed_here(before, cfg, paths)
+        require(not changed, f"{paths.root} holds work of runs this preset drops or changes ({', '.join(changed)}): "
+                "the preset may gain runs, and drop or change only runs with no work here. Delete their "
+                f"folders under {paths.root / 'drafts'} and their files in {paths.records}, use a new --run-dir, "
+                "or put those runs back.")
+        carry_fingerprints(before, cfg, paths)
+        cfg.to_yaml(paths.config)
+        return
+    if diff and replace:
+        for child in paths.root.iterdir():
+            if child != paths.lock:  # held by this command
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    elif diff:
+        raise DistillSpecError(
+            f"{paths.root} holds a run of other settings than this preset's ({'; '.join(diff)}): its drafts, records "
+            "and results would be described by settings that did not make them. Use a new --run-dir for the "
+            "changed preset, run it again from scratch with --force (every draft is trained and evaluated again), "
+            "or put the preset back.")
+    if saved is None or diff:
+        cfg.to_yaml(paths.config)
+
+
+def runs_alone_differ(saved: dict, cfg: StudyConfig) -> StudyConfig | None:
+    """The study that saved settings (a run directory's or a published folder's config.yaml) describe, where it
+    differs from cfg in its lists of runs alone; None where other settings differ too, or where the settings no longer
+    make a study (keys of an older version). Paths are taken from cfg: they say where, not what."""
+    diff = differences(saved, cfg.to_dict(), added=ADDED_SINCE_V3)
+    if not {d.split(":")[0] for d in diff} <= set(RUN_LISTS):
+        return None
+    try:
+        return StudyConfig.from_dict({**saved, **{k: getattr(cfg, k) for k in WHERE_NOT_WHAT if k in saved}})
+    except (DistillSpecError, TypeError):
+        return None
+
+
+def carry_fingerprints(before: StudyConfig, cfg: StudyConfig, paths: RunPaths) -> list[str]:
+    """Finished, intact drafts of the run directory whose speed rows carry the whole-study fingerprint (version 3) of
+    `before`, a study with other runs alone, get their own (version 4) under cfg and their manifests written again:
+    what made them did not change (runs_changed_here), so their records stay importable once published."""
+    if not paths.records.is_dir() or not paths.train_prompts.is_file():
+        return []
+    whole, carried = fingerprint(before, paths.root), []
+    for manifest in sorted(paths.records.glob("*_manifest.json")):
+        name = manifest.name[: -len("_manifest.json")]
+        row = json.loads(paths.speed_row(name).read_text()) if paths.speed_row(name).is_file() else {}
+        if row.get("fingerprint") == whole and not run_damage(paths, name):
+            write_json({**row, "fingerprint": fingerprint(cfg, paths.root, name)}, paths.speed_row(name))
+            seal(paths, name)
+            carried.append(name)
+    return carried
+
+
+def runs_changed_here(saved: StudyConfig, cfg: StudyConfig, paths: RunPaths) -> list[str]:
+    """The drafts with work in the run directory (a training folder or records) that cfg drops or makes from other
+    settings than `saved` did (`made_from`)."""
+    here = {p.name for p in (paths.root / "drafts").glob("*") if p.is_dir()}
+    here |= {p.name[: -len("_manifest.json")] for p in paths.records.glob("*_manifest.json")}
+    names = set(draft_names(cfg)) | {REFERENCE}
+    return sorted(n for n in here if n not in names or made_from(saved, n) != made_from(cfg, n))
 
 
 def publish_records(run_dir: str | Path, dest: str | Path, names: list[str]) -> list[Path]:
@@ -107,4 +181,5 @@ def check_retrained_warm_start(records_log: str | Path, retrained_log: str | Pat
             f"average, {relative.max():.2%} at most, over {len(relative)} logged steps)")
 
 
-__all__ = ["check_retrained_warm_start", "fingerprint", "import_records", "publish_records"]
+__all__ = ["bind_config", "carry_fingerprints", "check_retrained_warm_start", "fingerprint", "import_records",
+           "publish_records", "runs_alone_differ", "runs_changed_here"]

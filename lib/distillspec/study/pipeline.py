@@ -27,9 +27,9 @@ from ..data import data_dir_env_resolved
 from ..errors import DistillSpecError, TrainingInterrupted, require
 from ..drafts import kind_named
 from ..threads import thread_env
-from .handoff import import_records, publish_records
+from .handoff import bind_config, import_records, publish_records
 from .manifest import intact, run_damage
-from .rundir import (BASELINE, REFERENCE, REPO, RunPaths, bind_config, default_run_dir, draft_names, expand_drafts,
+from .rundir import (BASELINE, REFERENCE, REPO, RunPaths, default_run_dir, draft_names, expand_drafts,
                      figure_paths, finished_drafts, run_dir_lock, run_names, timed_names)
 
 
