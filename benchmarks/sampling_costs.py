@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from distillspec.data import render_prompts  # noqa: E402
 from distillspec.pair import load_target  # noqa: E402
 from distillspec.sampling import GREEDY  # noqa: E402
-from distillspec.speed import StepCosts, median_seconds_each, sampling_steps, text_logits  # noqa: E402
+from distillspec.speed import (StepCosts, median_seconds_each, sampling_costs, sampling_steps,  # noqa: E402
+                               text_logits)
 from distillspec.study.preset import StudyConfig  # noqa: E402
 from distillspec.study.rundir import RunPaths, default_run_dir, load_prompt_file  # noqa: E402
 from distillspec.study.tables import speed_summary  # noqa: E402
@@ -78,11 +79,8 @@ def main():
                 steps = sampling_steps(sampling, logits, batch_size=costs.batch_size, max_k=costs.max_gamma + 1,
                                        draft_vocab=draft_vocabulary(cfg, target, info))
                 with torch.inference_mode():
-                    seconds = median_seconds_each(steps, args.reps)
-                sampled = {**info["costs"], "generate_sample_s": seconds.pop("generate"),
-                           "draft_sample_s": seconds.pop("draft_draw", 0.0),
-                           "sample_s": {int(k[len("draw"):]): v for k, v in seconds.items()}}
-                timed[draft].append({**info, "costs": sampled})
+                    sampled = sampling_costs(median_seconds_each(steps, args.reps))
+                timed[draft].append({**info, "costs": {**info["costs"], **sampled}})
         before = speed_summary(timing, {d: r.get("timed", []) for d, r in rows.items()})
         after = speed_summary(timing, timed)
         table = before[["draft", "setting", "gamma", "speedup"]].assign(

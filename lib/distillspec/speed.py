@@ -13,6 +13,7 @@ against a 25 ms forward; the decoder finds the nucleus among the top candidates 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -321,10 +322,16 @@ def measure_step_costs(target, draft, *, batch_size: int, context: int, max_gamm
         steps.update(sampling_steps(sampling, logits, batch_size=batch_size, max_k=max_gamma + 1,
                                     draft_vocab=draft_vocab))
     seconds = median_seconds_each(steps, reps)
-    draft_s, generate_sample_s, draft_sample_s = (seconds.pop(k, 0.0) for k in ("draft", "generate", "draft_draw"))
-    sample_s = {int(k[len("draw"):]): seconds.pop(k) for k in list(seconds) if str(k).startswith("draw")}
-    return StepCosts(seconds, draft_s, batch_size, context, None if left_pad is None else list(left_pad),
-                     sample_s, draft_sample_s, generate_sample_s)
+    draft_s = seconds.pop("draft", 0.0)
+    sampled = sampling_costs(seconds)  # takes the sampling steps' seconds out: the target's forwards remain
+    return StepCosts(seconds, draft_s, batch_size, context, None if left_pad is None else list(left_pad), **sampled)
+
+
+def sampling_costs(seconds: dict) -> dict:
+    """The StepCosts fields of sampling from the timed seconds of `sampling_steps`' callables (removed from seconds;
+    absent ones cost 0)."""
+    return {"generate_sample_s": seconds.pop("generate", 0.0), "draft_sample_s": seconds.pop("draft_draw", 0.0),
+            "sample_s": {int(k[len("draw"):]): seconds.pop(k) for k in list(seconds) if str(k).startswith("draw")}}
 
 
 def sampling_steps(sampling: SamplingConfig, logits: torch.Tensor, *, batch_size: int, max_k: int,
@@ -337,7 +344,7 @@ def sampling_steps(sampling: SamplingConfig, logits: torch.Tensor, *, batch_size
     require(logits.dim() == 2 and len(logits) >= 1, f"logits of shape {tuple(logits.shape)}: give [N, V].")
     processors = LogitsProcessorList(sampling.warpers())
     ids = torch.zeros(batch_size, 1, dtype=torch.long, device=logits.device)
-    turn = iter(range(10**9))
+    turn = itertools.count()
 
     def rows(n: int, width: int | None = None) -> torch.Tensor:  # the next n rows of logits, cycling
         start = next(turn) * n % len(logits)
@@ -523,5 +530,5 @@ def busy_note(frame: pd.DataFrame, what: str) -> str | None:
 
 __all__ = ["BlockAcceptance", "LOOKUP_GRID", "MAX_GAMMA", "SPEED_COLUMNS", "SourceAcceptance", "StepCosts",
            "best_transformers_lookup", "busy_note", "decoding_shape", "forward_seconds", "forward_steps",
-           "measure_step_costs", "never_slower_gamma", "pilot_acceptance", "sampling_steps", "speed_ratio",
-           "target_decode", "target_tokens_per_s", "text_logits", "time_decoding"]
+           "measure_step_costs", "never_slower_gamma", "pilot_acceptance", "sampling_costs", "sampling_steps",
+           "speed_ratio", "target_decode", "target_tokens_per_s", "text_logits", "time_decoding"]
